@@ -1,0 +1,66 @@
+"""Typed settings, read once from `CONSTELLATION_*` environment variables and passed explicitly.
+
+Nothing reads the environment after `Settings()` is built; tests construct their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineLimits(BaseModel):
+    """Sizes the engine may use; all byte budgets are for host (or device) memory."""
+
+    device: str = "cpu"
+    max_batch_tokens: int = Field(default=8192, gt=0)
+    max_batch_wait_ms: float = Field(default=2.0, ge=0)
+    max_items_per_request: int = Field(default=2048, gt=0)
+    adapter_slots: int = Field(default=64, gt=0)
+    adapter_host_bytes: int = Field(default=2 * 1024**3, gt=0)
+    base_model_bytes: int = Field(default=8 * 1024**3, gt=0)
+    max_decode_seqs: int = Field(default=64, gt=0)
+    kv_cache_bytes: int = Field(default=1024**3, gt=0)
+    max_queue: int = Field(default=1024, gt=0)
+    deterministic: bool = True
+
+
+class PriceBook(BaseModel):
+    """Platform-side prices in integer nano-USD; contributors' terms live in the registry."""
+
+    # Rate per compute-second of attributed engine time, by device class.
+    infra_nanos_per_second: dict[str, int] = Field(
+        default_factory=lambda: {"cpu": 20_000, "gpu": 600_000}
+    )
+    platform_fee_bps: int = Field(default=1000, ge=0, le=10_000)
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. Env vars: CONSTELLATION_DATA_DIR, CONSTELLATION_DB_URL, ..."""
+
+    model_config = SettingsConfigDict(env_prefix="CONSTELLATION_", env_nested_delimiter="__")
+
+    data_dir: Path = Path(".constellation")
+    db_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine: EngineLimits = Field(default_factory=EngineLimits)
+    prices: PriceBook = Field(default_factory=PriceBook)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser()
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or SQLite inside the data dir."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'constellation.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
