@@ -1,0 +1,188 @@
+"""Multi-LoRA linear layers: one forward runs rows that use different adapters, or none.
+
+Each wrapped `nn.Linear` keeps stacked, zero-padded adapter slots; a `LoRAContext` shared by all
+layers of one base says which slot each row of the batch uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import nn
+
+# Slot -1 means "no adapter": the row gets the base layer's output only. Stored slots are kept
+# with one extra all-zero slot at index `n_slots`, and -1 gathers from it, so mixed batches need
+# no branch per row.
+NO_ADAPTER = -1
+
+
+class _Kind(Enum):
+    NONE = 0  # every row is NO_ADAPTER: base output only
+    SINGLE = 1  # every row uses one slot: one plain matmul pair
+    MIXED = 2  # rows use different slots (or some none): gathered bmm
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    kind: _Kind
+    slot: int  # for SINGLE
+    index: torch.Tensor  # [N] slot per row, NO_ADAPTER mapped to the zero slot
+
+
+class LoRAContext:
+    """One mutable object shared by every `MultiLoRALinear` of one loaded base.
+
+    `set_mapping(slots)` gives, before a forward, the adapter slot of each row of the layers'
+    input's FIRST dimension: x may be [B, S, in] with slots [B], or packed tokens [T, in] with
+    slots [T]. `deterministic=True` always takes the gathered path, so a row's bits never depend
+    on which other rows share its batch.
+    """
+
+    def __init__(self, n_slots: int, *, deterministic: bool = False) -> None:
+        if n_slots <= 0:
+            raise ValueError(f"n_slots must be positive, got {n_slots}")
+        self.n_slots = n_slots
+        self.deterministic = deterministic
+        self._plan: _Plan | None = None
+
+    @property
+    def plan(self) -> _Plan | None:
+        return self._plan
+
+    def set_mapping(self, slots: torch.Tensor) -> None:
+        """Slot per row (LongTensor [N]); NO_ADAPTER (-1) rows get the base output only."""
+        if slots.dim() != 1:
+            raise ValueError(f"slots must be 1-D [N], got shape {tuple(slots.shape)}")
+        slots = slots.to(torch.long)
+        # One host sync per forward, not per layer.
+        values = sorted(set(slots.tolist()))
+        bad = [v for v in values if v < NO_ADAPTER or v >= self.n_slots]
+        if bad:
+            raise ValueError(f"slot indices {bad} out of range [-1, {self.n_slots})")
+        index = torch.where(slots < 0, torch.full_like(slots, self.n_slots), slots)
+        if values == [NO_ADAPTER]:
+            kind = _Kind.NONE
+        elif len(values) == 1 and not self.deterministic:
+            kind = _Kind.SINGLE
+        else:
+            kind = _Kind.MIXED
+        self._plan = _Plan(kind=kind, slot=values[0], index=index)
+
+    def clear_mapping(self) -> None:
+        """Forget the mapping: layers return the base output only."""
+        self._plan = None
+
+
+class MultiLoRALinear(nn.Module):
+    """`y = base(x) + scale[s] * (x @ A[s]) @ B[s]` with `s` the row's slot, for all rows at once.
+
+    A: [slots + 1, in, r], B: [slots + 1, r, out] (the extra slot is all zero, for NO_ADAPTER);
+    smaller ranks are zero-padded to `max_rank`, so mixed ranks in one batch are exact. The scale
+    is folded into B when a slot is set, so the forward has no extra multiply.
+    """
+
+    def __init__(self, base: nn.Linear, ctx: LoRAContext, n_slots: int, max_rank: int) -> None:
+        super().__init__()
+        if n_slots != ctx.n_slots:
+            raise ValueError(f"n_slots={n_slots} differs from the context's {ctx.n_slots}")
+        if max_rank <= 0:
+            raise ValueError(f"max_rank must be positive, got {max_rank}")
+        self.base = base
+        self.ctx = ctx
+        self.n_slots = n_slots
+        self.max_rank = max_rank
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        w = base.weight
+        self.register_buffer("lora_A", w.new_zeros(n_slots + 1, self.in_features, max_rank))
+        self.register_buffer("lora_B", w.new_zeros(n_slots + 1, max_rank, self.out_features))
+        self.register_buffer("scale", w.new_zeros(n_slots + 1))
+        self.lora_A: torch.Tensor
+        self.lora_B: torch.Tensor
+        self.scale: torch.Tensor
+
+    @torch.no_grad()
+    def set_slot(self, slot: int, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
+        """Load one adapter into `slot`. A, B in PEFT orientation: A [r, in] (lora_A.weight),
+        B [out, r] (lora_B.weight)."""
+        self._check_slot(slot)
+        r = A.shape[0]
+        if A.shape != (r, self.in_features) or B.shape != (self.out_features, r):
+            raise ValueError(
+                f"adapter shapes A{tuple(A.shape)} B{tuple(B.shape)} do not fit a linear "
+                f"{self.in_features}->{self.out_features}; expected A [r, {self.in_features}], "
+                f"B [{self.out_features}, r]"
+            )
+        if r > self.max_rank:
+            raise ValueError(f"adapter rank {r} exceeds max_rank {self.max_rank}; raise max_rank")
+        self.lora_A[slot].zero_()
+        self.lora_B[slot].zero_()
+        self.lora_A[slot, :, :r] = A.t()  # [in, r]
+        self.lora_B[slot, :r, :] = B.t() * scale  # [r, out]
+        self.scale[slot] = scale
+
+    @torch.no_grad()
+    def clear_slot(self, slot: int) -> None:
+        """Zero `slot`: a row mapped to it gets the base output only."""
+        self._check_slot(slot)
+        self.lora_A[slot].zero_()
+        self.lora_B[slot].zero_()
+        self.scale[slot] = 0.0
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.n_slots:
+            raise IndexError(f"slot {slot} out of range [0, {self.n_slots})")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        plan = self.ctx.plan
+        if plan is None or plan.kind is _Kind.NONE:
+            return y
+        if plan.kind is _Kind.SINGLE:
+            return y.add_((x @ self.lora_A[plan.slot]) @ self.lora_B[plan.slot])
+        n = x.shape[0]
+        if plan.index.shape[0] != n:
+            raise ValueError(f"mapping has {plan.index.shape[0]} rows but the input has {n}")
+        xr = x.reshape(n, -1, self.in_features)  # [N, S, in]
+        xa = torch.bmm(xr, self.lora_A[plan.index])  # [N, S, r]
+        y.view(n, -1, self.out_features).baddbmm_(xa, self.lora_B[plan.index])  # [N, S, out]
+        return y
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, slots={self.n_slots}, r={self.max_rank}"
+
+
+TargetSpec = Mapping[str, str] | Callable[[str], str | None]
+
+
+def inject_lora(
+    module: nn.Module, targets: TargetSpec, ctx: LoRAContext, n_slots: int, max_rank: int
+) -> dict[str, MultiLoRALinear]:
+    """Replace target `nn.Linear` submodules of `module` in place with `MultiLoRALinear`.
+
+    `targets` maps a submodule's path in `module` to the HF module name adapters use for it
+    (PEFT key with `base_model.model.` and `.lora_A.weight` stripped), either as a mapping
+    {local_path: hf_name} or a callable local_path -> hf_name | None (None = leave alone).
+    Returns {hf_name: layer}.
+    """
+    lookup = targets.get if isinstance(targets, Mapping) else targets
+    chosen = [(path, lin) for path, lin in module.named_modules() if isinstance(lin, nn.Linear)]
+    layers: dict[str, MultiLoRALinear] = {}
+    for path, lin in chosen:
+        hf_name = lookup(path)
+        if hf_name is None:
+            continue
+        if hf_name in layers:
+            raise ValueError(f"two modules map to the HF name {hf_name!r}")
+        layer = MultiLoRALinear(lin, ctx, n_slots, max_rank)
+        parent_path, _, attr = path.rpartition(".")
+        setattr(module.get_submodule(parent_path), attr, layer)
+        layers[hf_name] = layer
+    if isinstance(targets, Mapping):
+        missing = sorted(set(targets) - {p for p, _ in chosen})
+        if missing:
+            raise ValueError(f"target modules not found or not nn.Linear: {missing[:5]}")
+    return layers

@@ -1,0 +1,158 @@
+"""MultiLoRALinear against a naive fp32 loop, one row and one adapter at a time.
+
+Parametrised over how rows spread across adapters (punica's mixes) and over mixed ranks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from constellation.engine.lora import NO_ADAPTER, LoRAContext, MultiLoRALinear, inject_lora
+
+IN, OUT, SLOTS, MAX_RANK = 24, 40, 6, 8
+MIXES = ["identical", "distinct", "uniform", "skewed", "with_none", "all_none"]
+
+
+def _mapping(mix: str, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Slot per row for one of the standard adapter mixes."""
+    if mix == "identical":
+        return torch.full((n,), 2, dtype=torch.long)
+    if mix == "distinct":
+        return torch.arange(n, dtype=torch.long) % SLOTS
+    if mix == "uniform":
+        return torch.randint(0, SLOTS, (n,), generator=gen)
+    if mix == "skewed":
+        # Zipf-like: slot 0 dominates, the tail is rare.
+        p = 1.0 / torch.arange(1, SLOTS + 1, dtype=torch.float64) ** 1.5
+        return torch.multinomial(p, n, replacement=True, generator=gen)
+    if mix == "with_none":
+        return torch.randint(NO_ADAPTER, SLOTS, (n,), generator=gen)
+    return torch.full((n,), NO_ADAPTER, dtype=torch.long)
+
+
+def _adapters(ranks: list[int], gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(A [r, in], B [out, r], scale) per slot, B non-zero so the update is visible."""
+    return [(torch.randn(r, IN, generator=gen), torch.randn(OUT, r, generator=gen), 2.0 / r) for r in ranks]
+
+
+def _naive(
+    lin: nn.Linear,
+    adapters: list[tuple[torch.Tensor, torch.Tensor, float]],
+    x: torch.Tensor,
+    slots: torch.Tensor,
+) -> torch.Tensor:
+    """Reference: each row through its own adapter, float64 math, one at a time."""
+    W, b = lin.weight.double(), lin.bias.double()
+    rows = []
+    for row, s in zip(x.double(), slots.tolist(), strict=True):
+        y = row @ W.t() + b
+        if s != NO_ADAPTER:
+            A, B, scale = adapters[s]
+            y = y + scale * (row @ A.double().t()) @ B.double().t()
+        rows.append(y)
+    return torch.stack(rows).float()
+
+
+def _layer(ranks: list[int], deterministic: bool = False):
+    gen = torch.Generator().manual_seed(0)
+    lin = nn.Linear(IN, OUT)
+    ctx = LoRAContext(SLOTS, deterministic=deterministic)
+    layer = MultiLoRALinear(lin, ctx, SLOTS, MAX_RANK)
+    adapters = _adapters(ranks, gen)
+    for slot, (A, B, scale) in enumerate(adapters):
+        layer.set_slot(slot, A, B, scale)
+    return layer, ctx, adapters, gen
+
+
+@pytest.mark.parametrize("mix", MIXES)
+@pytest.mark.parametrize("ranks", [[8] * SLOTS, [1, 2, 4, 8, 3, 5]], ids=["same-rank", "mixed-ranks"])
+@pytest.mark.parametrize("shape", ["batch-seq", "packed"])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_matches_naive_loop(mix: str, ranks: list[int], shape: str, deterministic: bool) -> None:
+    layer, ctx, adapters, gen = _layer(ranks, deterministic)
+    n, seq = 13, 5
+    slots = _mapping(mix, n, gen)
+    if shape == "packed":
+        x = torch.randn(n, IN, generator=gen)  # [T, in], one slot per token
+        ctx.set_mapping(slots)
+        want = _naive(layer.base, adapters, x, slots)
+    else:
+        x = torch.randn(n, seq, IN, generator=gen)  # [B, S, in], one slot per sequence
+        ctx.set_mapping(slots)
+        flat = x.reshape(n * seq, IN)
+        want = _naive(layer.base, adapters, flat, slots.repeat_interleave(seq)).view(n, seq, OUT)
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_clear_slot_gives_base_output() -> None:
+    layer, ctx, _, gen = _layer([4] * SLOTS)
+    layer.clear_slot(3)
+    x = torch.randn(4, IN, generator=gen)
+    ctx.set_mapping(torch.full((4,), 3))
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.base(x))
+
+
+def test_no_mapping_means_base_only() -> None:
+    layer, ctx, _, gen = _layer([4] * SLOTS)
+    ctx.clear_mapping()
+    x = torch.randn(3, IN, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.base(x))
+
+
+def test_row_bits_do_not_depend_on_batch_in_deterministic_mode() -> None:
+    layer, ctx, _, gen = _layer([1, 2, 4, 8, 3, 5], deterministic=True)
+    # A zero base isolates the LoRA path: the base linear's batch invariance is the encoder's
+    # concern (its deterministic mode), not this layer's.
+    nn.init.zeros_(layer.base.weight)
+    nn.init.zeros_(layer.base.bias)
+    x = torch.randn(32, 7, IN, generator=gen)
+    slots = torch.randint(NO_ADAPTER, SLOTS, (32,), generator=gen)
+    with torch.no_grad():
+        ctx.set_mapping(slots)
+        together = layer(x)
+        for i in (0, 5, 31):
+            ctx.set_mapping(slots[i : i + 1])
+            assert torch.equal(layer(x[i : i + 1]), together[i : i + 1])
+
+
+def test_rejects_bad_shapes_and_slots() -> None:
+    layer, ctx, _, _ = _layer([4] * SLOTS)
+    with pytest.raises(ValueError, match="exceeds max_rank"):
+        layer.set_slot(0, torch.zeros(MAX_RANK + 1, IN), torch.zeros(OUT, MAX_RANK + 1), 1.0)
+    with pytest.raises(ValueError, match="do not fit"):
+        layer.set_slot(0, torch.zeros(4, IN + 1), torch.zeros(OUT, 4), 1.0)
+    with pytest.raises(IndexError):
+        layer.set_slot(SLOTS, torch.zeros(4, IN), torch.zeros(OUT, 4), 1.0)
+    with pytest.raises(ValueError, match="out of range"):
+        ctx.set_mapping(torch.tensor([SLOTS]))
+    ctx.set_mapping(torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="mapping has 2 rows"):
+        layer(torch.zeros(3, IN))
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(IN, IN)
+        self.up = nn.Linear(IN, OUT)
+        self.norm = nn.LayerNorm(IN)
+
+
+def test_inject_with_mapping_and_callable() -> None:
+    ctx = LoRAContext(SLOTS)
+    block = _Block()
+    layers = inject_lora(block, {"q": "layer.0.q_proj"}, ctx, SLOTS, MAX_RANK)
+    assert set(layers) == {"layer.0.q_proj"}
+    assert isinstance(block.q, MultiLoRALinear) and isinstance(block.up, nn.Linear)
+
+    other = nn.Sequential(_Block())
+    got = inject_lora(other, lambda p: p if p.endswith("up") else None, LoRAContext(SLOTS), SLOTS, 4)
+    assert set(got) == {"0.up"}
+    with pytest.raises(ValueError, match="not found"):
+        inject_lora(_Block(), {"missing": "x"}, LoRAContext(SLOTS), SLOTS, 4)
