@@ -1,0 +1,47 @@
+"""FastAPI app factory: opens the platform in the lifespan, installs error handlers, metrics
+and routers. `create_app(settings)` is what `constellation serve`, tests and Ray Serve use."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from constellation import __version__
+from constellation.api.errors import install_error_handlers
+from constellation.api.metrics import Metrics
+from constellation.api.routes import admin, health, licences, models, tenants
+from constellation.config import Settings
+from constellation.platform import Platform
+
+DESCRIPTION = """Constellation serves many specialised open models -- base models, LoRA adapters and
+fine-tunes -- behind one OpenAI-compatible API, and prices every request by its contributions.
+
+Authenticate with `Authorization: Bearer <key>`; create keys with `constellation keys create`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        platform = Platform(settings).open()
+        app.state.platform = platform
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            platform.close()
+
+    app = FastAPI(title="Constellation", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+    app.middleware("http")(metrics.middleware)
+    install_error_handlers(app)
+    for router in (health.router, models.router, admin.router, licences.router, tenants.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,182 @@
+"""Admin routes for the catalog: models and adapters (imported from directories on the
+server), data sets, contributors and contribution terms. All need the `admin` scope."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, Field
+
+from constellation.api.deps import Admin, PlatformDep, SessionDep
+from constellation.registry import contributors as contrib_repo
+from constellation.registry import datasets as ds_repo
+from constellation.registry import models as model_repo
+from constellation.registry import service
+from constellation.registry import terms as terms_repo
+
+router = APIRouter(prefix="/api", tags=["admin"])
+
+
+class BaseModelIn(BaseModel):
+    name: str
+    path: str = Field(description="a Hugging Face model directory on the server")
+    task: Literal["embedding", "classification", "causal-lm"]
+    author: str
+    license: str | None = Field(default=None, description="licence id; defaults to the model card's")
+    labels: list[str] | None = None
+    visibility: Literal["public", "private"] = "public"
+    owner_tenant: str | None = None
+
+
+class AdapterIn(BaseModel):
+    name: str
+    path: str = Field(description="a PEFT adapter directory on the server")
+    base: str
+    author: str
+    license: str | None = None
+    task: Literal["embedding", "classification", "causal-lm"] | None = None
+    labels: list[str] | None = None
+    datasets: list[str] = Field(default_factory=list, description="registered data set names")
+    visibility: Literal["public", "private"] = "public"
+    owner_tenant: str | None = None
+
+
+class DatasetIn(BaseModel):
+    name: str
+    path: str = Field(description="a JSONL file on the server")
+    license: str
+    provider: str
+
+
+class ContributorIn(BaseModel):
+    id: str
+    name: str
+    kind: Literal["person", "organisation", "infrastructure", "platform"]
+    email: str | None = None
+
+
+class TermIn(BaseModel):
+    subject_type: Literal["model", "dataset"]
+    subject: str
+    contributor: str
+    kind: Literal["per_1k_input_tokens", "per_1k_output_tokens", "per_request", "per_compute_second"]
+    amount_nanos: int = Field(ge=0, description="integer nano-USD (1e-9 USD)")
+
+
+def _model_out(s: Any, m: Any) -> dict[str, Any]:
+    return model_repo.model_dict(m, model_repo.lineage(s, model=m))
+
+
+@router.get("/models")
+def list_models(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
+    """Every registered model, all tenants' private ones included."""
+    return [_model_out(s, m) for m in model_repo.list_models(s, all_tenants=True)]
+
+
+@router.get("/models/{name}")
+def get_model(name: str, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """One model with its lineage."""
+    return _model_out(s, model_repo.get_model(s, name=name))
+
+
+@router.post("/models", status_code=status.HTTP_201_CREATED)
+def add_base(body: BaseModelIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
+    """Register a base model from a local Hugging Face directory (safetensors weights only)."""
+    m = service.register_base(
+        s,
+        platform.store,
+        src=Path(body.path),
+        name=body.name,
+        task=body.task,
+        author=body.author,
+        licence=body.license,
+        labels=body.labels,
+        visibility=body.visibility,
+        owner_tenant=body.owner_tenant,
+    )
+    return _model_out(s, m)
+
+
+@router.post("/adapters", status_code=status.HTTP_201_CREATED)
+def add_adapter(body: AdapterIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
+    """Import a PEFT adapter (adapter_config.json + adapter_model.safetensors) onto a registered base."""
+    m = service.register_adapter(
+        s,
+        platform.store,
+        src=Path(body.path),
+        name=body.name,
+        base=body.base,
+        author=body.author,
+        licence=body.license,
+        task=body.task,
+        labels=body.labels,
+        datasets=[(d, None) for d in body.datasets],
+        visibility=body.visibility,
+        owner_tenant=body.owner_tenant,
+    )
+    return _model_out(s, m)
+
+
+@router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def remove_model(name: str, _: Admin, s: SessionDep) -> None:
+    """Remove a model (refused while adapters depend on it)."""
+    model_repo.remove_model(s, name=name)
+
+
+@router.get("/datasets")
+def list_datasets(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
+    """Registered data sets."""
+    return [ds_repo.dataset_dict(d) for d in ds_repo.list_datasets(s)]
+
+
+@router.post("/datasets", status_code=status.HTTP_201_CREATED)
+def add_dataset(body: DatasetIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
+    """Register a JSONL data set; the same bytes registered twice are reused (`created: false`)."""
+    d, created = service.register_dataset(
+        s, platform.store, src=Path(body.path), name=body.name, licence=body.license, provider=body.provider
+    )
+    return {**ds_repo.dataset_dict(d), "created": created}
+
+
+@router.get("/contributors")
+def list_contributors(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
+    """Everyone who can be paid: people, organisations, infrastructure providers, the platform."""
+    return [
+        {"id": c.id, "name": c.name, "kind": c.kind, "email": c.email}
+        for c in contrib_repo.list_contributors(s)
+    ]
+
+
+@router.post("/contributors", status_code=status.HTTP_201_CREATED)
+def add_contributor(body: ContributorIn, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """Record a contributor."""
+    c = contrib_repo.add_contributor(s, id=body.id, name=body.name, kind=body.kind, email=body.email)
+    return {"id": c.id, "name": c.name, "kind": c.kind, "email": c.email}
+
+
+@router.get("/terms")
+def list_terms(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
+    """Contribution terms of every model and data set."""
+    return terms_repo.list_terms(s)
+
+
+@router.put("/terms")
+def set_term(body: TermIn, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """Create or replace one contribution term."""
+    t = terms_repo.set_term(
+        s,
+        subject_type=body.subject_type,
+        subject_name=body.subject,
+        contributor_id=body.contributor,
+        kind=body.kind,
+        amount_nanos=body.amount_nanos,
+    )
+    return {
+        "subject_type": t.subject_type,
+        "subject": body.subject,
+        "contributor": t.contributor_id,
+        "kind": t.kind,
+        "amount_nanos": t.amount_nanos,
+    }

@@ -1,0 +1,41 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from constellation.api.errors import error_response
+from constellation.registry.db import DatabaseUnavailable
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+def readyz(request: Request) -> dict[str, str] | Response:
+    """The process can serve: started, and its database answers."""
+    if not request.app.state.ready:
+        return error_response(DatabaseUnavailable("starting up; retry shortly"))
+    try:
+        with request.app.state.platform.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return error_response(DatabaseUnavailable(f"database unreachable: {type(exc).__name__}"))
+    return {"status": "ready"}
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    m = request.app.state.metrics
+    for name, engine in getattr(request.app.state, "engines", {}).items():
+        for stat, value in engine.stats().items():
+            m.engine.labels(name, stat).set(value)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

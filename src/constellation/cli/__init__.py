@@ -1,0 +1,27 @@
+"""The `constellation` command line: serve, register models and adapters, manage tenants and
+keys, fine-tune, read usage and statements, run benchmarks. `constellation --help` lists all."""
+
+from __future__ import annotations
+
+import typer
+
+from constellation.cli import registry_cmds as reg
+from constellation.cli.bench import bench
+from constellation.cli.serve import serve
+
+app = typer.Typer(
+    name="constellation",
+    help="Serve many specialised open models behind one OpenAI-compatible API, priced by contribution.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command()(serve)
+app.command()(bench)
+app.add_typer(reg.models, name="models")
+app.add_typer(reg.adapters, name="adapters")
+app.add_typer(reg.datasets, name="datasets")
+app.add_typer(reg.contributors, name="contributors")
+app.add_typer(reg.terms, name="terms")
+app.add_typer(reg.licences, name="licences")
+app.add_typer(reg.tenants, name="tenants")
+app.add_typer(reg.keys, name="keys")

@@ -1,0 +1,44 @@
+"""`constellation bench NAME`: run a benchmark from the repository's bench/ folder; each
+prints its peer comparisons as ratios. `all --tiny` is what CI runs so none rots."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from constellation.cli._common import console, fail
+
+BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
+
+
+def _available() -> list[str]:
+    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _run_one(name: str, tiny: bool) -> None:
+    path = BENCH_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"constellation_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    console.rule(f"bench {name}{' (tiny)' if tiny else ''}")
+    module.main(tiny=tiny)
+
+
+def bench(
+    name: Annotated[
+        str, typer.Argument(help="Benchmark name (encoder, decoder, finetune, ledger) or 'all'.")
+    ],
+    tiny: Annotated[
+        bool, typer.Option("--tiny", help="Tiny sizes: checks it runs, numbers mean little.")
+    ] = False,
+) -> None:
+    """Run a benchmark that compares Constellation against the peer a user would otherwise pick."""
+    names = _available()
+    if name != "all" and name not in names:
+        raise fail(f"unknown benchmark '{name}'; available: {', '.join(names) or 'none'}, or 'all'")
+    for n in names if name == "all" else [name]:
+        _run_one(n, tiny)

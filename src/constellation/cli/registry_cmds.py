@@ -1,0 +1,368 @@
+"""CLI commands for the catalog: models, adapters, data sets, contributors, terms, licences,
+tenants and keys. Each goes through the same service functions as the admin API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from constellation.cli._common import JsonOpt, console, emit, opened_platform, split_csv
+from constellation.registry import contributors as contrib_repo
+from constellation.registry import datasets as ds_repo
+from constellation.registry import licences as lic_repo
+from constellation.registry import models as model_repo
+from constellation.registry import service
+from constellation.registry import tenants as tenant_repo
+from constellation.registry import terms as terms_repo
+
+models = typer.Typer(help="Register, list, inspect and remove models.", no_args_is_help=True)
+adapters = typer.Typer(help="Import LoRA adapters (PEFT format) trained anywhere.", no_args_is_help=True)
+datasets = typer.Typer(help="Register the data sets adapters were trained on.", no_args_is_help=True)
+contributors = typer.Typer(
+    help="People, organisations and infrastructure providers who get paid.", no_args_is_help=True
+)
+terms = typer.Typer(
+    help="What each contributor earns when a model or data set is used.", no_args_is_help=True
+)
+licences = typer.Typer(help="The licence catalog and custom licences.", no_args_is_help=True)
+tenants = typer.Typer(help="Tenants: the teams that call models.", no_args_is_help=True)
+keys = typer.Typer(help="API keys: created once, stored hashed, revocable.", no_args_is_help=True)
+
+Task = Annotated[str, typer.Option(help="embedding | classification | causal-lm")]
+License = Annotated[
+    str | None,
+    typer.Option(
+        "--license", help="Licence id (see `constellation licences list`); defaults to the model card's."
+    ),
+]
+Author = Annotated[
+    str, typer.Option(help="Contributor id of the author (see `constellation contributors list`).")
+]
+Private = Annotated[str | None, typer.Option("--private-to", help="Make it visible to this tenant only.")]
+
+
+@models.command("add")
+def models_add(
+    path: Annotated[
+        Path, typer.Argument(help="A Hugging Face model directory (config.json + *.safetensors).")
+    ],
+    name: Annotated[str, typer.Option(help="Unique name, used as the OpenAI `model` field.")],
+    task: Task,
+    author: Author,
+    license: License = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated labels, for classifiers.")] = None,
+    private_to: Private = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a base model from a local directory, e.g.
+    `constellation models add ./minilm --name minilm --task embedding --author sbert`."""
+    with opened_platform() as p, p.db.session() as s:
+        m = service.register_base(
+            s,
+            p.store,
+            src=path,
+            name=name,
+            task=task,
+            author=author,
+            licence=license,
+            labels=split_csv(labels),
+            visibility="private" if private_to else "public",
+            owner_tenant=private_to,
+        )
+        emit(model_repo.model_dict(m, model_repo.lineage(s, model=m)), as_json=as_json)
+
+
+@models.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """List every registered model."""
+    with opened_platform() as p, p.db.session() as s:
+        rows = [
+            model_repo.model_dict(m, model_repo.lineage(s, model=m))
+            for m in model_repo.list_models(s, all_tenants=True)
+        ]
+        emit(
+            rows, as_json=as_json, columns=["name", "kind", "task", "base", "license", "author", "visibility"]
+        )
+
+
+@models.command("show")
+def models_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one model with its lineage."""
+    with opened_platform() as p, p.db.session() as s:
+        m = model_repo.get_model(s, name=name)
+        emit(model_repo.model_dict(m, model_repo.lineage(s, model=m)), as_json=as_json)
+
+
+@models.command("rm")
+def models_rm(name: str) -> None:
+    """Remove a model (refused while adapters depend on it)."""
+    with opened_platform() as p, p.db.session() as s:
+        model_repo.remove_model(s, name=name)
+    console.print(f"removed {name}")
+
+
+@adapters.command("add")
+def adapters_add(
+    path: Annotated[
+        Path,
+        typer.Argument(help="A PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."),
+    ],
+    name: Annotated[str, typer.Option(help="Unique name, used as the OpenAI `model` field.")],
+    base: Annotated[str, typer.Option(help="Name of the registered base model it was trained on.")],
+    author: Author,
+    license: License = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="Defaults to classification when the adapter has a head, else the base's task."),
+    ] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated labels (default: the head's).")] = None,
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option("--dataset", help="Registered data set it was trained on (repeatable)."),
+    ] = None,
+    private_to: Private = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a PEFT LoRA adapter onto a registered base; shapes are checked against the base."""
+    with opened_platform() as p, p.db.session() as s:
+        m = service.register_adapter(
+            s,
+            p.store,
+            src=path,
+            name=name,
+            base=base,
+            author=author,
+            licence=license,
+            task=task,
+            labels=split_csv(labels),
+            datasets=[(d, None) for d in dataset or []],
+            visibility="private" if private_to else "public",
+            owner_tenant=private_to,
+        )
+        emit(model_repo.model_dict(m, model_repo.lineage(s, model=m)), as_json=as_json)
+
+
+@datasets.command("add")
+def datasets_add(
+    path: Annotated[Path, typer.Argument(help="A JSONL file.")],
+    name: Annotated[str, typer.Option(help="Unique data set name.")],
+    license: Annotated[str, typer.Option("--license", help="Licence id of the data.")],
+    provider: Annotated[str, typer.Option(help="Contributor id of the data's provider.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a data set (the same bytes registered twice are reused)."""
+    with opened_platform() as p, p.db.session() as s:
+        d, created = service.register_dataset(
+            s, p.store, src=path, name=name, licence=license, provider=provider
+        )
+        emit({**ds_repo.dataset_dict(d), "created": created}, as_json=as_json)
+
+
+@datasets.command("list")
+def datasets_list(as_json: JsonOpt = False) -> None:
+    """List registered data sets."""
+    with opened_platform() as p, p.db.session() as s:
+        emit(
+            [ds_repo.dataset_dict(d) for d in ds_repo.list_datasets(s)],
+            as_json=as_json,
+            columns=["name", "example_count", "license", "provider", "sha256"],
+        )
+
+
+@contributors.command("add")
+def contributors_add(
+    id: Annotated[str, typer.Argument(help="Short id, e.g. 'acme-support'.")],
+    name: Annotated[str, typer.Option(help="Display name.")],
+    kind: Annotated[
+        str, typer.Option(help="person | organisation | infrastructure | platform")
+    ] = "organisation",
+    email: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a contributor."""
+    with opened_platform() as p, p.db.session() as s:
+        c = contrib_repo.add_contributor(s, id=id, name=name, kind=kind, email=email)
+        emit({"id": c.id, "name": c.name, "kind": c.kind}, as_json=as_json)
+
+
+@contributors.command("list")
+def contributors_list(as_json: JsonOpt = False) -> None:
+    """List contributors."""
+    with opened_platform() as p, p.db.session() as s:
+        emit(
+            [{"id": c.id, "name": c.name, "kind": c.kind} for c in contrib_repo.list_contributors(s)],
+            as_json=as_json,
+            columns=["id", "name", "kind"],
+        )
+
+
+@terms.command("set")
+def terms_set(
+    subject: Annotated[str, typer.Argument(help="Model or data set name.")],
+    contributor: Annotated[str, typer.Option(help="Contributor id who earns it.")],
+    kind: Annotated[
+        str,
+        typer.Option(help="per_1k_input_tokens | per_1k_output_tokens | per_request | per_compute_second"),
+    ],
+    amount_nanos: Annotated[int, typer.Option(help="Integer nano-USD (1 USD = 1,000,000,000).")],
+    dataset: Annotated[
+        bool, typer.Option("--dataset", help="The subject is a data set, not a model.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or replace a contribution term, e.g.
+    `constellation terms set minilm --contributor sbert --kind per_1k_input_tokens --amount-nanos 2000`."""
+    with opened_platform() as p, p.db.session() as s:
+        t = terms_repo.set_term(
+            s,
+            subject_type="dataset" if dataset else "model",
+            subject_name=subject,
+            contributor_id=contributor,
+            kind=kind,
+            amount_nanos=amount_nanos,
+        )
+        emit(
+            {
+                "subject": subject,
+                "contributor": t.contributor_id,
+                "kind": t.kind,
+                "amount_nanos": t.amount_nanos,
+            },
+            as_json=as_json,
+        )
+
+
+@terms.command("list")
+def terms_list(as_json: JsonOpt = False) -> None:
+    """List contribution terms."""
+    with opened_platform() as p, p.db.session() as s:
+        emit(
+            terms_repo.list_terms(s),
+            as_json=as_json,
+            columns=["subject_type", "subject", "contributor", "kind", "amount_nanos"],
+        )
+
+
+@licences.command("list")
+def licences_list(as_json: JsonOpt = False) -> None:
+    """List the licence catalog with its machine-readable terms."""
+    with opened_platform() as p, p.db.session() as s:
+        rows = [lic_repo.licence_dict(lic_repo.find_licence(s, id=i)) for i in lic_repo.licence_ids(s)]
+        emit(
+            rows,
+            as_json=as_json,
+            columns=["id", "name", "commercial_use", "share_alike", "user_limit", "restrictions"],
+        )
+
+
+@licences.command("add")
+def licences_add(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON file with id, name, commercial_use, attribution_required, "
+            "attribution_text, restrictions, user_limit, share_alike."
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a custom licence from a JSON file."""
+    from pydantic import ValidationError
+
+    from constellation.cli._common import fail
+
+    try:
+        terms = lic_repo.LicenceTerms.model_validate(json.loads(file.read_text()))
+    except (ValidationError, ValueError, OSError) as exc:
+        raise fail(f"invalid licence file {file}: {exc}") from None
+    with opened_platform() as p, p.db.session() as s:
+        emit(lic_repo.licence_dict(lic_repo.add_custom_licence(s, terms=terms)), as_json=as_json)
+
+
+@tenants.command("add")
+def tenants_add(
+    id: Annotated[str, typer.Argument(help="Short id, e.g. 'acme'.")],
+    name: Annotated[str | None, typer.Option(help="Display name (default: the id).")] = None,
+    declared_use: Annotated[str, typer.Option(help="commercial | non-commercial")] = "commercial",
+    monthly_active_users: Annotated[int, typer.Option(help="Declared monthly active users.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a tenant."""
+    with opened_platform() as p, p.db.session() as s:
+        t = tenant_repo.add_tenant(
+            s, id=id, name=name or id, declared_use=declared_use, monthly_active_users=monthly_active_users
+        )
+        emit({"id": t.id, "name": t.name, "declared_use": t.declared_use}, as_json=as_json)
+
+
+@tenants.command("list")
+def tenants_list(as_json: JsonOpt = False) -> None:
+    """List tenants."""
+    with opened_platform() as p, p.db.session() as s:
+        emit(
+            [
+                {
+                    "id": t.id,
+                    "name": t.name,
+                    "declared_use": t.declared_use,
+                    "monthly_active_users": t.monthly_active_users,
+                }
+                for t in tenant_repo.list_tenants(s)
+            ],
+            as_json=as_json,
+            columns=["id", "name", "declared_use", "monthly_active_users"],
+        )
+
+
+@keys.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id the key belongs to.")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help="inference | admin | contributor:<id> (repeatable; default inference)."),
+    ] = None,
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key. The key is printed once; only its hash is stored."""
+    with opened_platform() as p, p.db.session() as s:
+        new = tenant_repo.create_key(s, tenant_id=tenant, scopes=scope or ["inference"], name=name)
+        emit(
+            {"id": new.row.id, "tenant": tenant, "scopes": new.row.scopes, "key": new.secret}, as_json=as_json
+        )
+    if not as_json:
+        console.print("[yellow]Store the key now: it cannot be shown again.[/yellow]")
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (the part after 'cst_').")]) -> None:
+    """Revoke a key; requests with it get 401 from now on."""
+    with opened_platform() as p, p.db.session() as s:
+        tenant_repo.revoke_key(s, key_id=key_id)
+    console.print(f"revoked {key_id}")
+
+
+@keys.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List keys (never their secrets)."""
+    with opened_platform() as p, p.db.session() as s:
+        emit(
+            [
+                {
+                    "id": k.id,
+                    "tenant": k.tenant_id,
+                    "scopes": k.scopes,
+                    "name": k.name,
+                    "revoked": k.revoked_at is not None,
+                }
+                for k in tenant_repo.list_keys(s, tenant_id=tenant)
+            ],
+            as_json=as_json,
+            columns=["id", "tenant", "scopes", "name", "revoked"],
+        )

@@ -1,0 +1,171 @@
+"""Registration services shared by the CLI and the admin API: import weights or data into
+the artifact store and record them, their licence, author and lineage, in one transaction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from constellation.artifacts import Artifact as StoredArtifact
+from constellation.artifacts import ArtifactStore, check_adapter_fits_base
+from constellation.errors import InvalidInput
+from constellation.registry import datasets as ds_repo
+from constellation.registry import models as model_repo
+from constellation.registry.licences import get_licence
+from constellation.registry.tables import Artifact, Dataset, Model
+
+
+def _record_artifact(s: Session, art: StoredArtifact) -> None:
+    if s.get(Artifact, art.digest) is None:
+        s.add(Artifact(digest=art.digest, kind=art.kind, size_bytes=art.size_bytes, files=dict(art.files)))
+        s.flush()
+
+
+def _card_dict(art: StoredArtifact) -> dict[str, Any]:
+    c = art.card
+    if c is None:
+        return {}
+    return {
+        "license": c.license,
+        "base_model": c.base_model,
+        "datasets": list(c.datasets),
+        "tags": list(c.tags),
+    }
+
+
+def _licence_from(s: Session, licence: str | None, art: StoredArtifact) -> str:
+    lid = licence or (art.card.license if art.card else None)
+    if not lid:
+        raise InvalidInput(
+            "no licence given and the model card has none: pass --license (e.g. apache-2.0)", param="license"
+        )
+    return get_licence(s, id=lid.lower()).id
+
+
+def register_base(
+    s: Session,
+    store: ArtifactStore,
+    *,
+    src: Path,
+    name: str,
+    task: str,
+    author: str,
+    licence: str | None = None,
+    labels: list[str] | None = None,
+    visibility: str = "public",
+    owner_tenant: str | None = None,
+    card: dict[str, Any] | None = None,
+) -> Model:
+    """Import a Hugging Face model directory as a base model."""
+    art = store.import_model_dir(src)
+    _record_artifact(s, art)
+    return model_repo.add_model(
+        s,
+        name=name,
+        kind="base",
+        task=task,
+        artifact_digest=art.digest,
+        licence_id=_licence_from(s, licence, art),
+        author_id=author,
+        labels=labels,
+        card={**_card_dict(art), **(card or {})},
+        visibility=visibility,
+        owner_tenant_id=owner_tenant,
+    )
+
+
+def _head_labels(src: Path) -> list[str] | None:
+    head = src / "classifier_head.json"
+    if not head.is_file():
+        return None
+    labels = json.loads(head.read_text()).get("labels")
+    return [str(x) for x in labels] if isinstance(labels, list) else None
+
+
+def register_adapter(
+    s: Session,
+    store: ArtifactStore,
+    *,
+    src: Path,
+    name: str,
+    base: str,
+    author: str,
+    licence: str | None = None,
+    task: str | None = None,
+    labels: list[str] | None = None,
+    datasets: list[tuple[str, int | None]] | None = None,
+    visibility: str = "public",
+    owner_tenant: str | None = None,
+    card: dict[str, Any] | None = None,
+) -> Model:
+    """Import a PEFT adapter directory trained anywhere onto a registered base.
+
+    `datasets` are (registered data set name, weight or None = its example count)."""
+    base_row = model_repo.get_model(s, name=base)
+    base_dir = store.open(base_row.artifact_digest)
+    check_adapter_fits_base(src, base_dir, base_name=base)
+    art = store.import_adapter_dir(src, base=base_dir)
+    _record_artifact(s, art)
+    head_labels = _head_labels(src)
+    if labels and head_labels and labels != head_labels:
+        raise InvalidInput(
+            f"labels {labels} differ from the adapter head's labels {head_labels}", param="labels"
+        )
+    labels = labels or head_labels
+    task = task or ("classification" if labels else base_row.task)
+    m = model_repo.add_model(
+        s,
+        name=name,
+        kind="adapter",
+        task=task,
+        artifact_digest=art.digest,
+        licence_id=_licence_from(s, licence, art),
+        author_id=author,
+        base_name=base,
+        labels=labels,
+        card={**_card_dict(art), **(card or {})},
+        visibility=visibility,
+        owner_tenant_id=owner_tenant,
+    )
+    for ds_name, weight in datasets or []:
+        d = ds_repo.get_dataset(s, name=ds_name)
+        model_repo.link_dataset(s, model=m, dataset=d, weight=weight or d.example_count)
+    return m
+
+
+def register_dataset(
+    s: Session,
+    store: ArtifactStore,
+    *,
+    src: Path,
+    name: str,
+    licence: str,
+    provider: str,
+    example_count: int | None = None,
+) -> tuple[Dataset, bool]:
+    """Import a JSONL data set; returns (row, created). The same bytes registered again are reused."""
+    art = store.import_dataset_file(src)
+    sha = art.files[next(iter(art.files))]
+    existing = ds_repo.find_dataset_by_sha(s, sha256=sha)
+    if existing is not None:
+        return existing, False
+    _record_artifact(s, art)
+    count = example_count if example_count is not None else _count_lines(src)
+    d = ds_repo.add_dataset(
+        s,
+        name=name,
+        artifact_digest=art.digest,
+        sha256=sha,
+        example_count=count,
+        licence_id=licence,
+        provider_id=provider,
+    )
+    return d, True
+
+
+def _count_lines(src: Path) -> int:
+    with src.open("rb") as f:
+        return sum(1 for line in f if line.strip())
