@@ -1,0 +1,128 @@
+"""Classification objective: LoRA on the base encoder plus a linear head on its pooled embedding.
+
+The head format (classifier_head.safetensors/json) is the serving contract with the encoder engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import peft
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer
+
+from constellation.errors import InvalidInput
+from constellation.finetune.data import Example, TextExample
+from constellation.finetune.targets import default_targets
+
+HEAD_WEIGHTS = "classifier_head.safetensors"
+HEAD_META = "classifier_head.json"
+_ST_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+Encoded = tuple[list[int], int]  # (token ids, label index)
+
+
+def pooling_mode(base_dir: Path) -> str:
+    """The pooling of the base's sentence-transformers config; mean when it has none."""
+    modules = base_dir / "modules.json"
+    if not modules.is_file():
+        return "mean"
+    for module in json.loads(modules.read_text()):
+        if str(module.get("type", "")).endswith("Pooling"):
+            config = json.loads((base_dir / module["path"] / "config.json").read_text())
+            modes = [name for key, name in _ST_POOLING_KEYS.items() if config.get(key)]
+            if len(modes) != 1:
+                raise InvalidInput(f"{base_dir.name}: pooling {modes} is not supported; use exactly one mode")
+            return modes[0]
+    return "mean"
+
+
+def pool(h: Tensor, mask: Tensor, mode: str) -> Tensor:
+    """Sentence embedding before normalisation. h: [B, S, H], mask: [B, S] -> [B, H]."""
+    m = mask.unsqueeze(-1).to(h.dtype)  # [B, S, 1]
+    if mode == "cls":
+        return h[:, 0]
+    if mode == "max":
+        return h.masked_fill(m == 0, torch.finfo(h.dtype).min).amax(dim=1)
+    if mode == "lasttoken":
+        last = mask.sum(dim=1) - 1  # [B]; right padding, so the last real token
+        return h[torch.arange(h.shape[0]), last]
+    summed = (h * m).sum(dim=1)  # [B, H]
+    count = m.sum(dim=1).clamp(min=1e-9)  # [B, 1]
+    return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
+
+
+class ClassificationObjective:
+    """Owns the PEFT-wrapped encoder and the head; turns batches of examples into a loss."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        labels: Sequence[str],
+        *,
+        rank: int,
+        alpha: int,
+        targets: Sequence[str] | None,
+        dropout: float,
+    ) -> None:
+        self.labels = tuple(labels)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        encoder = AutoModel.from_pretrained(base_dir, use_safetensors=True, dtype=torch.float32)
+        lora = peft.LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=list(targets or default_targets(encoder.config.model_type)),
+            bias="none",
+        )
+        self.encoder = peft.get_peft_model(encoder, lora)
+        self.head = nn.Linear(encoder.config.hidden_size, len(self.labels))
+        self.pooling = pooling_mode(base_dir)
+        self.module: nn.Module = nn.ModuleDict({"encoder": self.encoder, "head": self.head})
+
+    def param_groups(self, lr: float, head_lr: float) -> list[dict[str, object]]:
+        lora = [p for p in self.encoder.parameters() if p.requires_grad]
+        return [{"params": lora, "lr": lr}, {"params": list(self.head.parameters()), "lr": head_lr}]
+
+    def encode(self, examples: Sequence[Example], max_length: int) -> list[Encoded]:
+        index = {label: i for i, label in enumerate(self.labels)}
+        texts = [ex.text for ex in examples if isinstance(ex, TextExample)]
+        ids = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return [(row, index[ex.label]) for row, ex in zip(ids, examples, strict=True)]  # type: ignore[union-attr]
+
+    def _logits(self, batch: Sequence[Encoded]) -> tuple[Tensor, Tensor]:
+        padded = self.tokenizer.pad({"input_ids": [ids for ids, _ in batch]}, return_tensors="pt")
+        h = self.encoder(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"])[0]
+        logits = self.head(pool(h, padded["attention_mask"], self.pooling))  # [B, labels]
+        return logits, torch.tensor([y for _, y in batch])
+
+    def loss(self, batch: Sequence[Encoded]) -> Tensor:
+        logits, y = self._logits(batch)
+        return nn.functional.cross_entropy(logits, y)
+
+    @torch.no_grad()
+    def evaluate(self, batches: Sequence[Sequence[Encoded]]) -> dict[str, float]:
+        total, correct, n = 0.0, 0, 0
+        for batch in batches:
+            logits, y = self._logits(batch)
+            total += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=-1) == y).sum())
+            n += len(batch)
+        return {"valid_loss": total / max(n, 1), "valid_accuracy": correct / max(n, 1)}
+
+    def save(self, out_dir: Path) -> None:
+        self.encoder.save_pretrained(str(out_dir), safe_serialization=True)
+        weights = {"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach()}
+        save_file(weights, str(out_dir / HEAD_WEIGHTS))  # weight [labels, hidden], bias [labels]
+        meta = {"labels": list(self.labels), "pooling": "base"}
+        (out_dir / HEAD_META).write_text(json.dumps(meta, indent=2) + "\n")
