@@ -1,0 +1,124 @@
+"""Token sampling (greedy, temperature, top-k, top-p) with a per-request generator, and
+incremental detokenisation that never emits a stop string or a split character.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from constellation.errors import InvalidInput
+
+MAX_STOPS = 16
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """Per-request decoding settings; `temperature == 0` means greedy."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidInput("max_tokens must be at least 1 (or omitted)", param="max_tokens")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise InvalidInput("temperature must be between 0 and 2 (0 = greedy)", param="temperature")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidInput("top_p must be in (0, 1]", param="top_p")
+        if self.top_k < 0:
+            raise InvalidInput("top_k must be 0 (disabled) or positive", param="top_k")
+        self.stop = tuple(self.stop)
+        if len(self.stop) > MAX_STOPS or any(not s for s in self.stop):
+            raise InvalidInput(f"stop takes at most {MAX_STOPS} non-empty strings", param="stop")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A private CPU generator: seeded requests replay exactly whatever they are batched with."""
+    g = torch.Generator()
+    g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    return g
+
+
+def sample(logits: Tensor, params: Sequence[SamplingParams], gens: Sequence[torch.Generator]) -> Tensor:
+    """logits [R, V] -> next tokens [R]. Each row only depends on its own logits and generator."""
+    temp = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+    greedy = logits.argmax(-1)  # [R]
+    if all(p.greedy for p in params):
+        return greedy
+    scaled = logits.float() / temp.clamp_min(1e-5)[:, None]
+    sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)  # [R, V]
+    rank = torch.arange(logits.shape[-1])[None, :]  # [1, V]
+    top_k = torch.tensor([p.top_k or logits.shape[-1] for p in params])[:, None]  # [R, 1]
+    sorted_logits = sorted_logits.masked_fill(rank >= top_k, float("-inf"))
+    probs = sorted_logits.softmax(-1)
+    # Drop tokens whose preceding mass already reaches top_p; the first token always stays.
+    top_p = torch.tensor([p.top_p for p in params])[:, None]  # [R, 1]
+    probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p, 0.0)
+    cdf = probs.cumsum(-1)  # [R, V]
+    u = torch.cat([torch.rand(1, generator=g) for g in gens])  # [R]
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_max(logits.shape[-1] - 1)  # [R, 1]
+    sampled = order.gather(-1, pick).squeeze(-1)  # [R]
+    return torch.where(temp == 0.0, greedy, sampled)
+
+
+class Detokenizer(Protocol):
+    def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+class TextStream:
+    """Turns a growing token list into text chunks, holding back any tail that could still
+    become a stop string or an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer: Detokenizer, stop: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of the decoded text already handed out
+        self.text = ""
+
+    def push(self, ids: list[int]) -> tuple[str, bool]:
+        """Add tokens; returns (text safe to emit now, whether a stop string was hit)."""
+        self.ids.extend(ids)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        hit = self._find_stop()
+        if hit is not None:
+            return self._take(hit), True
+        return self._take(len(self.text) - self._holdback()), False
+
+    def flush(self) -> str:
+        """All text not yet emitted (the sequence has finished without a stop string)."""
+        return self._take(len(self.text))
+
+    def _take(self, end: int) -> str:
+        if end <= self.emitted:
+            return ""
+        out, self.emitted = self.text[self.emitted : end], end
+        return out
+
+    def _find_stop(self) -> int | None:
+        start = max(0, self.emitted - max((len(s) for s in self.stop), default=0))
+        found = [i for s in self.stop if (i := self.text.find(s, start)) >= 0]
+        return min(found) if found else None
+
+    def _holdback(self) -> int:
+        text = self.text
+        hold = 1 if text.endswith("\ufffd") else 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), hold, -1):
+                if text.endswith(s[:n]):
+                    hold = n
+                    break
+        return hold
