@@ -31,9 +31,7 @@ class PriceBook(BaseModel):
     """Platform-side prices in integer nano-USD; contributors' terms live in the registry."""
 
     # Rate per compute-second of attributed engine time, by device class.
-    infra_nanos_per_second: dict[str, int] = Field(
-        default_factory=lambda: {"cpu": 20_000, "gpu": 600_000}
-    )
+    infra_nanos_per_second: dict[str, int] = Field(default_factory=lambda: {"cpu": 20_000, "gpu": 600_000})
     platform_fee_bps: int = Field(default=1000, ge=0, le=10_000)
 
 

@@ -60,7 +60,7 @@ def check_reachable(engine: Engine) -> None:
 
 
 def migrate(engine: Engine) -> None:
-    """Apply every Alembic migration up to head (idempotent)."""
+    """Apply every Alembic migration up to all heads (idempotent); features add independent branches."""
     from alembic import command
     from alembic.config import Config
 
@@ -68,7 +68,7 @@ def migrate(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")
 
 
 class Database:
