@@ -120,7 +120,7 @@ class ArtifactStore:
             try:
                 self._verify(final, digest)
                 return
-            except IntegrityError:
+            except (IntegrityError, NotFound):
                 _discard(final, self._tmp)  # a damaged copy is replaced by the fresh one
         final.parent.mkdir(parents=True, exist_ok=True)
         try:

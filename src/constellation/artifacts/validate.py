@@ -47,7 +47,12 @@ def validate_model_dir(src: Path, files: list[tuple[str, Path]]) -> None:
 def validate_adapter_dir(src: Path, files: list[tuple[str, Path]]) -> None:
     """A PEFT folder: adapter_config.json plus adapter_model.safetensors, no pickles."""
     _refuse_pickles(src, files)
-    read_json_object(src / ADAPTER_CONFIG, what="a PEFT adapter directory")
+    config = read_json_object(src / ADAPTER_CONFIG, what="a PEFT adapter directory")
+    if str(config.get("peft_type") or "LORA").upper() != "LORA":
+        raise InvalidInput(
+            f"{src.name}/ is a {config['peft_type']} adapter; only LoRA adapters can be served. "
+            f"Train it with peft.LoraConfig."
+        )
     if not (src / ADAPTER_WEIGHTS).is_file():
         raise InvalidInput(
             f"{src.name}/ has no {ADAPTER_WEIGHTS}. Save the adapter with "

@@ -155,3 +155,9 @@ def test_corrupt_adapter_weights_are_refused(store: ArtifactStore, adapter: Path
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(InvalidInput, match="not a valid safetensors file"):
         store.import_adapter_dir(adapter)
+
+
+def test_non_lora_adapter_is_refused(store: ArtifactStore, adapter: Path) -> None:
+    _set_config(adapter, peft_type="IA3")
+    with pytest.raises(InvalidInput, match="IA3 adapter; only LoRA"):
+        store.import_adapter_dir(adapter)

@@ -111,6 +111,14 @@ def test_reimport_repairs_a_damaged_copy(store: ArtifactStore, model_dir: Path) 
     assert store.open(art.digest) == art.path
 
 
+def test_reimport_replaces_a_dir_without_manifest(store: ArtifactStore, model_dir: Path) -> None:
+    art = store.import_model_dir(model_dir)
+    (art.path / "manifest.json").unlink()
+    assert not store.has(art.digest)
+    assert store.import_model_dir(model_dir).digest == art.digest
+    assert store.open(art.digest) == art.path
+
+
 def test_remove_and_unknown_digests(store: ArtifactStore, model_dir: Path) -> None:
     art = store.import_model_dir(model_dir)
     store.remove(art.digest)
