@@ -28,7 +28,7 @@ class _Kind(Enum):
 @dataclass(frozen=True, slots=True)
 class _Plan:
     kind: _Kind
-    slot: int  # for SINGLE
+    slots: tuple[int, ...]  # distinct adapter slots in the batch (no NO_ADAPTER)
     index: torch.Tensor  # [N] slot per row, NO_ADAPTER mapped to the zero slot
 
 
@@ -38,7 +38,8 @@ class LoRAContext:
     `set_mapping(slots)` gives, before a forward, the adapter slot of each row of the layers'
     input's FIRST dimension: x may be [B, S, in] with slots [B], or packed tokens [T, in] with
     slots [T]. `deterministic=True` always takes the gathered path, so a row's bits never depend
-    on which other rows share its batch.
+    on which other rows share its batch, and computes 3-D inputs' base linear per sequence
+    (a bmm), because a plain GEMM's reduction order changes with the number of rows.
     """
 
     def __init__(self, n_slots: int, *, deterministic: bool = False) -> None:
@@ -69,7 +70,8 @@ class LoRAContext:
             kind = _Kind.SINGLE
         else:
             kind = _Kind.MIXED
-        self._plan = _Plan(kind=kind, slot=values[0], index=index)
+        used = tuple(v for v in values if v != NO_ADAPTER)
+        self._plan = _Plan(kind=kind, slots=used, index=index)
 
     def clear_mapping(self) -> None:
         """Forget the mapping: layers return the base output only."""
@@ -103,6 +105,8 @@ class MultiLoRALinear(nn.Module):
         self.lora_A: torch.Tensor
         self.lora_B: torch.Tensor
         self.scale: torch.Tensor
+        # Rank per slot (last = the zero slot): a batch only multiplies up to its largest rank.
+        self._rank = [0] * (n_slots + 1)
 
     @torch.no_grad()
     def set_slot(self, slot: int, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
@@ -123,6 +127,7 @@ class MultiLoRALinear(nn.Module):
         self.lora_A[slot, :, :r] = A.t()  # [in, r]
         self.lora_B[slot, :r, :] = B.t() * scale  # [r, out]
         self.scale[slot] = scale
+        self._rank[slot] = r
 
     @torch.no_grad()
     def clear_slot(self, slot: int) -> None:
@@ -131,25 +136,43 @@ class MultiLoRALinear(nn.Module):
         self.lora_A[slot].zero_()
         self.lora_B[slot].zero_()
         self.scale[slot] = 0.0
+        self._rank[slot] = 0
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.n_slots:
             raise IndexError(f"slot {slot} out of range [0, {self.n_slots})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = self._base(x)
         plan = self.ctx.plan
         if plan is None or plan.kind is _Kind.NONE:
             return y
+        # Deterministic mode keeps the full padded rank: a row's reduction length must not
+        # depend on which ranks share its batch.
+        r = self.max_rank if self.ctx.deterministic else max(self._rank[s] for s in plan.slots)
+        if r == 0:  # no adapter in this batch touches this layer
+            return y
+        A, B = self.lora_A[:, :, :r], self.lora_B[:, :r, :]  # views trimmed to the batch's rank
         if plan.kind is _Kind.SINGLE:
-            return y.add_((x @ self.lora_A[plan.slot]) @ self.lora_B[plan.slot])
+            s = plan.slots[0]
+            return y.add_((x @ A[s]) @ B[s])
         n = x.shape[0]
         if plan.index.shape[0] != n:
             raise ValueError(f"mapping has {plan.index.shape[0]} rows but the input has {n}")
         xr = x.reshape(n, -1, self.in_features)  # [N, S, in]
-        xa = torch.bmm(xr, self.lora_A[plan.index])  # [N, S, r]
-        y.view(n, -1, self.out_features).baddbmm_(xa, self.lora_B[plan.index])  # [N, S, out]
+        xa = torch.bmm(xr, A[plan.index])  # [N, S, r]
+        y.view(n, -1, self.out_features).baddbmm_(xa, B[plan.index])  # [N, S, out]
         return y
+
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.ctx.deterministic and x.dim() == 3):
+            return self.base(x)
+        # One GEMM per sequence with the same shape whatever the batch size: bitwise stable.
+        n = x.shape[0]
+        wt = self.base.weight.t().unsqueeze(0).expand(n, -1, -1)  # [N, in, out], no copy
+        if self.base.bias is None:
+            return torch.bmm(x, wt)
+        return torch.baddbmm(self.base.bias, x, wt)  # [N, S, out]
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, slots={self.n_slots}, r={self.max_rank}"

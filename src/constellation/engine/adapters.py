@@ -1,0 +1,316 @@
+"""LoRA adapters: PEFT directories loaded into host memory, and the two-tier adapter cache.
+
+Adapters move disk -> host (LRU within a byte budget) -> slots of one base's layers (LRU);
+a batch pins the adapters it uses, and concurrent first requests load an adapter once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from constellation.engine.lora import NO_ADAPTER, MultiLoRALinear
+from constellation.engine.spec import AdapterSpec
+from constellation.errors import InvalidInput, Overloaded
+
+PEFT_PREFIX = "base_model.model."
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+HEAD_WEIGHTS = "classifier_head.safetensors"
+HEAD_CONFIG = "classifier_head.json"
+
+
+@dataclass(frozen=True, slots=True)
+class LoRAWeights:
+    """One adapted module, PEFT orientation: A [r, in] (lora_A.weight), B [out, r]."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scale: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierHead:
+    """Linear head on the base's pooled (pre-normalisation) embedding, then softmax."""
+
+    weight: torch.Tensor  # [num_labels, hidden]
+    bias: torch.Tensor  # [num_labels]
+    labels: tuple[str, ...]
+    pooling: str = "base"
+
+
+@dataclass(slots=True)
+class LoadedAdapter:
+    """An adapter in host memory; `modules` is keyed by HF module path (PEFT prefix stripped)."""
+
+    name: str
+    rank: int
+    scale: float
+    modules: dict[str, LoRAWeights]
+    head: ClassifierHead | None = None
+    nbytes: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        tensors = [t for w in self.modules.values() for t in (w.A, w.B)]
+        if self.head is not None:
+            tensors += [self.head.weight, self.head.bias]
+        self.nbytes = sum(t.numel() * t.element_size() for t in tensors)
+
+
+def load_adapter(spec: AdapterSpec) -> LoadedAdapter:
+    """Read a PEFT LoRA directory (safetensors only) via `spec.resolve()`."""
+    path = spec.resolve()
+    config = _read_config(path, spec.name)
+    weights_path = path / ADAPTER_WEIGHTS
+    if not weights_path.is_file():
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = f" (found pickle files {pickled}: convert them to safetensors)" if pickled else ""
+        raise InvalidInput(f"adapter {spec.name!r} has no {ADAPTER_WEIGHTS}{hint}")
+    modules = _modules(load_file(str(weights_path)), config, spec.name)
+    head = _read_head(path, spec)
+    r = int(config.get("r", 8))  # type: ignore[call-overload]
+    return LoadedAdapter(
+        name=spec.name, rank=max(w.A.shape[0] for w in modules.values()), scale=_scale(config, r),
+        modules=modules, head=head,
+    )  # fmt: skip
+
+
+def _read_config(path: Path, name: str) -> dict[str, object]:
+    try:
+        config = json.loads((path / ADAPTER_CONFIG).read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"adapter {name!r} has no {ADAPTER_CONFIG}; export it with PEFT save_pretrained")
+    if config.get("peft_type", "LORA") != "LORA":
+        raise InvalidInput(f"adapter {name!r} is {config.get('peft_type')}, only LoRA adapters are served")
+    if config.get("use_dora"):
+        raise InvalidInput(f"adapter {name!r} uses DoRA; retrain it with use_dora=false")
+    return dict(config)
+
+
+def _scale(config: Mapping[str, object], r: int, alpha: object = None) -> float:
+    """alpha / r, or alpha / sqrt(r) for rsLoRA (PEFT's definition)."""
+    a = float(config.get("lora_alpha", r) if alpha is None else alpha)  # type: ignore[arg-type]
+    return a / math.sqrt(r) if config.get("use_rslora") else a / r
+
+
+def _modules(
+    state: dict[str, torch.Tensor], config: Mapping[str, object], name: str
+) -> dict[str, LoRAWeights]:
+    """Pair lora_A / lora_B per module; per-module ranks and alphas follow PEFT's patterns."""
+    alphas = dict(config.get("alpha_pattern") or {})  # type: ignore[call-overload]
+    out: dict[str, LoRAWeights] = {}
+    for key, A in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removesuffix(".lora_A.weight")
+        B = state.get(module + ".lora_B.weight")
+        if B is None:
+            raise InvalidInput(f"adapter {name!r} has {key} but no matching lora_B weight")
+        hf = module.removeprefix(PEFT_PREFIX)
+        r = A.shape[0]
+        # The rank is the tensor's (rank_pattern is already reflected in the shapes).
+        alpha = next((v for k, v in alphas.items() if hf == k or hf.endswith("." + k)), None)
+        out[hf] = LoRAWeights(A=A.float(), B=B.float(), scale=_scale(config, r, alpha))
+    if not out:
+        raise InvalidInput(f"adapter {name!r} holds no LoRA weights (no *.lora_A.weight keys)")
+    return out
+
+
+def _read_head(path: Path, spec: AdapterSpec) -> ClassifierHead | None:
+    """The classification head, if any; its labels must equal the registry's."""
+    if not (path / HEAD_WEIGHTS).is_file():
+        if spec.labels is not None:
+            raise InvalidInput(f"adapter {spec.name!r} has labels but no {HEAD_WEIGHTS}")
+        return None
+    tensors = load_file(str(path / HEAD_WEIGHTS))
+    meta = json.loads((path / HEAD_CONFIG).read_text())
+    labels = tuple(str(x) for x in meta["labels"])
+    if spec.labels is not None and tuple(spec.labels) != labels:
+        raise InvalidInput(
+            f"adapter {spec.name!r}: registry labels {list(spec.labels)} differ from its head's "
+            f"{list(labels)}; re-register the adapter with the head's labels"
+        )
+    weight, bias = tensors["weight"].float(), tensors["bias"].float()
+    if weight.shape[0] != len(labels) or bias.shape != (len(labels),):
+        raise InvalidInput(f"adapter {spec.name!r}: head shape {tuple(weight.shape)} != {len(labels)} labels")
+    return ClassifierHead(weight=weight, bias=bias, labels=labels, pooling=str(meta.get("pooling", "base")))
+
+
+@dataclass(slots=True)
+class _Slot:
+    index: int
+    head: ClassifierHead | None
+    pins: int = 0
+
+
+class AdapterCache:
+    """Disk -> host (LRU within `host_bytes`) -> slots of `layers` (LRU within `n_slots`).
+
+    `acquire(specs)` returns one slot per spec (NO_ADAPTER for None) and pins those adapters
+    until `release(specs)`; pinned adapters are never evicted. Thread-safe; slot writes happen
+    inside `acquire`, so call it between forwards (the engine's worker thread does).
+    `name_map` turns an adapter's HF module path into a key of `layers` (None = unknown).
+    """
+
+    def __init__(
+        self,
+        layers: Mapping[str, MultiLoRALinear],
+        n_slots: int,
+        host_bytes: int,
+        *,
+        loader: Callable[[AdapterSpec], LoadedAdapter] = load_adapter,
+        name_map: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self._layers = dict(layers)
+        self._n_slots = n_slots
+        self._host_bytes = host_bytes
+        self._loader = loader
+        self._name_map = name_map or (lambda hf: hf if hf in self._layers else None)
+        self._lock = threading.Lock()
+        self._host: OrderedDict[str, LoadedAdapter] = OrderedDict()
+        self._loading: dict[str, threading.Event] = {}
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._free = list(range(n_slots - 1, -1, -1))
+        self.loads = 0  # disk loads, for stats and tests
+        self.slot_writes = 0
+
+    @property
+    def n_slots(self) -> int:
+        return self._n_slots
+
+    def prefetch(self, spec: AdapterSpec) -> LoadedAdapter:
+        """Ensure `spec` is in host memory; concurrent callers for one adapter load it once."""
+        while True:
+            with self._lock:
+                if spec.name in self._host:
+                    self._host.move_to_end(spec.name)
+                    return self._host[spec.name]
+                event = self._loading.get(spec.name)
+                if event is None:
+                    event = self._loading[spec.name] = threading.Event()
+                    break
+            event.wait()  # another thread is loading it; then re-check (it may have failed)
+        try:
+            adapter = self._loader(spec)
+            self._check_targets(adapter)
+        finally:
+            with self._lock:
+                del self._loading[spec.name]
+            event.set()
+        with self._lock:
+            self.loads += 1
+            self._host[spec.name] = adapter
+            self._evict_host()
+        return adapter
+
+    def head(self, name: str) -> ClassifierHead | None:
+        """The head of an adapter currently in a slot (acquired)."""
+        with self._lock:
+            return self._slots[name].head
+
+    def acquire(self, specs: Sequence[AdapterSpec | None]) -> list[int]:
+        """Slot per spec (NO_ADAPTER for None); pins every adapter used until `release`."""
+        names = list(dict.fromkeys(s.name for s in specs if s is not None))
+        if len(names) > self._n_slots:
+            raise Overloaded(f"a batch uses {len(names)} adapters but only {self._n_slots} slots exist")
+        by_name = {s.name: s for s in specs if s is not None}
+        pinned: list[str] = []
+        try:
+            for name in names:
+                self._pin(by_name[name])
+                pinned.append(name)
+        except BaseException:
+            self._unpin(pinned)
+            raise
+        with self._lock:
+            return [NO_ADAPTER if s is None else self._slots[s.name].index for s in specs]
+
+    def release(self, specs: Sequence[AdapterSpec | None]) -> None:
+        """Unpin what `acquire(specs)` pinned."""
+        self._unpin(list(dict.fromkeys(s.name for s in specs if s is not None)))
+
+    def pinned(self) -> set[str]:
+        with self._lock:
+            return {n for n, s in self._slots.items() if s.pins > 0}
+
+    def resident(self) -> list[str]:
+        """Adapters in slots, least recently used first."""
+        with self._lock:
+            return list(self._slots)
+
+    def _pin(self, spec: AdapterSpec) -> None:
+        with self._lock:
+            slot = self._slots.get(spec.name)
+            if slot is not None:
+                slot.pins += 1
+                self._slots.move_to_end(spec.name)
+                return
+        adapter = self.prefetch(spec)  # outside the lock: may read disk
+        with self._lock:
+            slot = self._slots.get(spec.name)
+            if slot is None:
+                index = self._take_slot()
+                try:
+                    self._write(index, adapter)
+                except BaseException:
+                    self._free.append(index)
+                    raise
+                slot = self._slots[spec.name] = _Slot(index=index, head=adapter.head)
+            slot.pins += 1
+            self._slots.move_to_end(spec.name)
+
+    def _unpin(self, names: Sequence[str]) -> None:
+        with self._lock:
+            for name in names:
+                self._slots[name].pins -= 1
+
+    def _take_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        victim = next((n for n, s in self._slots.items() if s.pins == 0), None)
+        if victim is None:
+            raise Overloaded(f"all {self._n_slots} adapter slots are in use; retry shortly")
+        return self._slots.pop(victim).index
+
+    def _write(self, index: int, adapter: LoadedAdapter) -> None:
+        mapped = {self._name_map(hf): w for hf, w in adapter.modules.items()}
+        for key, layer in self._layers.items():
+            w = mapped.get(key)
+            if w is None:
+                layer.clear_slot(index)
+            else:
+                layer.set_slot(index, w.A, w.B, w.scale)
+        self.slot_writes += 1
+
+    def _check_targets(self, adapter: LoadedAdapter) -> None:
+        unknown = [hf for hf in adapter.modules if self._name_map(hf) is None]
+        if unknown:
+            raise InvalidInput(
+                f"adapter {adapter.name!r} adapts modules this base cannot serve: {unknown[:3]}; "
+                "target the attention/MLP linear layers of the same base"
+            )
+        for hf, w in adapter.modules.items():
+            layer = self._layers[self._name_map(hf) or hf]
+            if w.A.shape[0] > layer.max_rank:
+                raise InvalidInput(
+                    f"adapter {adapter.name!r} has rank {w.A.shape[0]} on {hf}; this engine serves "
+                    f"ranks up to {layer.max_rank}: retrain with a smaller r"
+                )
+
+    def _evict_host(self) -> None:
+        total = sum(a.nbytes for a in self._host.values())
+        for name in list(self._host):
+            if total <= self._host_bytes or len(self._host) <= 1:
+                break
+            slot = self._slots.get(name)
+            if slot is not None and slot.pins > 0:
+                continue
+            total -= self._host.pop(name).nbytes
