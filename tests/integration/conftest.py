@@ -1,0 +1,49 @@
+"""In-process app fixtures: the real FastAPI app with its lifespan, driven by httpx through
+ASGITransport, plus an admin key and an inference key for a second tenant."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from constellation.api.app import create_app
+from constellation.config import Settings
+from constellation.platform import Platform
+from constellation.registry import tenants
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Api:
+    app: FastAPI
+    client: httpx.AsyncClient
+    platform: Platform
+    admin: dict[str, str]
+
+    def key(self, tenant: str, *scopes: str, declared_use: str = "commercial") -> dict[str, str]:
+        """Headers with a fresh key for `tenant` (created if missing)."""
+        with self.platform.db.session() as s:
+            if s.get(tenants.Tenant, tenant) is None:
+                tenants.add_tenant(s, id=tenant, name=tenant, declared_use=declared_use)
+            new = tenants.create_key(s, tenant_id=tenant, scopes=list(scopes) or ["inference"])
+        return {"Authorization": f"Bearer {new.secret}"}
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Api]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            platform: Platform = app.state.platform
+            a = Api(app=app, client=client, platform=platform, admin={})
+            a.admin = a.key("ops", "admin")
+            yield a
