@@ -159,3 +159,19 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Acceptance(Base):
+    """A tenant's explicit acceptance of a licence's flow-down use restrictions, kept for audit:
+    withdrawing sets `withdrawn_at`; accepting again adds a new row."""
+
+    __tablename__ = "licence_acceptances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    licence_id: Mapped[str] = mapped_column(ForeignKey("licences.id"))
+    restrictions: Mapped[list[str]] = mapped_column(default=list)
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    via: Mapped[str] = mapped_column(String(10), default="api")
+    accepted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (CheckConstraint("via IN ('api', 'cli')", name="ck_acceptance_via"),)
