@@ -17,13 +17,15 @@ from typing import Any, Protocol
 import torch
 
 from constellation.config import EngineLimits
+from constellation.engine.adapters import AdapterCache
 from constellation.engine.kvcache import KVCache
 from constellation.engine.llm import CausalLM, StepInput, load_causal_lm
 from constellation.engine.llm_tokens import LMTokenizer, fit_max_new
-from constellation.engine.lora import NO_ADAPTER, LoRAContext
+from constellation.engine.lora import NO_ADAPTER, LoRAContext, inject_lora
+from constellation.engine.pool import ModelPool, module_bytes
 from constellation.engine.sampling import SamplingParams, TextStream, make_generator, sample
 from constellation.engine.spec import AdapterSpec, BaseSpec
-from constellation.errors import ConstellationError, InvalidInput, Overloaded
+from constellation.errors import InvalidInput, Overloaded
 
 __all__ = ["DecoderEngine", "Delta", "Prepared", "SamplingParams", "split_largest_remainder"]
 
@@ -132,6 +134,7 @@ class Runner:
         self.steps = 0
         self.tokens_out = 0
         self.on_dequeue: Callable[[Seq], None] = lambda s: None
+        self.on_finish: Callable[[Seq], None] = lambda s: None
 
     @property
     def has_work(self) -> bool:
@@ -224,11 +227,13 @@ class Runner:
         self.waiting = deque(s for s in self.waiting if not s.cancelled)
 
     def _free(self, seq: Seq) -> None:
-        seq.finished = True
         if seq in self.running:
             self.running.remove(seq)
         self.kv.release(seq.table)
         self._unpin(seq)
+        if not seq.finished:
+            seq.finished = True
+            self.on_finish(seq)
 
     # -- run --------------------------------------------------------------------------------
     def run(self, work: list[Work]) -> tuple[list[int], int]:
@@ -337,21 +342,34 @@ class Runner:
 
 
 BaseLoader = Callable[[BaseSpec, EngineLimits], Runner]
+LORA_LEAVES = frozenset(
+    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc")
+)
 
 
-def load_runner(base: BaseSpec, limits: EngineLimits, kv_bytes: int | None = None) -> Runner:
-    """Load `base` from its verified directory into a fresh Runner (adapter slots attached later)."""
+def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> Runner:
+    """Load `base` from its verified directory: forward, KV cache, LoRA slots, adapter cache."""
     path = base.resolve()
     model = load_causal_lm(path).to(limits.device)
     cfg = model.cfg
+    ctx = LoRAContext(limits.adapter_slots, deterministic=limits.deterministic)
+    # Our module paths equal HF's, so an adapter's module name is the layer's own path.
+    targets = lambda p: p if p.rpartition(".")[2] in LORA_LEAVES else None  # noqa: E731
+    layers = inject_lora(model, targets, ctx, limits.adapter_slots, max_rank)
     kv = KVCache(
         n_layers=cfg.n_layers,
         n_kv_heads=cfg.n_kv_heads,
         head_dim=cfg.head_dim,
-        budget_bytes=kv_bytes or limits.kv_cache_bytes,
+        budget_bytes=limits.kv_cache_bytes,
         device=limits.device,
     )
-    return Runner(model, LMTokenizer.load(path), kv, limits)
+    adapters = AdapterCache(layers, limits.adapter_slots, limits.adapter_host_bytes)
+    return Runner(model, LMTokenizer.load(path), kv, limits, lora=ctx, adapters=adapters)
+
+
+def runner_bytes(runner: Runner) -> int:
+    """Weights, LoRA slots and KV cache: what a resident base holds."""
+    return module_bytes(runner.model) + runner.kv.k.nbytes + runner.kv.v.nbytes
 
 
 class DecoderEngine:
@@ -362,6 +380,9 @@ class DecoderEngine:
         self._loader: BaseLoader = loader or load_runner
         self._tokenizers: dict[str, LMTokenizer] = {}
         self._runners: dict[str, Runner] = {}
+        self._pool: ModelPool[Runner] = ModelPool(
+            limits.base_model_bytes, lambda b: self._loader(b, limits), runner_bytes, self._evicted
+        )
         self._inbox: queue.SimpleQueue[tuple[BaseSpec, Seq] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._queued = 0  # submitted, not yet admitted to a running batch
@@ -451,7 +472,7 @@ class DecoderEngine:
             "queued": float(self._queued),
             "running": float(sum(len(r.running) for r in runners)),
             "steps": float(sum(r.steps for r in runners)),
-            "busy_s": busy / 1e9,
+            "busy_ns": float(busy),
             "tokens_out": float(sum(r.tokens_out for r in runners)),
             "kv_free_blocks": float(sum(r.kv.free_blocks for r in runners)),
             "kv_blocks": float(sum(r.kv.n_blocks for r in runners)),
@@ -476,6 +497,7 @@ class DecoderEngine:
         err = Overloaded("the decoder engine shut down; retry on another replica", retry_after_s=1)
         for runner in self._runners.values():
             runner.abort_all(err)
+        self._pool.close()
 
     def _step(self, runner: Runner) -> None:
         try:
@@ -494,21 +516,20 @@ class DecoderEngine:
             return
 
     def _enqueue(self, base: BaseSpec, seq: Seq) -> None:
+        """Hold the base in the pool for as long as `seq` lives, then queue it on its runner."""
         try:
-            runner = self._runner(base)
-        except ConstellationError as exc:
+            runner = self._pool.acquire(base)
+        except Exception as exc:  # unloadable base or no room: this request fails, not the loop
             self._dequeued(seq)
             seq.emit(exc)
             return
+        runner.on_dequeue = self._dequeued
+        runner.on_finish = lambda s: self._pool.release(s.prep.base.name)
+        self._runners[base.name] = runner
         runner.waiting.append(seq)
 
-    def _runner(self, base: BaseSpec) -> Runner:
-        runner = self._runners.get(base.name)
-        if runner is None:
-            runner = self._loader(base, self.limits)
-            runner.on_dequeue = self._dequeued
-            self._runners[base.name] = runner
-        return runner
+    def _evicted(self, runner: Runner) -> None:
+        self._runners = {k: r for k, r in self._runners.items() if r is not runner}
 
     def _dequeued(self, seq: Seq) -> None:
         if seq.queued:
