@@ -14,6 +14,7 @@ from constellation.artifacts import ArtifactStore, check_adapter_fits_base
 from constellation.errors import InvalidInput
 from constellation.registry import datasets as ds_repo
 from constellation.registry import models as model_repo
+from constellation.registry.effective import check_derived_licence
 from constellation.registry.licences import get_licence
 from constellation.registry.tables import Artifact, Dataset, Model
 
@@ -116,13 +117,17 @@ def register_adapter(
         )
     labels = labels or head_labels
     task = task or ("classification" if labels else base_row.task)
+    linked = [(ds_repo.get_dataset(s, name=n), w) for n, w in datasets or []]
+    licence_id = _licence_from(s, licence, art)
+    # training-time rules: no more permissive than the base and data it was made from
+    check_derived_licence(s, name=name, licence_id=licence_id, base=base_row, datasets=[d for d, _ in linked])
     m = model_repo.add_model(
         s,
         name=name,
         kind="adapter",
         task=task,
         artifact_digest=art.digest,
-        licence_id=_licence_from(s, licence, art),
+        licence_id=licence_id,
         author_id=author,
         base_name=base,
         labels=labels,
@@ -130,8 +135,7 @@ def register_adapter(
         visibility=visibility,
         owner_tenant_id=owner_tenant,
     )
-    for ds_name, weight in datasets or []:
-        d = ds_repo.get_dataset(s, name=ds_name)
+    for d, weight in linked:
         model_repo.link_dataset(s, model=m, dataset=d, weight=weight or d.example_count)
     return m
 
