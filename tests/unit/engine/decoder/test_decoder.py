@@ -3,7 +3,6 @@ batch invariance of seeded sampling; stop strings and streaming; bad input."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from constellation.engine.decoder import DecoderEngine, Prepared
+from constellation.engine.decoder import DecoderEngine
 from constellation.engine.sampling import SamplingParams
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
@@ -54,7 +53,8 @@ def test_greedy_equals_merged_peft(family: str, mix: str, families, engine: Deco
     fam = families[family]
     chosen = assign(mix, fam.adapters, 2 * len(PROMPTS))
     prepared = [
-        engine.prepare(fam.base, a, prompt=PROMPTS[i % len(PROMPTS)], params=GREEDY) for i, a in enumerate(chosen)
+        engine.prepare(fam.base, a, prompt=PROMPTS[i % len(PROMPTS)], params=GREEDY)
+        for i, a in enumerate(chosen)
     ]
     answers = run_all(engine, prepared)
     for p, ans in zip(prepared, answers, strict=True):
@@ -80,7 +80,9 @@ def test_seeded_request_is_batch_invariant(family: str, families, engine: Decode
     alone = run_all(engine, [probe])[0]
     others = [
         engine.prepare(fam.base, fam.adapters[i % 3] if i % 4 else None, prompt=PROMPTS[i % 4], params=p)
-        for i, p in enumerate([_seeded(7), GREEDY, SamplingParams(max_tokens=20, temperature=1.0), _seeded(99)] * 3)
+        for i, p in enumerate(
+            [_seeded(7), GREEDY, SamplingParams(max_tokens=20, temperature=1.0), _seeded(99)] * 3
+        )
     ]
     busy = run_all(engine, [*others[:5], probe, *others[5:]])
     assert busy[5].tokens == alone.tokens
@@ -142,5 +144,3 @@ def test_non_causal_base_is_refused(families, engine: DecoderEngine) -> None:
     emb = BaseSpec("minilm", "embedding", resolve=lambda: path)
     with pytest.raises(InvalidInput, match="embeddings"):
         engine.prepare(emb, None, prompt="hi", params=GREEDY)
-
-
