@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from constellation import __version__
+from constellation.api.engines import Engines
 from constellation.api.errors import install_error_handlers
 from constellation.api.metrics import Metrics
-from constellation.api.routes import admin, health, licences, models, tenants
+from constellation.api.resolver import Resolver
+from constellation.api.routes import admin, encoders, health, licences, models, tenants
 from constellation.config import Settings
 from constellation.platform import Platform
 
@@ -29,19 +31,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         platform = Platform(settings).open()
         app.state.platform = platform
+        app.state.resolver = Resolver(platform)
+        app.state.engines = Engines(settings.engine)
+        app.state.meter = None
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            app.state.engines.close()
             platform.close()
 
     app = FastAPI(title="Constellation", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
+    app.state.device_class = "gpu" if settings.engine.device.startswith("cuda") else "cpu"
     app.middleware("http")(metrics.middleware)
     install_error_handlers(app)
-    for router in (health.router, models.router, admin.router, licences.router, tenants.router):
+    for router in (
+        health.router,
+        models.router,
+        encoders.router,
+        admin.router,
+        licences.router,
+        tenants.router,
+    ):
         app.include_router(router)
     return app

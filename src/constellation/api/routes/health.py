@@ -35,7 +35,8 @@ def readyz(request: Request) -> dict[str, str] | Response:
 def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     m = request.app.state.metrics
-    for name, engine in getattr(request.app.state, "engines", {}).items():
-        for stat, value in engine.stats().items():
+    engines = getattr(request.app.state, "engines", None)
+    for name, stats in (engines.stats() if engines else {}).items():
+        for stat, value in stats.items():
             m.engine.labels(name, stat).set(value)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

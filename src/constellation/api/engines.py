@@ -1,0 +1,52 @@
+"""The engines one server process runs, created on first use so an embeddings-only server
+never starts the decoder loop (and vice versa); closed with the app."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from constellation.config import EngineLimits
+
+if TYPE_CHECKING:
+    from constellation.engine.decoder import DecoderEngine
+    from constellation.engine.encoder import EncoderEngine
+
+
+class Engines:
+    def __init__(self, limits: EngineLimits) -> None:
+        self.limits = limits
+        self._encoder: EncoderEngine | None = None
+        self._decoder: DecoderEngine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def encoder(self) -> EncoderEngine:
+        with self._lock:
+            if self._encoder is None:
+                from constellation.engine.encoder import EncoderEngine
+
+                self._encoder = EncoderEngine(self.limits)
+            return self._encoder
+
+    @property
+    def decoder(self) -> DecoderEngine:
+        with self._lock:
+            if self._decoder is None:
+                from constellation.engine.decoder import DecoderEngine
+
+                self._decoder = DecoderEngine(self.limits)
+            return self._decoder
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        out = {}
+        if self._encoder is not None:
+            out["encoder"] = self._encoder.stats()
+        if self._decoder is not None:
+            out["decoder"] = self._decoder.stats()
+        return out
+
+    def close(self) -> None:
+        for engine in (self._encoder, self._decoder):
+            if engine is not None:
+                engine.close()

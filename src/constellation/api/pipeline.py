@@ -1,0 +1,164 @@
+"""The path every inference request takes, in one place: resolve the model (visibility and
+licence checked), replay an idempotent retry, admit against the tenant's balance, run the
+engine, then meter, price and post it before the response leaves.
+
+Routes supply only the engine call; everything billing- and licence-related happens here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from constellation.api.deps import Principal
+from constellation.api.engines import Engines
+from constellation.api.resolver import Resolved, Resolver
+from constellation.config import EngineLimits
+from constellation.errors import ConstellationError, InvalidInput
+
+if TYPE_CHECKING:
+    from constellation.economy.meter import Bill, Meter
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a route's engine call produced: the OpenAI-shaped body and its measurements."""
+
+    body: dict[str, Any]
+    input_tokens: int
+    output_tokens: int
+    compute_ns: int
+
+
+def fingerprint(path: str, body: dict[str, Any]) -> str:
+    """sha256 of the canonical request: a retry must send the same bytes of meaning."""
+    canonical = json.dumps({"path": path, "body": body}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class Call:
+    """One inference request in flight."""
+
+    request: Request
+    engines: Engines
+    resolver: Resolver
+    meter: Meter | None
+    limits: EngineLimits
+    device_class: str
+    request_id: str = field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
+    resolved: Resolved = field(init=False)
+    _fingerprint: str = field(init=False, default="")
+
+    @property
+    def idempotency_key(self) -> str | None:
+        key = self.request.headers.get("idempotency-key")
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise InvalidInput(
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", param="Idempotency-Key"
+            )
+        return key
+
+    async def prepare(self, caller: Principal, model: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Resolve and admit; returns a replayed first response for an idempotent retry."""
+        self.resolved = await run_in_threadpool(self.resolver.resolve, model, tenant_id=caller.tenant_id)
+        self._fingerprint = fingerprint(self.request.url.path, body)
+        key = self.idempotency_key
+        if self.meter is not None and key is not None:
+            replay = await run_in_threadpool(
+                self.meter.replay,
+                tenant_id=caller.tenant_id,
+                idempotency_key=key,
+                fingerprint=self._fingerprint,
+            )
+            if replay is not None:
+                return replay
+        return None
+
+    async def admit(self, caller: Principal, *, est_input_tokens: int, est_output_tokens: int = 0) -> None:
+        if self.meter is None:
+            return
+        estimate = self.meter.quote(
+            model_name=self.resolved.name,
+            input_tokens=est_input_tokens,
+            max_output_tokens=est_output_tokens,
+            compute_ns_estimate=0,
+        )
+        await run_in_threadpool(self.meter.admit, tenant_id=caller.tenant_id, estimate_nanos=estimate)
+
+    async def settle(self, caller: Principal, outcome: Outcome | None, started: datetime) -> dict[str, Any]:
+        """Record the usage (a failure is recorded, not charged) and return the extension."""
+        ext: dict[str, Any] = {
+            "request_id": self.request_id,
+            "compute_ns": outcome.compute_ns if outcome else 0,
+            "lineage": self.resolved.lineage,
+            "notices": list(self.resolved.notices),
+        }
+        if self.meter is None:
+            return ext
+        from constellation.economy.meter import UsageRecord
+
+        record = UsageRecord(
+            request_id=self.request_id,
+            tenant_id=caller.tenant_id,
+            model_name=self.resolved.name,
+            idempotency_key=self.idempotency_key,
+            fingerprint=self._fingerprint,
+            input_tokens=outcome.input_tokens if outcome else 0,
+            output_tokens=outcome.output_tokens if outcome else 0,
+            compute_ns=outcome.compute_ns if outcome else 0,
+            device_class=self.device_class,
+            status="succeeded" if outcome else "failed",
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            response={**outcome.body, "constellation": ext} if outcome else None,
+        )
+        bill: Bill = await self.meter.record(record)
+        return {**ext, **bill.as_dict(), "request_id": bill.request_id}
+
+    async def run(
+        self,
+        caller: Principal,
+        model: str,
+        body: dict[str, Any],
+        fn: Callable[[Call], Awaitable[Outcome]],
+        *,
+        est_input_tokens: int,
+        est_output_tokens: int = 0,
+    ) -> dict[str, Any]:
+        """The whole non-streaming path for one request."""
+        replay = await self.prepare(caller, model, body)
+        if replay is not None:
+            return replay
+        await self.admit(caller, est_input_tokens=est_input_tokens, est_output_tokens=est_output_tokens)
+        started = datetime.now(UTC)
+        try:
+            outcome = await fn(self)
+        except ConstellationError:
+            await self.settle(caller, None, started)
+            raise
+        return {**outcome.body, "constellation": await self.settle(caller, outcome, started)}
+
+
+def get_call(request: Request) -> Call:
+    state = request.app.state
+    return Call(
+        request=request,
+        engines=state.engines,
+        resolver=state.resolver,
+        meter=state.meter,
+        limits=state.settings.engine,
+        device_class=state.device_class,
+    )
+
+
+CallDep = Annotated[Call, Depends(get_call)]

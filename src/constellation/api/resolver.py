@@ -1,0 +1,132 @@
+"""Turns a request's `model` name into what the engine needs (base and adapter specs whose
+`resolve()` verifies the artifact's sha256) plus the lineage facts billing and licences need.
+
+Registry lookups are cached for a short TTL so the hot path does not query the database per
+request; admin changes made through this process invalidate the cache at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from constellation.engine.spec import AdapterSpec, BaseSpec, Task
+from constellation.errors import InvalidInput
+from constellation.platform import Platform
+from constellation.registry import models as repo
+from constellation.registry.tables import Model
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A servable model: its engine specs and its lineage, as of resolution time."""
+
+    name: str
+    task: Task
+    base: BaseSpec
+    adapter: AdapterSpec | None
+    labels: tuple[str, ...] | None
+    lineage: dict[str, Any] = field(default_factory=dict)
+    notices: tuple[str, ...] = ()
+
+
+class Resolver:
+    def __init__(self, platform: Platform, *, ttl_s: float = 2.0) -> None:
+        self.platform = platform
+        self.ttl_s = ttl_s
+        self._cache: dict[tuple[str, str], tuple[float, Resolved]] = {}
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def resolve(self, name: str, *, tenant_id: str) -> Resolved:
+        """The model `name` as `tenant_id` may use it; NotFound if it may not see it,
+        LicenseRefused if its licences do not permit the tenant's declared use."""
+        key = (name, tenant_id)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        with self.platform.db.session() as s:
+            resolved = self._load(s, name, tenant_id)
+        with self._lock:
+            self._cache[key] = (now, resolved)
+        return resolved
+
+    def _load(self, s: Session, name: str, tenant_id: str) -> Resolved:
+        m = repo.get_visible_model(s, name=name, tenant_id=tenant_id)
+        notices = self._check_licence(s, m, tenant_id)
+        lin = repo.lineage(s, model=m)
+        base_row = lin.base or m
+        base = self._base_spec(base_row)
+        adapter = None
+        if m.kind == "adapter":
+            adapter = AdapterSpec(
+                name=m.name,
+                base=base_row.name,
+                resolve=self._opener(m.artifact_digest),
+                labels=tuple(m.labels) if m.labels else None,
+            )
+        elif m.kind == "finetune":
+            base = self._base_spec(m)
+        task: Task = m.task  # type: ignore[assignment]
+        return Resolved(
+            name=m.name,
+            task=task,
+            base=base,
+            adapter=adapter,
+            labels=tuple(m.labels) if m.labels else None,
+            lineage=repo.lineage_dict(lin),
+            notices=notices,
+        )
+
+    def _base_spec(self, row: Model) -> BaseSpec:
+        task: Task = row.task  # type: ignore[assignment]
+        size = self._size(row.artifact_digest)
+        return BaseSpec(name=row.name, task=task, resolve=self._opener(row.artifact_digest), size_bytes=size)
+
+    def _size(self, digest: str) -> int:
+        with self.platform.db.session() as s:
+            from constellation.registry.tables import Artifact
+
+            art = s.get(Artifact, digest)
+            return int(art.size_bytes) if art else 0
+
+    def _opener(self, digest: str) -> Any:
+        store = self.platform.store
+
+        def open_verified() -> Path:
+            return store.open(digest)
+
+        return open_verified
+
+    def _check_licence(self, s: Session, m: Model, tenant_id: str) -> tuple[str, ...]:
+        try:
+            from constellation.registry.effective import check_use
+        except ImportError:  # licence enforcement lands with its own module
+            return ()
+        terms = check_use(s, tenant_id=tenant_id, model=m)
+        return tuple(terms.notices)
+
+
+def require_task(resolved: Resolved, *tasks: str) -> None:
+    """Refuse a model of the wrong task with the endpoint that serves it."""
+    if resolved.task in tasks:
+        return
+    endpoint = {
+        "embedding": "/v1/embeddings",
+        "classification": "/v1/classify",
+        "causal-lm": "/v1/chat/completions or /v1/completions",
+    }[resolved.task]
+    raise InvalidInput(
+        f"'{resolved.name}' is a {resolved.task} model; send it to {endpoint} instead",
+        param="model",
+        code="wrong_task",
+    )

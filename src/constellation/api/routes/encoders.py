@@ -1,0 +1,124 @@
+"""`POST /v1/embeddings` (OpenAI-compatible) and `POST /v1/classify`: encoder models, with or
+without a LoRA adapter, micro-batched across concurrent requests by the engine."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from constellation.api.deps import InferenceCaller
+from constellation.api.pipeline import Call, CallDep, Outcome
+from constellation.api.resolver import require_task
+from constellation.errors import InvalidInput
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class EmbeddingsIn(BaseModel):
+    model: str = Field(description="an embedding model or adapter name from GET /v1/models")
+    input: str | list[str] = Field(description="a string or a list of strings to embed")
+    encoding_format: Literal["float", "base64"] = "float"
+    truncate: bool = Field(
+        default=False, description="cut inputs longer than the model's limit instead of a 400"
+    )
+    user: str | None = None
+    dimensions: int | None = Field(default=None, description="not supported; leave unset")
+
+
+class ClassifyIn(BaseModel):
+    model: str = Field(description="a classification adapter name from GET /v1/models")
+    input: str | list[str]
+    truncate: bool = False
+
+
+def _texts(value: str | list[str], limit: int) -> list[str]:
+    texts = [value] if isinstance(value, str) else value
+    if not texts:
+        raise InvalidInput("'input' is empty; send a string or a non-empty list of strings", param="input")
+    if len(texts) > limit:
+        raise InvalidInput(f"'input' has {len(texts)} items; send at most {limit} per request", param="input")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise InvalidInput(f"'input' item(s) {empty[:10]} are empty strings; remove them", param="input")
+    return texts
+
+
+def _vector(v: np.ndarray, fmt: str) -> list[float] | str:
+    if fmt == "base64":
+        return base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode()
+    return [float(x) for x in v]
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep) -> dict[str, Any]:
+    """Embed text with an embedding model or adapter; OpenAI's response shape plus `constellation`."""
+    if body.dimensions is not None:
+        raise InvalidInput(
+            "'dimensions' is not supported; omit it to get the model's native size", param="dimensions"
+        )
+    texts = _texts(body.input, call.limits.max_items_per_request)
+
+    async def run(c: Call) -> Outcome:
+        res = c.resolved
+        require_task(res, "embedding")
+        out = await c.engines.encoder.embed(res.base, res.adapter, texts, truncate=body.truncate)
+        n = int(sum(out.tokens))
+        data = [
+            {"object": "embedding", "index": i, "embedding": _vector(v, body.encoding_format)}
+            for i, v in enumerate(out.embeddings)
+        ]
+        return Outcome(
+            body={
+                "object": "list",
+                "data": data,
+                "model": res.name,
+                "usage": {"prompt_tokens": n, "total_tokens": n},
+            },
+            input_tokens=n,
+            output_tokens=0,
+            compute_ns=out.compute_ns,
+        )
+
+    return await call.run(caller, body.model, body.model_dump(), run, est_input_tokens=_estimate(texts))
+
+
+@router.post("/classify")
+async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> dict[str, Any]:
+    """Classify text with a classification adapter: the label and every label's probability per input."""
+    texts = _texts(body.input, call.limits.max_items_per_request)
+
+    async def run(c: Call) -> Outcome:
+        res = c.resolved
+        require_task(res, "classification")
+        if res.adapter is None:
+            raise InvalidInput(
+                f"'{res.name}' has no classification head; use a classification adapter", param="model"
+            )
+        out = await c.engines.encoder.classify(res.base, res.adapter, texts, truncate=body.truncate)
+        n = int(sum(out.tokens))
+        data = [
+            {"index": i, "label": label, "probs": probs}
+            for i, (label, probs) in enumerate(zip(out.labels, out.probs, strict=True))
+        ]
+        return Outcome(
+            body={
+                "object": "list",
+                "data": data,
+                "model": res.name,
+                "usage": {"prompt_tokens": n, "total_tokens": n},
+            },
+            input_tokens=n,
+            output_tokens=0,
+            compute_ns=out.compute_ns,
+        )
+
+    return await call.run(caller, body.model, body.model_dump(), run, est_input_tokens=_estimate(texts))
+
+
+def _estimate(texts: list[str]) -> int:
+    """A cheap upper-bound token estimate for admission (the engine counts exactly)."""
+    return sum(len(t) // 3 + 2 for t in texts)
