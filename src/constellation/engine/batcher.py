@@ -1,0 +1,212 @@
+"""Micro-batching across concurrent encoder requests: one worker thread, many callers.
+
+Rows (one per input text) queue up; each step takes the oldest row's base and the rows nearest
+its length, within max batch tokens and the adapter slots, after at most max wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from constellation.config import EngineLimits
+from constellation.engine.adapters import ClassifierHead
+from constellation.engine.attribution import split_ns
+from constellation.engine.encoder import EncoderModel, Kind
+from constellation.engine.pool import ModelPool
+from constellation.engine.spec import AdapterSpec, BaseSpec
+from constellation.errors import Overloaded
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One request: its token ids, where its rows' results land, where to deliver the result."""
+
+    base: BaseSpec
+    adapter: AdapterSpec | None
+    kind: Kind
+    ids: list[list[int]]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[tuple[torch.Tensor, int]]
+    pooled: list[torch.Tensor | None] = field(default_factory=list)
+    left: int = 0
+    compute_ns: int = 0
+    head: ClassifierHead | None = None
+
+    def __post_init__(self) -> None:
+        self.pooled = [None] * len(self.ids)
+        self.left = len(self.ids)
+
+
+@dataclass(eq=False, slots=True)
+class Row:
+    job: Job
+    index: int
+    length: int  # padded length it runs at
+    queued_ns: int
+
+
+class MicroBatcher:
+    """`submit(job)` from any thread; the worker runs `schedule() -> run() -> deliver`."""
+
+    def __init__(self, limits: EngineLimits, pool: ModelPool[EncoderModel]) -> None:
+        self._limits = limits
+        self._pool = pool
+        self._cond = threading.Condition()
+        self._pending: list[Row] = []
+        self._closed = False
+        self.stats: dict[str, float] = dict.fromkeys(
+            ("busy_ns", "steps", "rows", "tokens", "padded_tokens", "requests"), 0.0
+        )
+        self._worker = threading.Thread(target=self._loop, name="encoder-batcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, job: Job, lengths: list[int]) -> None:
+        now = time.monotonic_ns()
+        with self._cond:
+            if self._closed:
+                raise Overloaded("the encoder engine is shutting down; retry on another replica")
+            if len(self._pending) + len(job.ids) > self._limits.max_queue * 64:
+                raise Overloaded(f"{len(self._pending)} inputs are queued; retry shortly")
+            self._pending += [Row(job, i, n, now) for i, n in enumerate(lengths)]
+            self._cond.notify()
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._worker.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            rows = self._schedule()
+            if rows is None:
+                return
+            try:
+                self._run(rows)
+            except BaseException as exc:  # fail the step's requests, keep serving the rest
+                self._fail({r.job for r in rows}, exc)
+
+    def _schedule(self) -> list[Row] | None:
+        """Wait for work, up to max wait for a fuller batch, then pick the step's rows."""
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            deadline = self._pending[0].queued_ns + int(self._limits.max_batch_wait_ms * 1e6)
+            while sum(r.length for r in self._pending) < self._limits.max_batch_tokens:
+                wait = (deadline - time.monotonic_ns()) / 1e9
+                if wait <= 0 or self._closed:
+                    break
+                self._cond.wait(wait)
+            rows = self._pick(self._pending)
+            taken = set(map(id, rows))
+            self._pending = [r for r in self._pending if id(r) not in taken]
+            return rows
+
+    def _pick(self, pending: list[Row]) -> list[Row]:
+        """The oldest row plus rows of its base nearest its length, within tokens and slots."""
+        first = pending[0]
+        same = [r for r in pending if r.job.base.name == first.job.base.name]
+        same.sort(key=lambda r: (abs(r.length - first.length), r.queued_ns))
+        rows: list[Row] = []
+        adapters: set[str] = set()
+        longest = 0
+        for r in same:
+            name = r.job.adapter.name if r.job.adapter else None
+            new_adapter = name is not None and name not in adapters
+            if new_adapter and len(adapters) >= self._limits.adapter_slots:
+                continue
+            if rows and (len(rows) + 1) * max(longest, r.length) > self._limits.max_batch_tokens:
+                continue
+            rows.append(r)
+            longest = max(longest, r.length)
+            if name is not None:
+                adapters.add(name)
+        return rows
+
+    def _run(self, rows: list[Row]) -> None:
+        base = rows[0].job.base
+        specs = [r.job.adapter for r in rows]
+        with self._pool.use(base) as model:
+            slots = model.adapters.acquire(specs)
+            try:
+                for r in rows:
+                    if r.job.adapter is not None and r.job.kind == "classify":
+                        r.job.head = model.adapters.head(r.job.adapter.name)
+                start = time.perf_counter_ns()
+                pooled = model.forward([r.job.ids[r.index] for r in rows], torch.tensor(slots))
+                done = self._collect(rows, pooled)
+                results = {job: _finish(model, job) for job in done}
+                busy = time.perf_counter_ns() - start
+            finally:
+                model.adapters.release(specs)
+        self._attribute(rows, busy)
+        self._account(rows, busy, len(results))
+        for job, value in results.items():
+            _deliver(job, (value, job.compute_ns), None)
+
+    def _collect(self, rows: list[Row], pooled: torch.Tensor) -> list[Job]:
+        done: list[Job] = []
+        for r, p in zip(rows, pooled, strict=True):
+            r.job.pooled[r.index] = p
+            r.job.left -= 1
+            if r.job.left == 0:
+                done.append(r.job)
+        return done
+
+    def _attribute(self, rows: list[Row], busy: int) -> None:
+        tokens: dict[Job, int] = {}
+        for r in rows:
+            tokens[r.job] = tokens.get(r.job, 0) + len(r.job.ids[r.index])
+        for job, ns in zip(tokens, split_ns(busy, list(tokens.values())), strict=True):
+            job.compute_ns += ns
+
+    def _account(self, rows: list[Row], busy: int, finished: int) -> None:
+        s = self.stats
+        s["busy_ns"] += busy
+        s["steps"] += 1
+        s["rows"] += len(rows)
+        s["tokens"] += sum(len(r.job.ids[r.index]) for r in rows)
+        s["padded_tokens"] += len(rows) * max(r.length for r in rows)
+        s["requests"] += finished
+
+    def _fail(self, jobs: set[Job], exc: BaseException) -> None:
+        with self._cond:
+            self._pending = [r for r in self._pending if r.job not in jobs]
+        for job in jobs:
+            _deliver(job, None, exc)
+
+
+def _finish(model: EncoderModel, job: Job) -> torch.Tensor:
+    """A finished job's output: normalised embeddings [n, d] or label probabilities [n, k]."""
+    pooled = torch.stack([p for p in job.pooled if p is not None])  # [n, d]
+    if job.kind == "classify":
+        assert job.head is not None
+        return model.classify(pooled, job.head)
+    return model.embed(pooled)
+
+
+def _deliver(job: Job, value: tuple[torch.Tensor, int] | None, exc: BaseException | None) -> None:
+    """Settle the caller's future on its own event loop (unless it was cancelled)."""
+
+    def _settle() -> None:
+        if job.future.done():
+            return
+        if exc is not None:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(value)  # type: ignore[arg-type]
+
+    with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting
+        job.loop.call_soon_threadsafe(_settle)

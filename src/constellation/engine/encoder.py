@@ -1,0 +1,265 @@
+"""BERT-family encoder bases with multi-LoRA layers: tokenise, forward, pool like sentence-transformers.
+
+Embeddings follow the model's sentence-transformers config (pooling, normalisation, max length);
+classification adapters apply their head to the pooled embedding before normalisation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+from constellation.config import EngineLimits
+from constellation.engine.adapters import AdapterCache, ClassifierHead
+from constellation.engine.lora import LoRAContext, inject_lora
+from constellation.engine.pool import ModelPool, module_bytes
+from constellation.engine.spec import AdapterSpec, BaseSpec
+from constellation.errors import InvalidInput
+
+Kind = Literal["embed", "classify"]
+
+# Linear layers of a BERT block that adapters may target: all attention and MLP linears.
+BERT_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
+# Wrapper prefixes a PEFT adapter may carry when trained on a task model (BertForX.bert...).
+_WRAPPERS = ("bert.", "model.", "encoder_model.")
+BUCKET = 16  # deterministic mode pads each sequence to a multiple of this, alone or batched
+
+
+@dataclass(frozen=True, slots=True)
+class Pooling:
+    """sentence-transformers pooling: mode in {mean, cls, max, mean_sqrt_len}; then L2 or not."""
+
+    mode: str = "mean"
+    normalize: bool = True
+
+
+def read_pooling(path: Path) -> Pooling:
+    """Pooling from `modules.json` + the Pooling module's config; mean + normalise if absent."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return Pooling()
+    modules = json.loads(modules_file.read_text())
+    mode, normalize = "mean", False
+    for m in modules:
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            cfg = json.loads((path / m["path"] / "config.json").read_text())
+            modes = ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "mean_tokens")
+            picked = [k for k in modes if cfg.get(f"pooling_mode_{k}")]
+            mode = {"cls_token": "cls", "max_tokens": "max", "mean_sqrt_len_tokens": "mean_sqrt_len"}.get(
+                picked[0] if picked else "mean_tokens", "mean"
+            )
+        elif kind == "Normalize":
+            normalize = True
+    return Pooling(mode=mode, normalize=normalize)
+
+
+def _max_length(path: Path, tokenizer_max: int, positions: int) -> int:
+    st = path / "sentence_bert_config.json"
+    if st.is_file():
+        return int(json.loads(st.read_text()).get("max_seq_length") or positions)
+    return min(tokenizer_max, positions)
+
+
+class EncoderModel:
+    """One loaded encoder base: tokenizer, BERT with LoRA layers, pooling, adapter cache."""
+
+    def __init__(self, spec: BaseSpec, limits: EngineLimits, *, max_rank: int = 32) -> None:
+        path = spec.resolve()
+        self.name = spec.name
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        model.pooler = None  # sentence-transformers pools itself; BERT's pooler is unused work
+        self.model = model.eval().to(limits.device)
+        self.pooling = read_pooling(path)
+        positions = int(model.config.max_position_embeddings)
+        self.max_length = _max_length(path, int(self.tokenizer.model_max_length), positions)
+        self.deterministic = limits.deterministic
+        self.ctx = LoRAContext(limits.adapter_slots, deterministic=limits.deterministic)
+        self.layers = inject_lora(self.model, _bert_target, self.ctx, limits.adapter_slots, max_rank)
+        self.adapters = AdapterCache(
+            self.layers, limits.adapter_slots, limits.adapter_host_bytes, name_map=self._layer_name
+        )
+        self.nbytes = module_bytes(self.model)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+
+    def tokenize(self, texts: list[str], *, truncate: bool) -> list[list[int]]:
+        """Token ids per text (with special tokens); too long is an error unless `truncate`."""
+        enc = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        ids = [list(x) for x in enc]
+        for i, row in enumerate(ids):
+            if len(row) > self.max_length:
+                if not truncate:
+                    raise InvalidInput(
+                        f"input[{i}] has {len(row)} tokens but model {self.name!r} accepts at most "
+                        f"{self.max_length}; shorten it or pass truncate: true",
+                        param="input",
+                    )
+                # Keep the final [SEP]-style token, as the tokenizer's own truncation does.
+                ids[i] = row[: self.max_length - 1] + row[-1:]
+        return ids
+
+    def padded_length(self, n_tokens: int) -> int:
+        """Length a sequence runs at: its own bucket in deterministic mode (same alone or batched)."""
+        if not self.deterministic:
+            return n_tokens
+        return min(-(-n_tokens // BUCKET) * BUCKET, int(self.model.config.max_position_embeddings))
+
+    @torch.inference_mode()
+    def forward(self, ids: list[list[int]], slots: torch.Tensor) -> torch.Tensor:
+        """Pooled embeddings [n, d] before normalisation; row i uses adapter slot `slots[i]`."""
+        length = max(self.padded_length(len(x)) for x in ids)
+        input_ids = torch.full((len(ids), length), self.pad_id, dtype=torch.long)  # [B, L]
+        mask = torch.zeros((len(ids), length), dtype=torch.long)  # [B, L]
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        self.ctx.set_mapping(slots)
+        try:
+            h = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [B, L, d]
+        finally:
+            self.ctx.clear_mapping()
+        return pool(h, mask, self.pooling.mode)
+
+    def embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(pooled, p=2, dim=1) if self.pooling.normalize else pooled
+
+    @staticmethod
+    def classify(pooled: torch.Tensor, head: ClassifierHead) -> torch.Tensor:
+        """Label probabilities [n, labels] from one request's pooled rows."""
+        return torch.softmax(F.linear(pooled, head.weight, head.bias), dim=-1)
+
+    def _layer_name(self, hf: str) -> str | None:
+        """An adapter's module path as a key of `self.layers`, tolerating task-model prefixes."""
+        if hf in self.layers:
+            return hf
+        for prefix in _WRAPPERS:
+            if hf.startswith(prefix) and hf.removeprefix(prefix) in self.layers:
+                return hf.removeprefix(prefix)
+        return None
+
+
+def _bert_target(path: str) -> str | None:
+    """Every attention/MLP linear inside an encoder layer, named as in HF's BertModel."""
+    return path if ".layer." in path and path.endswith(BERT_TARGETS) else None
+
+
+def pool(h: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """sentence-transformers pooling of token states h [B, L, d] under mask [B, L] -> [B, d]."""
+    m = mask.unsqueeze(-1).to(h.dtype)  # [B, L, 1]
+    if mode == "cls":
+        return h[:, 0]
+    if mode == "max":
+        return h.masked_fill(m == 0, -1e9).max(dim=1).values
+    summed = (h * m).sum(dim=1)  # [B, d]
+    count = m.sum(dim=1).clamp(min=1e-9)  # [B, 1]
+    return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeResult:
+    embeddings: np.ndarray  # float32 [n, d]
+    tokens: list[int]  # per input
+    compute_ns: int  # attributed engine time
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    labels: list[str]
+    probs: list[dict[str, float]]
+    tokens: list[int]
+    compute_ns: int
+
+
+class EncoderEngine:
+    """Async, thread-safe facade: embeddings and classification, micro-batched on one worker."""
+
+    def __init__(self, limits: EngineLimits, *, max_rank: int = 32) -> None:
+        from constellation.engine.batcher import MicroBatcher  # the batcher imports this module
+
+        self.limits = limits
+        self.pool: ModelPool[EncoderModel] = ModelPool(
+            limits.base_model_bytes, lambda s: EncoderModel(s, limits, max_rank=max_rank), lambda m: m.nbytes
+        )
+        self._batcher = MicroBatcher(limits, self.pool)
+
+    async def embed(
+        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], *, truncate: bool = False
+    ) -> EncodeResult:
+        out, tokens, ns = await self._run(base, adapter, texts, truncate, "embed")
+        return EncodeResult(embeddings=out.numpy().astype(np.float32), tokens=tokens, compute_ns=ns)
+
+    async def classify(
+        self, base: BaseSpec, adapter: AdapterSpec, texts: list[str], *, truncate: bool = False
+    ) -> ClassifyResult:
+        out, tokens, ns = await self._run(base, adapter, texts, truncate, "classify")
+        head = await asyncio.to_thread(self._head_labels, base, adapter)
+        probs = [dict(zip(head, map(float, row), strict=True)) for row in out.tolist()]
+        labels = [head[i] for i in out.argmax(dim=1).tolist()]
+        return ClassifyResult(labels=labels, probs=probs, tokens=tokens, compute_ns=ns)
+
+    def stats(self) -> dict[str, float]:
+        s = dict(self._batcher.stats)
+        s["queue_depth"] = float(self._batcher.queue_depth())
+        s["base_loads"] = float(self.pool.loads)
+        s["base_evictions"] = float(self.pool.evictions)
+        return s
+
+    def close(self) -> None:
+        self._batcher.close()
+        self.pool.close()
+
+    async def _run(
+        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
+    ) -> tuple[torch.Tensor, list[int], int]:
+        self._validate(texts)
+        ids, lengths = await asyncio.to_thread(self._prepare, base, adapter, texts, truncate, kind)
+        from constellation.engine.batcher import Job
+
+        loop = asyncio.get_running_loop()
+        job = Job(base, adapter, kind, ids, loop, loop.create_future())
+        self._batcher.submit(job, lengths)
+        out, ns = await job.future
+        return out, [len(x) for x in ids], ns
+
+    def _validate(self, texts: list[str]) -> None:
+        if not texts:
+            raise InvalidInput("input is empty; send at least one string", param="input")
+        if len(texts) > self.limits.max_items_per_request:
+            raise InvalidInput(
+                f"input has {len(texts)} items; send at most {self.limits.max_items_per_request} per request",
+                param="input",
+            )
+        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t]
+        if empty:
+            raise InvalidInput(
+                f"input[{empty[0]}] is empty; every input must be a non-empty string", param="input"
+            )
+
+    def _prepare(
+        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
+    ) -> tuple[list[list[int]], list[int]]:
+        """Tokenise and load the adapter into host memory, off the worker and off the event loop."""
+        with self.pool.use(base) as model:
+            ids = model.tokenize(texts, truncate=truncate)
+            if adapter is not None:
+                loaded = model.adapters.prefetch(adapter)
+                if kind == "classify" and loaded.head is None:
+                    raise InvalidInput(
+                        f"model {adapter.name!r} has no classification head; use /v1/embeddings for it"
+                    )
+            return ids, [model.padded_length(len(x)) for x in ids]
+
+    def _head_labels(self, base: BaseSpec, adapter: AdapterSpec) -> tuple[str, ...]:
+        with self.pool.use(base) as model:
+            loaded = model.adapters.prefetch(adapter)
+            assert loaded.head is not None
+            return loaded.head.labels
