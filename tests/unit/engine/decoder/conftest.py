@@ -30,8 +30,12 @@ class Family:
     adapters: tuple[AdapterSpec, ...]
 
 
+def _const(path: Path) -> Callable[[], Path]:
+    return lambda: path
+
+
 def _spec(path: Path) -> BaseSpec:
-    return BaseSpec(path.name, "causal-lm", resolve=lambda: path)
+    return BaseSpec(path.name, "causal-lm", resolve=_const(path))
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +47,7 @@ def families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Family]:
         adapters = []
         for j, rank in enumerate(RANKS):
             adir = save_random_adapter(path, root / f"{name}-a{j}", rank=rank, seed=10 * i + j)
-            adapters.append(AdapterSpec(f"{name}-a{j}", name, resolve=lambda p=adir: p))
+            adapters.append(AdapterSpec(f"{name}-a{j}", name, resolve=_const(adir)))
         out[name] = Family(name, path, _spec(path), tuple(adapters))
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
 
 @cache
-def _reference_model(base: Path, adapter: Path | None) -> torch.nn.Module:
+def _reference_model(base: Path, adapter: Path | None) -> Any:
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
@@ -39,12 +40,12 @@ def reference(base: BaseSpec, adapter: AdapterSpec | None, prompt_ids: tuple[int
 def assign(mix: str, adapters: tuple[AdapterSpec, ...], n: int) -> list[AdapterSpec | None]:
     """Which adapter each of `n` requests uses (None = the base alone)."""
     if mix == "identical":
-        return [adapters[0]] * n
+        return [adapters[0] for _ in range(n)]
     if mix == "distinct":
         return [*adapters, None][:n]
     if mix == "uniform":
         return [adapters[i % len(adapters)] for i in range(n)]
-    return [adapters[0]] * (n - 1) + [adapters[1]]  # skewed
+    return [*(adapters[0] for _ in range(n - 1)), adapters[1]]  # skewed
 
 
 @pytest.mark.parametrize("mix", MIXES)
@@ -58,7 +59,7 @@ def test_greedy_equals_merged_peft(family: str, mix: str, families, engine: Deco
     ]
     answers = run_all(engine, prepared)
     for p, ans in zip(prepared, answers, strict=True):
-        assert ans.tokens == reference(fam.base, p.adapter, p.prompt_ids, GREEDY.max_tokens)
+        assert ans.tokens == reference(fam.base, p.adapter, p.prompt_ids, p.max_new)
 
 
 def test_adapters_change_the_output(families, engine: DecoderEngine, run_all) -> None:

@@ -1,0 +1,228 @@
+"""Decoder serving with many adapters: our continuous batching against the peers a user would
+pick (base alone, PEFT mixed-batch generate, HF generate one request at a time), side by side."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from constellation.config import EngineLimits
+from constellation.engine.decoder import DecoderEngine, Prepared
+from constellation.engine.llm_toy import WORDS, save_random_adapter, save_random_lm
+from constellation.engine.sampling import SamplingParams
+from constellation.engine.spec import AdapterSpec, BaseSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    dim: int
+    layers: int
+    heads: int
+    vocab_extra: int
+    requests: int
+    adapters: int
+    rank: int
+    new_tokens: int
+    one_by_one: int  # requests timed for the one-at-a-time peer (its tok/s is a rate)
+
+
+FULL = Sizes(
+    dim=768,
+    layers=12,
+    heads=12,
+    vocab_extra=8000,
+    requests=32,
+    adapters=16,
+    rank=16,
+    new_tokens=128,
+    one_by_one=4,
+)
+TINY = Sizes(
+    dim=64, layers=2, heads=4, vocab_extra=0, requests=8, adapters=4, rank=8, new_tokens=16, one_by_one=2
+)
+
+
+def _const(path: Path) -> Callable[[], Path]:
+    return lambda: path
+
+
+def build(root: Path, s: Sizes) -> tuple[BaseSpec, list[AdapterSpec]]:
+    base_dir = save_random_lm(
+        root / "base", "llama", extra_words=s.vocab_extra, dim=s.dim, layers=s.layers, heads=s.heads, ctx=512
+    )
+    adapters = [
+        AdapterSpec(
+            f"a{i}",
+            "base",
+            resolve=_const(save_random_adapter(base_dir, root / f"a{i}", rank=s.rank, seed=i)),
+        )
+        for i in range(s.adapters)
+    ]
+    return BaseSpec("base", "causal-lm", resolve=_const(base_dir)), adapters
+
+
+def prompts(n: int) -> list[str]:
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 24))) for _ in range(n)]
+
+
+async def _one(engine: DecoderEngine, p: Prepared, marks: list[float]) -> int:
+    n = 0
+    async for d in engine.generate(p):
+        marks.append(time.perf_counter())
+        n += len(d.token_ids)
+    return n
+
+
+def run_engine(engine: DecoderEngine, work: list[Prepared]) -> float:
+    """All requests at once; returns generated tokens per second."""
+
+    async def go() -> int:
+        return sum(await asyncio.gather(*(_one(engine, p, []) for p in work)))
+
+    t0 = time.perf_counter()
+    tokens = asyncio.run(go())
+    return tokens / (time.perf_counter() - t0)
+
+
+def run_poisson(engine: DecoderEngine, work: list[Prepared], rate: float) -> tuple[list[float], list[float]]:
+    """Arrivals at `rate` req/s; returns TTFTs and inter-token gaps (seconds)."""
+    rng = random.Random(1)
+    marks: list[list[float]] = [[] for _ in work]
+    starts: list[float] = []
+
+    async def go() -> None:
+        tasks = []
+        for i, p in enumerate(work):
+            starts.append(time.perf_counter())
+            tasks.append(asyncio.create_task(_one(engine, p, marks[i])))
+            await asyncio.sleep(rng.expovariate(rate))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(go())
+    ttft = [m[0] - s for m, s in zip(marks, starts, strict=True)]
+    itl = [b - a for m in marks for a, b in itertools.pairwise(m)]
+    return ttft, itl
+
+
+def hf_models(base: BaseSpec, adapters: list[AdapterSpec]) -> tuple[Any, Any]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base.resolve()), dtype=torch.float32).eval()
+    peft = PeftModel.from_pretrained(model, str(adapters[0].resolve()), adapter_name=adapters[0].name)
+    for a in adapters[1:]:
+        peft.load_adapter(str(a.resolve()), adapter_name=a.name)
+    return model, peft.eval()
+
+
+def run_peft_batch(peft: Any, work: list[Prepared], names: list[str], new: int) -> float:
+    """One static left-padded batch with PEFT's per-row `adapter_names`."""
+    width = max(len(p.prompt_ids) for p in work)
+    ids = torch.tensor([[1] * (width - len(p.prompt_ids)) + list(p.prompt_ids) for p in work])  # [B, S]
+    mask = (
+        torch.arange(width)[None, :] >= torch.tensor([width - len(p.prompt_ids) for p in work])[:, None]
+    ).long()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = peft.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            adapter_names=names,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=1,
+        )
+    return (out.shape[0] * (out.shape[1] - width)) / (time.perf_counter() - t0)
+
+
+def run_one_by_one(peft: Any, work: list[Prepared], names: list[str], new: int) -> float:
+    tokens, t0 = 0, time.perf_counter()
+    with torch.inference_mode():
+        for p, name in zip(work, names, strict=True):
+            peft.set_adapter(name)
+            out = peft.generate(
+                input_ids=torch.tensor([p.prompt_ids]),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=1,
+            )
+            tokens += out.shape[1] - len(p.prompt_ids)
+    return tokens / (time.perf_counter() - t0)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[int(q) - 1] if len(xs) > 1 else xs[0]
+
+
+def main(tiny: bool = False) -> None:
+    s = TINY if tiny else FULL
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        base, adapters = build(Path(tmp), s)
+        limits = EngineLimits(
+            adapter_slots=s.adapters + 1, max_decode_seqs=s.requests, kv_cache_bytes=1 << 30
+        )
+        engine = DecoderEngine(limits)
+        params = SamplingParams(max_tokens=s.new_tokens, temperature=0.0)
+        texts = prompts(s.requests)
+        chosen = [adapters[i % s.adapters] for i in range(s.requests)]
+        work = [engine.prepare(base, a, prompt=t, params=params) for a, t in zip(chosen, texts, strict=True)]
+        plain = [engine.prepare(base, None, prompt=t, params=params) for t in texts]
+        warm = SamplingParams(max_tokens=2, temperature=0.0)
+        run_engine(engine, [engine.prepare(base, a, prompt="hello", params=warm) for a in [None, *adapters]])
+        ours = run_engine(engine, work)
+        base_only = run_engine(engine, plain)
+        model, peft = hf_models(base, adapters)
+        names = [a.name for a in chosen]
+        peft_tps = run_peft_batch(peft, work, names, s.new_tokens)
+        k = s.one_by_one
+        single_tps = run_one_by_one(peft, work[:k], names[:k], s.new_tokens)
+        capacity = ours / s.new_tokens  # requests per second
+        rows = [
+            ("tok/s, ours (mixed adapters)", f"{ours:.1f}", ""),
+            ("(1) vs same workload on base alone", f"{ours / base_only:.2f}x", f"base {base_only:.1f} tok/s"),
+            ("(2) vs PEFT mixed-batch generate", f"{ours / peft_tps:.2f}x", f"PEFT {peft_tps:.1f} tok/s"),
+            (
+                "(3) vs HF generate one at a time",
+                f"{ours / single_tps:.2f}x",
+                f"HF {single_tps:.1f} tok/s, {k} req",
+            ),
+        ]
+        for frac in (0.5, 0.9):
+            ttft, itl = run_poisson(engine, work, frac * capacity)
+            ms = [f"{_pct(xs, q) * 1e3:.1f}" for xs in (ttft, itl) for q in (50, 99)]
+            rows.append(
+                (
+                    f"(4) Poisson {int(frac * 100)}% of capacity",
+                    f"TTFT p50 {ms[0]} ms",
+                    f"p99 {ms[1]} ms; ITL p50 {ms[2]} ms, p99 {ms[3]} ms",
+                )
+            )
+        engine.close()
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"decoder bench: llama {params_m:.0f}M params, {s.requests} requests over {s.adapters} rank-{s.rank} "
+        f"adapters, {s.new_tokens} new tokens each, {torch.get_num_threads()} threads"
+    )
+    for name, value, note in rows:
+        print(f"  {name:<38} {value:>18}  {note}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke run, < 60 s)")
+    main(tiny=parser.parse_args().tiny)
