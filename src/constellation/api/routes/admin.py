@@ -15,6 +15,7 @@ from constellation.registry import datasets as ds_repo
 from constellation.registry import models as model_repo
 from constellation.registry import service
 from constellation.registry import terms as terms_repo
+from constellation.registry.effective import effective_terms
 
 router = APIRouter(prefix="/api", tags=["admin"])
 
@@ -77,8 +78,10 @@ def list_models(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
 
 @router.get("/models/{name}")
 def get_model(name: str, _: Admin, s: SessionDep) -> dict[str, Any]:
-    """One model with its lineage."""
-    return _model_out(s, model_repo.get_model(s, name=name))
+    """One model with its lineage and `effective_terms`: the licence terms combined over the
+    lineage, each naming the element (model or data set) and licence it comes from."""
+    m = model_repo.get_model(s, name=name)
+    return {**_model_out(s, m), "effective_terms": effective_terms(s, model=m).as_dict()}
 
 
 @router.post("/models", status_code=status.HTTP_201_CREATED)

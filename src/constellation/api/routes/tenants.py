@@ -7,7 +7,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
-from constellation.api.deps import Admin, SessionDep
+from constellation.api.deps import Admin, Principal, PrincipalDep, SessionDep
+from constellation.errors import Forbidden
+from constellation.registry import acceptances
 from constellation.registry import tenants as repo
 from constellation.registry.tables import ApiKey, Tenant
 
@@ -19,6 +21,15 @@ class TenantIn(BaseModel):
     name: str
     declared_use: Literal["commercial", "non-commercial"] = "commercial"
     monthly_active_users: int = Field(default=0, ge=0)
+
+
+class DeclarationsIn(BaseModel):
+    declared_use: Literal["commercial", "non-commercial"] | None = None
+    monthly_active_users: int | None = Field(default=None, ge=0)
+
+
+class AcceptanceIn(BaseModel):
+    license: str = Field(description="id of the licence whose use restrictions the tenant accepts")
 
 
 class KeyIn(BaseModel):
@@ -72,6 +83,51 @@ def add_tenant(body: TenantIn, _: Admin, s: SessionDep) -> dict[str, Any]:
             monthly_active_users=body.monthly_active_users,
         )
     )
+
+
+@router.patch("/tenants/{id}")
+def set_declarations(id: str, body: DeclarationsIn, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """Update the tenant's declared use and/or monthly active users (fields left out stay)."""
+    return tenant_dict(
+        acceptances.set_declarations(
+            s, tenant_id=id, declared_use=body.declared_use, monthly_active_users=body.monthly_active_users
+        )
+    )
+
+
+def _self_or_admin(principal: Principal, tenant_id: str) -> None:
+    if not principal.is_admin and principal.tenant_id != tenant_id:
+        raise Forbidden(
+            f"a key of tenant '{principal.tenant_id}' cannot act for tenant '{tenant_id}'; "
+            "use one of that tenant's keys or an admin key",
+            code="wrong_tenant",
+        )
+
+
+@router.get("/tenants/{id}/acceptances")
+def list_acceptances(
+    id: str, principal: PrincipalDep, s: SessionDep, include_withdrawn: bool = False
+) -> list[dict[str, Any]]:
+    """The licences whose use restrictions this tenant has accepted (its own keys or admin)."""
+    _self_or_admin(principal, id)
+    rows = acceptances.list_acceptances(s, tenant_id=id, include_withdrawn=include_withdrawn)
+    return [acceptances.acceptance_dict(a) for a in rows]
+
+
+@router.post("/tenants/{id}/acceptances", status_code=status.HTTP_201_CREATED)
+def accept(id: str, body: AcceptanceIn, principal: PrincipalDep, s: SessionDep) -> dict[str, Any]:
+    """Accept a licence's flow-down use restrictions, recorded with the time and the accepting
+    key's id; models under that licence become usable. Accepting again returns the first record."""
+    _self_or_admin(principal, id)
+    a = acceptances.accept(s, tenant_id=id, licence_id=body.license, key_id=principal.key_id, via="api")
+    return acceptances.acceptance_dict(a)
+
+
+@router.delete("/tenants/{id}/acceptances/{license}")
+def withdraw(id: str, license: str, principal: PrincipalDep, s: SessionDep) -> dict[str, Any]:
+    """Withdraw an acceptance; models needing it are refused from the next request on."""
+    _self_or_admin(principal, id)
+    return acceptances.acceptance_dict(acceptances.withdraw(s, tenant_id=id, licence_id=license))
 
 
 @router.get("/keys")
