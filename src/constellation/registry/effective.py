@@ -170,7 +170,13 @@ class Refusal:
 
 
 def evaluate(
-    terms: EffectiveTerms, *, model: str, declared_use: str, monthly_active_users: int, accepted: set[str]
+    terms: EffectiveTerms,
+    *,
+    model: str,
+    tenant: str,
+    declared_use: str,
+    monthly_active_users: int,
+    accepted: set[str],
 ) -> Refusal | None:
     """The first rule the tenant's declarations break, or None when the use is permitted (pure)."""
     if declared_use == "commercial" and terms.commercial_blockers:
@@ -198,8 +204,8 @@ def evaluate(
         return Refusal(
             "license_restrictions_not_accepted",
             f"'{model}' carries the use restrictions of its {first.source()}: {terms_text}. "
-            f"Accept them first: POST /api/tenants/{{tenant}}/acceptances with "
-            f'{{"license": "{missing[0]}"}} or `constellation tenants accept TENANT --license {missing[0]}`'
+            f"Accept them first: POST /api/tenants/{tenant}/acceptances with "
+            f'{{"license": "{missing[0]}"}} or `constellation tenants accept {tenant} --license {missing[0]}`'
             + (f" (also needed: {', '.join(missing[1:])})" if missing[1:] else ""),
         )
     return None
@@ -209,6 +215,7 @@ def _evaluate_for(tenant: Tenant, model: Model, terms: EffectiveTerms, accepted:
     return evaluate(
         terms,
         model=model.name,
+        tenant=tenant.id,
         declared_use=tenant.declared_use,
         monthly_active_users=tenant.monthly_active_users,
         accepted=accepted,

@@ -1,5 +1,5 @@
-"""`GET /v1/models`: the models this tenant may use, OpenAI's shape plus a `constellation`
-extension (task, kind, base, licence, lineage)."""
+"""`GET /v1/models`: the models this tenant can see, OpenAI's shape plus a `constellation`
+extension (task, kind, base, licence, lineage, and whether its licences permit this tenant's use)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from sqlalchemy.orm import Session
 
 from constellation.api.deps import InferenceCaller, SessionDep
 from constellation.registry import models as repo
+from constellation.registry.effective import EffectiveTerms, Refusal, permissions
 from constellation.registry.tables import Model
+from constellation.registry.tenants import get_tenant
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+Verdict = tuple[EffectiveTerms, Refusal | None]
 
 
-def openai_model(s: Session, m: Model) -> dict[str, Any]:
+def openai_model(s: Session, m: Model, verdict: Verdict | None = None) -> dict[str, Any]:
     lin = repo.lineage(s, model=m)
     return {
         "id": m.name,
@@ -29,20 +32,34 @@ def openai_model(s: Session, m: Model) -> dict[str, Any]:
             "license": m.licence_id,
             "labels": m.labels,
             "lineage": repo.lineage_dict(lin),
+            **(_licence_fields(*verdict) if verdict else {}),
         },
+    }
+
+
+def _licence_fields(terms: EffectiveTerms, refusal: Refusal | None) -> dict[str, Any]:
+    """`permitted` says whether this tenant's declarations allow the model; when not, `refusal`
+    carries the code and message a request would get (403)."""
+    return {
+        "permitted": refusal is None,
+        "refusal": {"code": refusal.code, "message": refusal.message} if refusal else None,
+        "notices": terms.notices,
     }
 
 
 @router.get("/models")
 def list_models(caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
-    """List the models the calling tenant can use (public ones and its own private ones)."""
-    return {
-        "object": "list",
-        "data": [openai_model(s, m) for m in repo.list_models(s, tenant_id=caller.tenant_id)],
-    }
+    """List the models the calling tenant can see (public ones and its own private ones); each
+    says in `constellation.permitted` whether the licences of its lineage permit this tenant's
+    declared use, and if not, why (`constellation.refusal`)."""
+    found = repo.list_models(s, tenant_id=caller.tenant_id)
+    verdicts = permissions(s, tenant=get_tenant(s, id=caller.tenant_id), models=found)
+    return {"object": "list", "data": [openai_model(s, m, verdicts[m.name]) for m in found]}
 
 
 @router.get("/models/{name}")
 def get_model(name: str, caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     """One model, if the calling tenant can see it."""
-    return openai_model(s, repo.get_visible_model(s, name=name, tenant_id=caller.tenant_id))
+    m = repo.get_visible_model(s, name=name, tenant_id=caller.tenant_id)
+    verdicts = permissions(s, tenant=get_tenant(s, id=caller.tenant_id), models=[m])
+    return openai_model(s, m, verdicts[m.name])
