@@ -1,0 +1,156 @@
+"""economy: usage events, ledger accounts, transactions and immutable, balanced legs
+
+Revision ID: 0002
+Revises: 0001
+
+The database itself guards the ledger: legs cannot be updated or deleted, legs cannot be added
+to a transaction once its row exists, and a transaction row is refused (SQLite: at insert;
+PostgreSQL: by a deferred constraint trigger, at commit) unless its legs sum to zero.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+LEG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+SQLITE_TRIGGERS = [
+    """CREATE TRIGGER ledger_legs_no_update BEFORE UPDATE ON ledger_legs
+    BEGIN SELECT RAISE(ABORT, 'ledger legs are immutable; post a correcting transaction instead'); END""",
+    """CREATE TRIGGER ledger_legs_no_delete BEFORE DELETE ON ledger_legs
+    BEGIN SELECT RAISE(ABORT, 'ledger legs are immutable; post a correcting transaction instead'); END""",
+    """CREATE TRIGGER ledger_legs_sealed BEFORE INSERT ON ledger_legs
+    WHEN EXISTS (SELECT 1 FROM ledger_transactions WHERE id = NEW.txn_id)
+    BEGIN SELECT RAISE(ABORT, 'ledger transaction already posted; post a new transaction instead'); END""",
+    """CREATE TRIGGER ledger_txn_balanced BEFORE INSERT ON ledger_transactions
+    WHEN (SELECT COUNT(*) FROM ledger_legs WHERE txn_id = NEW.id) = 0
+      OR (SELECT SUM(amount_nanos) FROM ledger_legs WHERE txn_id = NEW.id) != 0
+    BEGIN SELECT RAISE(ABORT, 'ledger transaction legs do not sum to zero'); END""",
+    """CREATE TRIGGER ledger_txn_no_update BEFORE UPDATE ON ledger_transactions
+    BEGIN SELECT RAISE(ABORT, 'ledger transactions are immutable; post a correcting transaction'); END""",
+    """CREATE TRIGGER ledger_txn_no_delete BEFORE DELETE ON ledger_transactions
+    BEGIN SELECT RAISE(ABORT, 'ledger transactions are immutable; post a correcting transaction'); END""",
+]
+
+PG_TRIGGERS = [
+    """CREATE FUNCTION ledger_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'ledger % are immutable; post a correcting transaction instead', TG_TABLE_NAME;
+    END $$""",
+    """CREATE TRIGGER ledger_legs_immutable BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger_legs
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_immutable()""",
+    """CREATE TRIGGER ledger_txn_immutable BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger_transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_immutable()""",
+    """CREATE FUNCTION ledger_leg_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF EXISTS (SELECT 1 FROM ledger_transactions WHERE id = NEW.txn_id) THEN
+        RAISE EXCEPTION 'ledger transaction % already posted; post a new transaction instead', NEW.txn_id;
+      END IF;
+      RETURN NEW;
+    END $$""",
+    """CREATE TRIGGER ledger_legs_sealed BEFORE INSERT ON ledger_legs
+    FOR EACH ROW EXECUTE FUNCTION ledger_leg_sealed()""",
+    """CREATE FUNCTION ledger_txn_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE total numeric; n bigint;
+    BEGIN
+      SELECT COALESCE(SUM(amount_nanos), 0), COUNT(*) INTO total, n FROM ledger_legs WHERE txn_id = NEW.id;
+      IF n = 0 OR total <> 0 THEN
+        RAISE EXCEPTION 'ledger transaction % legs do not sum to zero (sum %, % legs)', NEW.id, total, n;
+      END IF;
+      RETURN NULL;
+    END $$""",
+    """CREATE CONSTRAINT TRIGGER ledger_txn_balanced AFTER INSERT ON ledger_transactions
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_txn_balanced()""",
+]
+
+
+def upgrade() -> None:
+    op.create_table(
+        "ledger_accounts",
+        sa.Column("id", sa.String(length=80), nullable=False),
+        sa.Column("kind", sa.String(length=12), nullable=False),
+        sa.Column("owner_id", sa.String(length=64), nullable=False),
+        sa.Column("balance_nanos", sa.BigInteger(), nullable=False),
+        sa.Column("floor_nanos", sa.BigInteger(), nullable=True),
+        sa.CheckConstraint("kind IN ('tenant', 'contributor', 'external')", name="ck_account_kind"),
+        sa.CheckConstraint("floor_nanos IS NULL OR balance_nanos >= floor_nanos", name="ck_account_floor"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_table(
+        "ledger_transactions",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("kind", sa.String(length=12), nullable=False),
+        sa.Column("request_id", sa.String(length=80), nullable=True),
+        sa.Column("tenant_id", sa.String(length=64), nullable=True),
+        sa.Column("created_us", sa.BigInteger(), nullable=False),
+        sa.Column("memo", sa.Text(), nullable=False),
+        sa.CheckConstraint("kind IN ('charge', 'funding', 'correction')", name="ck_txn_kind"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("request_id"),
+    )
+    op.create_index("ix_ledger_transactions_created_us", "ledger_transactions", ["created_us"])
+    op.create_table(
+        "ledger_legs",
+        sa.Column("id", LEG_ID, autoincrement=True, nullable=False),
+        sa.Column("txn_id", sa.String(length=40), nullable=False),
+        sa.Column("account_id", sa.String(length=80), nullable=False),
+        sa.Column("role", sa.String(length=12), nullable=False),
+        sa.Column("artifact", sa.String(length=128), nullable=True),
+        sa.Column("amount_nanos", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["txn_id"], ["ledger_transactions.id"], name="fk_leg_txn", deferrable=True, initially="DEFERRED"
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_ledger_legs_txn", "ledger_legs", ["txn_id"])
+    op.create_index("ix_ledger_legs_account", "ledger_legs", ["account_id"])
+    _usage_events()
+    for ddl in SQLITE_TRIGGERS if op.get_bind().dialect.name == "sqlite" else PG_TRIGGERS:
+        op.execute(ddl)
+
+
+def _usage_events() -> None:
+    op.create_table(
+        "usage_events",
+        sa.Column("request_id", sa.String(length=80), nullable=False),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("model_name", sa.String(length=128), nullable=False),
+        sa.Column("idempotency_key", sa.String(length=255), nullable=True),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("lineage", sa.JSON(), nullable=False),
+        sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("compute_ns", sa.BigInteger(), nullable=False),
+        sa.Column("device_class", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=12), nullable=False),
+        sa.Column("started_us", sa.BigInteger(), nullable=False),
+        sa.Column("finished_us", sa.BigInteger(), nullable=False),
+        sa.Column("list_price_nanos", sa.BigInteger(), nullable=False),
+        sa.Column("price_nanos", sa.BigInteger(), nullable=False),
+        sa.Column("txn_id", sa.String(length=40), nullable=True),
+        sa.Column("bill", sa.JSON(), nullable=False),
+        sa.Column("response", sa.JSON(), nullable=True),
+        sa.CheckConstraint("status IN ('succeeded', 'failed')", name="ck_usage_status"),
+        sa.CheckConstraint("status = 'succeeded' OR price_nanos = 0", name="ck_usage_failed_free"),
+        sa.CheckConstraint("price_nanos >= 0 AND price_nanos <= list_price_nanos", name="ck_usage_price"),
+        sa.ForeignKeyConstraint(["txn_id"], ["ledger_transactions.id"]),
+        sa.PrimaryKeyConstraint("request_id"),
+        sa.UniqueConstraint("tenant_id", "idempotency_key", name="uq_usage_idempotency"),
+        sa.UniqueConstraint("txn_id"),
+    )
+    op.create_index("ix_usage_tenant_time", "usage_events", ["tenant_id", "finished_us"])
+
+
+def downgrade() -> None:
+    op.drop_table("usage_events")
+    op.drop_table("ledger_legs")
+    op.drop_table("ledger_transactions")
+    op.drop_table("ledger_accounts")
+    if op.get_bind().dialect.name == "postgresql":
+        for fn in ("ledger_immutable", "ledger_leg_sealed", "ledger_txn_balanced"):
+            op.execute(f"DROP FUNCTION IF EXISTS {fn}()")

@@ -1,0 +1,185 @@
+"""The double-entry ledger's slow-path verbs: open accounts, fund a tenant, set its spending
+floor, read balances, post a manual transaction, and verify every invariant from the legs.
+
+Charges are posted in batches by `economy.writer`; everything here is one transaction each.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from constellation.economy.pricing import Leg
+from constellation.economy.tables import LedgerAccount, LedgerLeg, LedgerTransaction, UsageEvent
+from constellation.errors import InvalidInput
+from constellation.registry.tenants import get_tenant
+
+DEPOSITS = "external:deposits"
+
+
+def tenant_account(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}"
+
+
+def contributor_account(contributor_id: str) -> str:
+    return f"contributor:{contributor_id}"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def ensure_account(s: Session, account_id: str) -> LedgerAccount:
+    acc = s.get(LedgerAccount, account_id)
+    if acc is None:
+        kind, _, owner = account_id.partition(":")
+        acc = LedgerAccount(id=account_id, kind=kind, owner_id=owner, balance_nanos=0, floor_nanos=None)
+        s.add(acc)
+        s.flush()
+    return acc
+
+
+def post(s: Session, *, kind: str, legs: Sequence[Leg], tenant_id: str | None = None, memo: str = "") -> str:
+    """Post one balanced transaction (funding or correction); legs' `account` are ledger ids."""
+    if sum(leg.amount_nanos for leg in legs) != 0 or not legs:
+        raise InvalidInput("a transaction's legs must sum to zero; add the balancing leg")
+    txn_id = uuid.uuid4().hex
+    for leg in legs:
+        ensure_account(s, leg.account)
+    s.add_all(
+        LedgerLeg(
+            txn_id=txn_id, account_id=g.account, role=g.role, artifact=g.artifact, amount_nanos=g.amount_nanos
+        )
+        for g in legs
+    )
+    s.flush()  # legs first: the transaction row seals them and the database checks the sum
+    s.add(LedgerTransaction(id=txn_id, kind=kind, tenant_id=tenant_id, created_us=now_us(), memo=memo))
+    s.flush()
+    for leg in legs:
+        s.execute(
+            update(LedgerAccount)
+            .where(LedgerAccount.id == leg.account)
+            .values(balance_nanos=LedgerAccount.balance_nanos + leg.amount_nanos)
+        )
+    return txn_id
+
+
+def fund(s: Session, *, tenant_id: str, amount_nanos: int, memo: str = "") -> int:
+    """Add prepaid funds to a tenant (money in from outside); returns the new balance."""
+    get_tenant(s, id=tenant_id)
+    if amount_nanos <= 0:
+        raise InvalidInput(
+            "the amount to fund must be positive, e.g. `constellation tenants fund acme 25.00`"
+        )
+    acct = tenant_account(tenant_id)
+    post(
+        s,
+        kind="funding",
+        tenant_id=tenant_id,
+        memo=memo or "funds added",
+        legs=[Leg(acct, "funding", None, amount_nanos), Leg(DEPOSITS, "funding", None, -amount_nanos)],
+    )
+    return balance(s, account_id=acct)
+
+
+def set_limit(
+    s: Session, *, tenant_id: str, prepaid: bool = False, spending_limit_nanos: int | None = None
+) -> None:
+    """Prepaid (balance may not go below zero), a spending limit (may owe up to the limit),
+    or neither (unlimited, billed by invoice)."""
+    get_tenant(s, id=tenant_id)
+    if prepaid and spending_limit_nanos is not None:
+        raise InvalidInput("choose either prepaid or a spending limit, not both")
+    if spending_limit_nanos is not None and spending_limit_nanos < 0:
+        raise InvalidInput("a spending limit is a non-negative amount")
+    acc = ensure_account(s, tenant_account(tenant_id))
+    floor = 0 if prepaid else (-spending_limit_nanos if spending_limit_nanos is not None else None)
+    if floor is not None and acc.balance_nanos < floor:
+        raise InvalidInput(
+            f"tenant '{tenant_id}' already has a balance of {acc.balance_nanos} nano-USD, below that floor; "
+            "add funds first or choose a higher limit"
+        )
+    acc.floor_nanos = floor
+    s.flush()
+
+
+def balance(s: Session, *, account_id: str) -> int:
+    acc = s.get(LedgerAccount, account_id)
+    return acc.balance_nanos if acc else 0
+
+
+def balances(s: Session) -> list[dict[str, object]]:
+    rows = s.scalars(select(LedgerAccount).order_by(LedgerAccount.id))
+    return [
+        {"account": a.id, "kind": a.kind, "balance_nanos": a.balance_nanos, "floor_nanos": a.floor_nanos}
+        for a in rows
+    ]
+
+
+def verify(s: Session) -> list[str]:
+    """Every discrepancy found; an empty list means the books balance."""
+    return _unbalanced(s) + _balances_drift(s) + _usage_mismatch(s)
+
+
+def _unbalanced(s: Session) -> list[str]:
+    out = [
+        f"transaction {t} legs sum to {total}, not zero"
+        for t, total in s.execute(
+            select(LedgerLeg.txn_id, func.sum(LedgerLeg.amount_nanos))
+            .group_by(LedgerLeg.txn_id)
+            .having(func.sum(LedgerLeg.amount_nanos) != 0)
+        )
+    ]
+    legless = select(LedgerTransaction.id).where(~LedgerTransaction.id.in_(select(LedgerLeg.txn_id)))
+    out += [f"transaction {t} has no legs" for t in s.scalars(legless)]
+    orphans = select(LedgerLeg.txn_id).where(~LedgerLeg.txn_id.in_(select(LedgerTransaction.id))).distinct()
+    out += [f"legs of {t} have no transaction row" for t in s.scalars(orphans)]
+    return out
+
+
+def _balances_drift(s: Session) -> list[str]:
+    derived = dict(
+        s.execute(
+            select(LedgerLeg.account_id, func.sum(LedgerLeg.amount_nanos)).group_by(LedgerLeg.account_id)
+        ).all()
+    )
+    out = []
+    for acc in s.scalars(select(LedgerAccount)):
+        want = int(derived.pop(acc.id, 0))
+        if acc.balance_nanos != want:
+            out.append(f"account {acc.id}: stored balance {acc.balance_nanos} but its legs sum to {want}")
+        if acc.floor_nanos is not None and want < acc.floor_nanos:
+            out.append(f"account {acc.id}: balance {want} is below its floor {acc.floor_nanos}")
+    out += [f"legs on {a} (sum {v}) but no account row" for a, v in derived.items()]
+    return out
+
+
+def _usage_mismatch(s: Session) -> list[str]:
+    charged = {
+        rid: (tid, int(amount))
+        for rid, tid, amount in s.execute(
+            select(LedgerTransaction.request_id, LedgerTransaction.id, -func.sum(LedgerLeg.amount_nanos))
+            .join(LedgerLeg, LedgerLeg.txn_id == LedgerTransaction.id)
+            .where(LedgerTransaction.kind == "charge", LedgerLeg.role == "tenant")
+            .group_by(LedgerTransaction.request_id, LedgerTransaction.id)
+        )
+    }
+    out = []
+    for rid, txn_id, price in s.execute(
+        select(UsageEvent.request_id, UsageEvent.txn_id, UsageEvent.price_nanos)
+    ):
+        got = charged.pop(rid, None)
+        if price == 0 and got is None and txn_id is None:
+            continue
+        if got is None:
+            out.append(f"usage event {rid} priced {price} has no charge transaction")
+        elif got != (txn_id, price):
+            out.append(
+                f"usage event {rid} priced {price} (txn {txn_id}) but charged {got[1]} in txn {got[0]}"
+            )
+    out += [f"charge transaction {t} for request {r} has no usage event" for r, (t, _) in charged.items()]
+    return out

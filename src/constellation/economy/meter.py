@@ -1,0 +1,292 @@
+"""The per-request face of the economy: replay an idempotent retry, quote and admit before
+compute, then record the usage event with its priced, balanced charge (group-committed).
+
+Call order per request: `replay` -> `quote` + `admit` -> run the model -> `record`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from constellation.config import PriceBook
+from constellation.economy.ledger import tenant_account
+from constellation.economy.money import usd
+from constellation.economy.pricing import Leg, PriceCache, PriceInputs, Rates, load_inputs, price_legs
+from constellation.economy.tables import LedgerAccount, UsageEvent
+from constellation.economy.writer import Posting, PostingWriter
+from constellation.errors import Conflict, InvalidInput, NotFound, PaymentRequired
+from constellation.registry.contributors import ensure_contributor
+from constellation.registry.db import Database
+
+PLATFORM_ACCOUNT = "platform"
+HOLD_TTL_S = 600.0  # an admitted request that never records stops holding funds after this
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """What the serving path measured for one request."""
+
+    request_id: str
+    tenant_id: str
+    model_name: str
+    idempotency_key: str | None
+    fingerprint: str  # sha256 of the canonical request body
+    input_tokens: int
+    output_tokens: int
+    compute_ns: int
+    device_class: str  # "cpu" | "gpu"
+    status: str  # "succeeded" | "failed"
+    started_at: datetime
+    finished_at: datetime
+    response: dict[str, Any] | None  # the body to replay for a retry with the same key
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """A request's price and its split; `as_dict()` goes into the response's `constellation`."""
+
+    request_id: str
+    price_nanos: int
+    split: list[dict[str, Any]] = field(default_factory=list)
+    written_off_nanos: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "request_id": self.request_id,
+            "price_nanos": self.price_nanos,
+            "price_usd": usd(self.price_nanos),
+            "split": self.split,
+        }
+        if self.written_off_nanos:
+            out["written_off_nanos"] = self.written_off_nanos
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Bill:
+        return cls(
+            d["request_id"], int(d["price_nanos"]), list(d["split"]), int(d.get("written_off_nanos", 0))
+        )
+
+
+def _us(t: datetime) -> int:
+    """Microseconds since the epoch; naive datetimes are taken as UTC."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return (t - _EPOCH) // timedelta(microseconds=1)
+
+
+class Meter:
+    """One per process: a price cache, in-flight holds per tenant and the group-commit writer."""
+
+    def __init__(
+        self,
+        db: Database,
+        prices: PriceBook,
+        *,
+        infra_accounts: dict[str, str] | None = None,
+        price_ttl_s: float = 5.0,
+        max_batch: int = 1000,
+    ) -> None:
+        self._db = db
+        self._prices = prices
+        self._infra = dict(infra_accounts or {})
+        self._cache = PriceCache(self._load, ttl_s=price_ttl_s)
+        self._rates: dict[str, Rates] = {}
+        self._holds: dict[str, deque[tuple[int, float]]] = {}
+        self._lock = threading.Lock()
+        self._writer = PostingWriter(db, max_batch=max_batch)
+
+    # -- before compute -------------------------------------------------------------------
+
+    def replay(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> dict[str, Any] | None:
+        """The first response for this key, carrying its bill; None if the key is new."""
+        with self._db.session() as s:
+            row = s.execute(
+                select(UsageEvent.fingerprint, UsageEvent.response, UsageEvent.bill).where(
+                    UsageEvent.tenant_id == tenant_id, UsageEvent.idempotency_key == idempotency_key
+                )
+            ).first()
+        if row is None:
+            return None
+        if row.fingerprint != fingerprint:
+            raise Conflict(
+                f"the Idempotency-Key '{idempotency_key}' was already used with a different request body; "
+                "use a new key for a new request, or resend the original body",
+                param="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
+        body = dict(row.response or {})
+        body["constellation"] = {**(body.get("constellation") or {}), **Bill.from_dict(row.bill).as_dict()}
+        return body
+
+    def quote(
+        self,
+        *,
+        model_name: str,
+        input_tokens: int,
+        max_output_tokens: int,
+        compute_ns_estimate: int,
+        device_class: str = "cpu",
+    ) -> int:
+        """The most this request should cost, in nano-USD (for `admit`)."""
+        inputs = self._cache.get(model_name)
+        total, _ = price_legs(
+            inputs.terms,
+            self._rate(device_class),
+            input_tokens=input_tokens,
+            output_tokens=max_output_tokens,
+            compute_ns=compute_ns_estimate,
+        )
+        return total
+
+    def admit(self, *, tenant_id: str, estimate_nanos: int) -> None:
+        """Refuse (402) before compute when the estimate exceeds what the tenant may still spend;
+        otherwise hold the estimate until `record` for this tenant."""
+        with self._db.session() as s:
+            acc = s.get(LedgerAccount, tenant_account(tenant_id))
+            balance, floor = (acc.balance_nanos, acc.floor_nanos) if acc else (0, None)
+        if floor is None:
+            return
+        with self._lock:
+            holds = self._live_holds(tenant_id)
+            held = sum(h for h, _ in holds)
+            available = balance - floor - held
+            if estimate_nanos > available:
+                raise PaymentRequired(
+                    f"tenant '{tenant_id}' can spend {usd(max(available, 0))} USD now "
+                    f"(balance {usd(balance)}, {usd(held)} held by requests in flight) but this request "
+                    f"may cost up to {usd(estimate_nanos)} USD; add funds with "
+                    f"`constellation tenants fund {tenant_id} AMOUNT` or raise its spending limit",
+                    code="insufficient_balance",
+                )
+            holds.append((estimate_nanos, time.monotonic() + HOLD_TTL_S))
+
+    def _live_holds(self, tenant_id: str) -> deque[tuple[int, float]]:
+        holds = self._holds.setdefault(tenant_id, deque())
+        now = time.monotonic()
+        while holds and holds[0][1] < now:
+            holds.popleft()
+        return holds
+
+    def _release(self, tenant_id: str) -> None:
+        with self._lock:
+            holds = self._holds.get(tenant_id)
+            if holds:
+                holds.popleft()
+
+    # -- after compute ----------------------------------------------------------------------
+
+    async def record(self, usage: UsageRecord) -> Bill:
+        """Write the usage event and its charge in one group-committed transaction; returns once
+        committed. A repeat of a request id or of (tenant, idempotency key) returns the first bill."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+        def done(bill: dict[str, Any] | None, error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, fut, bill, error)
+
+        try:
+            self._writer.submit(self._posting(usage, done))
+            return Bill.from_dict(await fut)
+        finally:
+            self._release(usage.tenant_id)
+
+    def _posting(self, u: UsageRecord, done: Any) -> Posting:
+        if u.status not in ("succeeded", "failed"):
+            raise InvalidInput(f"usage status must be 'succeeded' or 'failed', not '{u.status}'")
+        inputs = self._inputs_for(u)
+        total, legs = 0, list[Leg]()
+        if u.status == "succeeded":
+            total, legs = price_legs(
+                inputs.terms,
+                self._rate(u.device_class),
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                compute_ns=u.compute_ns,
+            )
+        succeeded = u.status == "succeeded"
+        return Posting(
+            request_id=u.request_id,
+            tenant_id=u.tenant_id,
+            # A failed request does not claim its key: the client's retry must run the model.
+            idempotency_key=u.idempotency_key if succeeded else None,
+            fingerprint=u.fingerprint,
+            list_price=total,
+            legs=legs,
+            usage_row=(
+                u.model_name,
+                inputs.lineage_json,
+                u.input_tokens,
+                u.output_tokens,
+                u.compute_ns,
+                u.device_class,
+                u.status,
+                _us(u.started_at),
+                _us(u.finished_at),
+            ),
+            response_json=json.dumps(u.response) if u.response is not None and succeeded else None,
+            done=done,
+        )
+
+    def _inputs_for(self, u: UsageRecord) -> PriceInputs:
+        try:
+            return self._cache.get(u.model_name)
+        except NotFound:
+            if u.status == "succeeded":
+                raise
+            info: dict[str, object] = {
+                "model": u.model_name
+            }  # a failed request for a model that does not exist
+            return PriceInputs(u.model_name, (), info, json.dumps(info))
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _load(self, model_name: str) -> PriceInputs:
+        with self._db.session() as s:
+            return load_inputs(s, model_name=model_name)
+
+    def _rate(self, device_class: str) -> Rates:
+        rates = self._rates.get(device_class)
+        if rates is not None:
+            return rates
+        per_s = self._prices.infra_nanos_per_second.get(device_class)
+        if per_s is None:
+            known = ", ".join(sorted(self._prices.infra_nanos_per_second))
+            raise InvalidInput(f"no infrastructure rate for device class '{device_class}'; known: {known}")
+        account = self._infra.get(device_class, f"infra-{device_class}")
+        with self._db.session() as s:
+            ensure_contributor(s, id=account, name=f"Infrastructure ({device_class})", kind="infrastructure")
+            ensure_contributor(s, id=PLATFORM_ACCOUNT, name="Constellation platform", kind="platform")
+        rates = Rates(account, per_s, PLATFORM_ACCOUNT, self._prices.platform_fee_bps)
+        self._rates[device_class] = rates
+        return rates
+
+    def invalidate_prices(self, model_name: str | None = None) -> None:
+        """Forget cached price inputs (after a term or lineage change)."""
+        self._cache.invalidate(model_name)
+
+    def close(self) -> None:
+        """Write everything queued, then stop the writer."""
+        self._writer.close()
+
+
+def _settle(
+    fut: asyncio.Future[dict[str, Any]], bill: dict[str, Any] | None, error: BaseException | None
+) -> None:
+    if fut.done():  # the caller went away; the posting is committed all the same
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        assert bill is not None
+        fut.set_result(bill)

@@ -1,0 +1,112 @@
+"""The economy's tables: usage events (one per request, also the idempotency record), ledger
+accounts with their running balance, transactions and their immutable legs.
+
+Times are integer microseconds since the Unix epoch (UTC) so that raw batched inserts, period
+filters and both dialects agree without any timezone conversion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from constellation.registry.tables import Base
+
+ACCOUNT_KINDS = ("tenant", "contributor", "external")
+TXN_KINDS = ("charge", "funding", "correction")
+ROLES = ("tenant", "infra", "base", "adapter", "data", "platform", "funding", "correction")
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+LegId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class LedgerAccount(Base):
+    """`tenant:<id>`, `contributor:<id>` or `external:<name>`; `floor_nanos` is the lowest balance
+    the account may reach (0 for prepaid, -limit for a spending limit, NULL for none)."""
+
+    __tablename__ = "ledger_accounts"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(12))
+    owner_id: Mapped[str] = mapped_column(String(64))
+    balance_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
+    floor_nanos: Mapped[int | None] = mapped_column(BigInteger)
+    __table_args__ = (
+        CheckConstraint(f"kind IN {ACCOUNT_KINDS}", name="ck_account_kind"),
+        CheckConstraint("floor_nanos IS NULL OR balance_nanos >= floor_nanos", name="ck_account_floor"),
+    )
+
+
+class LedgerTransaction(Base):
+    """A posted transaction. Inserted after its legs: the database checks that they balance."""
+
+    __tablename__ = "ledger_transactions"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(12))
+    request_id: Mapped[str | None] = mapped_column(String(80), unique=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(64))
+    created_us: Mapped[int] = mapped_column(BigInteger, index=True)
+    memo: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (CheckConstraint(f"kind IN {TXN_KINDS}", name="ck_txn_kind"),)
+
+
+class LedgerLeg(Base):
+    """One signed amount on one account: positive credits it, negative debits it."""
+
+    __tablename__ = "ledger_legs"
+    id: Mapped[int] = mapped_column(LegId, primary_key=True, autoincrement=True)
+    txn_id: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[str] = mapped_column(String(80))
+    role: Mapped[str] = mapped_column(String(12))
+    artifact: Mapped[str | None] = mapped_column(String(128))
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        # Deferred: legs are written before their transaction row, which seals them.
+        ForeignKeyConstraint(
+            ["txn_id"], ["ledger_transactions.id"], deferrable=True, initially="DEFERRED", name="fk_leg_txn"
+        ),
+        Index("ix_ledger_legs_txn", "txn_id"),
+        Index("ix_ledger_legs_account", "account_id"),
+    )
+
+
+class UsageEvent(Base):
+    """One metered request, written once with its charge; also the idempotency record."""
+
+    __tablename__ = "usage_events"
+    request_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    compute_ns: Mapped[int] = mapped_column(BigInteger)
+    device_class: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(12))
+    started_us: Mapped[int] = mapped_column(BigInteger)
+    finished_us: Mapped[int] = mapped_column(BigInteger)
+    list_price_nanos: Mapped[int] = mapped_column(BigInteger)
+    price_nanos: Mapped[int] = mapped_column(BigInteger)
+    txn_id: Mapped[str | None] = mapped_column(ForeignKey("ledger_transactions.id"), unique=True)
+    bill: Mapped[dict[str, Any]] = mapped_column(JSON)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_usage_idempotency"),
+        CheckConstraint("status IN ('succeeded', 'failed')", name="ck_usage_status"),
+        CheckConstraint("status = 'succeeded' OR price_nanos = 0", name="ck_usage_failed_free"),
+        CheckConstraint("price_nanos >= 0 AND price_nanos <= list_price_nanos", name="ck_usage_price"),
+        Index("ix_usage_tenant_time", "tenant_id", "finished_us"),
+    )
