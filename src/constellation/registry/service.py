@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 
 from constellation.artifacts import Artifact as StoredArtifact
 from constellation.artifacts import ArtifactStore, check_adapter_fits_base
+from constellation.artifacts.peft import names_match
+from constellation.artifacts.store import sha256_file
 from constellation.errors import InvalidInput
 from constellation.registry import datasets as ds_repo
 from constellation.registry import models as model_repo
@@ -72,9 +74,47 @@ def register_base(
         licence_id=_licence_from(s, licence, art),
         author_id=author,
         labels=labels,
-        card={**_card_dict(art), **(card or {})},
+        card={
+            **_card_dict(art),
+            "source_name": src.resolve().name,
+            "name_or_path": _config_name(src),
+            **(card or {}),
+        },
         visibility=visibility,
         owner_tenant_id=owner_tenant,
+    )
+
+
+def _config_name(src: Path) -> str | None:
+    try:
+        value = json.loads((src / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError):
+        return None
+    return str(value) if value else None
+
+
+def _check_declared_base(src: Path, base_row: Model, base_files: dict[str, str]) -> None:
+    """The adapter's `base_model_name_or_path` must name this base: by its registered name,
+    its source directory or hub id, or a local directory holding the very same weights."""
+    try:
+        declared = str(
+            json.loads((src / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+        )
+    except (OSError, ValueError):
+        return  # the artifact store reports unreadable configs with a precise message
+    names = [base_row.name, base_row.card.get("source_name"), base_row.card.get("name_or_path")]
+    if not declared or any(n and names_match(declared, str(n)) for n in names):
+        return
+    local = Path(declared)
+    if local.is_dir():
+        weights = sorted(local.glob("*.safetensors"))
+        if weights and all(base_files.get(w.name) == sha256_file(w) for w in weights):
+            return
+    raise InvalidInput(
+        f"the adapter was trained on {declared!r} (base_model_name_or_path in adapter_config.json) "
+        f"but is being attached to '{base_row.name}'; attach it to the base it was trained on, or set "
+        f"base_model_name_or_path to '{base_row.name}' if they are the same model",
+        param="base",
     )
 
 
@@ -107,7 +147,8 @@ def register_adapter(
     `datasets` are (registered data set name, weight or None = its example count)."""
     base_row = model_repo.get_model(s, name=base)
     base_dir = store.open(base_row.artifact_digest)
-    check_adapter_fits_base(src, base_dir, base_name=base)
+    _check_declared_base(src, base_row, dict(store.get(base_row.artifact_digest).files))
+    check_adapter_fits_base(src, base_dir)
     art = store.import_adapter_dir(src, base=base_dir)
     _record_artifact(s, art)
     head_labels = _head_labels(src)

@@ -1,0 +1,144 @@
+"""/v1/classify with a LoRA classification adapter imported in PEFT format: the answer equals
+a plain reference (PEFT merged, fp32, mean pooling, head, softmax)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tests.integration.conftest import Api
+
+pytestmark = pytest.mark.anyio
+LABELS = ["billing", "bug", "praise"]
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    base = AutoModel.from_pretrained(str(minilm_path))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(str(out))
+    save_file(
+        {"weight": torch.randn(len(LABELS), 384) * 0.5, "bias": torch.randn(len(LABELS)) * 0.1},
+        str(out / "classifier_head.safetensors"),
+    )
+    (out / "classifier_head.json").write_text(json.dumps({"labels": LABELS, "pooling": "base"}))
+    return out
+
+
+def reference(minilm_path: Path, adapter_dir: Path, texts: list[str]) -> torch.Tensor:
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_path))
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(str(minilm_path)), str(adapter_dir))
+    model = model.merge_and_unload().eval()
+    head = load_file(str(adapter_dir / "classifier_head.safetensors"))
+    rows = []
+    with torch.no_grad():
+        for t in texts:
+            enc = tok([t], return_tensors="pt", truncation=True, max_length=256)
+            h = model(**enc).last_hidden_state  # [1, S, 384]
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (h * mask).sum(1) / mask.sum(1)  # [1, 384]
+            rows.append(torch.softmax(pooled @ head["weight"].T + head["bias"], -1)[0])
+    return torch.stack(rows)
+
+
+async def test_classify_equals_reference(api: Api, minilm_path: Path, adapter_dir: Path) -> None:
+    await api.client.post(
+        "/api/contributors", headers=api.admin, json={"id": "sbert", "name": "SBERT", "kind": "organisation"}
+    )
+    r = await api.client.post(
+        "/api/models",
+        headers=api.admin,
+        json={
+            "name": "minilm",
+            "path": str(minilm_path),
+            "task": "embedding",
+            "author": "sbert",
+            "license": "apache-2.0",
+        },
+    )
+    assert r.status_code == 201
+    r = await api.client.post(
+        "/api/adapters",
+        headers=api.admin,
+        json={
+            "name": "ticket-intent",
+            "path": str(adapter_dir),
+            "base": "minilm",
+            "author": "sbert",
+            "license": "mit",
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["task"] == "classification" and r.json()["labels"] == LABELS
+    texts = ["I was charged twice this month", "The app crashes when I log in", "Love the new dashboard!"]
+    r = await api.client.post(
+        "/v1/classify", headers=api.key("acme"), json={"model": "ticket-intent", "input": texts}
+    )
+    assert r.status_code == 200, r.text
+    want = reference(minilm_path, adapter_dir, texts)
+    for row, ref in zip(r.json()["data"], want, strict=True):
+        probs = torch.tensor([row["probs"][label] for label in LABELS])
+        assert torch.allclose(probs, ref, atol=1e-5)
+        assert row["label"] == LABELS[int(ref.argmax())]
+    r = await api.client.post(
+        "/v1/embeddings", headers=api.key("acme"), json={"model": "ticket-intent", "input": "x"}
+    )
+    assert r.status_code == 400 and "/v1/classify" in r.json()["error"]["message"]
+
+
+async def test_adapter_for_another_base_is_400(api: Api, minilm_path: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertModel
+
+    tiny = BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    )
+    peft_model = get_peft_model(tiny, LoraConfig(r=2, target_modules=["query"]))
+    peft_model.save_pretrained(str(tmp_path / "a"))
+    await api.client.post(
+        "/api/contributors", headers=api.admin, json={"id": "sbert", "name": "SBERT", "kind": "organisation"}
+    )
+    await api.client.post(
+        "/api/models",
+        headers=api.admin,
+        json={
+            "name": "minilm",
+            "path": str(minilm_path),
+            "task": "embedding",
+            "author": "sbert",
+            "license": "apache-2.0",
+        },
+    )
+    r = await api.client.post(
+        "/api/adapters",
+        headers=api.admin,
+        json={
+            "name": "misfit",
+            "path": str(tmp_path / "a"),
+            "base": "minilm",
+            "author": "sbert",
+            "license": "mit",
+        },
+    )
+    assert r.status_code == 400, r.text
+    assert "query" in r.json()["error"]["message"]
