@@ -10,13 +10,14 @@ from typing import Annotated
 import typer
 
 from constellation.cli._common import JsonOpt, console, emit, opened_platform, split_csv
+from constellation.registry import acceptances, service
 from constellation.registry import contributors as contrib_repo
 from constellation.registry import datasets as ds_repo
 from constellation.registry import licences as lic_repo
 from constellation.registry import models as model_repo
-from constellation.registry import service
 from constellation.registry import tenants as tenant_repo
 from constellation.registry import terms as terms_repo
+from constellation.registry.effective import EffectiveTerms, effective_terms
 
 models = typer.Typer(help="Register, list, inspect and remove models.", no_args_is_help=True)
 adapters = typer.Typer(help="Import LoRA adapters (PEFT format) trained anywhere.", no_args_is_help=True)
@@ -90,10 +91,37 @@ def models_list(as_json: JsonOpt = False) -> None:
 
 @models.command("show")
 def models_show(name: str, as_json: JsonOpt = False) -> None:
-    """Show one model with its lineage."""
+    """Show one model with its lineage and effective licence terms, each with its source."""
     with opened_platform() as p, p.db.session() as s:
         m = model_repo.get_model(s, name=name)
-        emit(model_repo.model_dict(m, model_repo.lineage(s, model=m)), as_json=as_json)
+        terms = effective_terms(s, model=m)
+        out = model_repo.model_dict(m, model_repo.lineage(s, model=m))
+        if as_json:
+            emit({**out, "effective_terms": terms.as_dict()}, as_json=True)
+            return
+        emit(out, as_json=False)
+        print_terms(terms)
+
+
+def print_terms(t: EffectiveTerms) -> None:
+    """Effective terms as readable lines, each term followed by the element it comes from."""
+    console.print("[bold]effective licence terms[/bold]", highlight=False)
+    blockers = "; ".join(f"non-commercial: {b.source()}" for b in t.commercial_blockers)
+    console.print(
+        f"  commercial use: {'yes' if t.commercial_use else 'no (' + blockers + ')'}", highlight=False
+    )
+    src = t.user_limit_source
+    limit = f"{t.user_limit:,} monthly active users (from {src.source()})" if src else "none"
+    console.print(f"  user limit: {limit}", highlight=False)
+    for label, items in (("restrictions", t.restrictions), ("share-alike", t.share_alike)):
+        console.print(f"  {label}:{'' if items else ' none'}", highlight=False)
+        for term in items:
+            console.print(f"    - {term.text}  [dim](from {term.source()})[/dim]", highlight=False)
+    if t.acceptance_required:
+        console.print(f"  tenants must accept: {', '.join(t.acceptance_required)}", highlight=False)
+    console.print("  notices:" + ("" if t.notices else " none"), highlight=False)
+    for n in t.notices:
+        console.print(f"    - {n}", highlight=False)
 
 
 @models.command("rm")
@@ -296,6 +324,65 @@ def tenants_add(
             s, id=id, name=name or id, declared_use=declared_use, monthly_active_users=monthly_active_users
         )
         emit({"id": t.id, "name": t.name, "declared_use": t.declared_use}, as_json=as_json)
+
+
+@tenants.command("set")
+def tenants_set(
+    id: Annotated[str, typer.Argument(help="Tenant id.")],
+    declared_use: Annotated[str | None, typer.Option(help="commercial | non-commercial")] = None,
+    monthly_active_users: Annotated[int | None, typer.Option(help="Declared monthly active users.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Update a tenant's declarations, e.g. `constellation tenants set acme --declared-use non-commercial`."""
+    with opened_platform() as p, p.db.session() as s:
+        t = acceptances.set_declarations(
+            s, tenant_id=id, declared_use=declared_use, monthly_active_users=monthly_active_users
+        )
+        emit(
+            {"id": t.id, "declared_use": t.declared_use, "monthly_active_users": t.monthly_active_users},
+            as_json=as_json,
+        )
+
+
+LicenceOpt = Annotated[str, typer.Option("--license", help="Licence id whose use restrictions apply.")]
+
+
+@tenants.command("accept")
+def tenants_accept(
+    id: Annotated[str, typer.Argument(help="Tenant id.")], license: LicenceOpt, as_json: JsonOpt = False
+) -> None:
+    """Record the tenant's acceptance of a licence's flow-down use restrictions (e.g. openrail-m)."""
+    with opened_platform() as p, p.db.session() as s:
+        a = acceptances.accept(s, tenant_id=id, licence_id=license, key_id=None, via="cli")
+        emit(acceptances.acceptance_dict(a), as_json=as_json)
+
+
+@tenants.command("withdraw")
+def tenants_withdraw(
+    id: Annotated[str, typer.Argument(help="Tenant id.")], license: LicenceOpt, as_json: JsonOpt = False
+) -> None:
+    """Withdraw an acceptance; models needing it are refused from then on."""
+    with opened_platform() as p, p.db.session() as s:
+        emit(
+            acceptances.acceptance_dict(acceptances.withdraw(s, tenant_id=id, licence_id=license)),
+            as_json=as_json,
+        )
+
+
+@tenants.command("acceptances")
+def tenants_acceptances(
+    id: Annotated[str, typer.Argument(help="Tenant id.")],
+    include_withdrawn: Annotated[bool, typer.Option("--all", help="Include withdrawn acceptances.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the licences whose restrictions the tenant has accepted, with time and key."""
+    with opened_platform() as p, p.db.session() as s:
+        rows = acceptances.list_acceptances(s, tenant_id=id, include_withdrawn=include_withdrawn)
+        emit(
+            [acceptances.acceptance_dict(a) for a in rows],
+            as_json=as_json,
+            columns=["license", "accepted_at", "key_id", "via", "withdrawn_at"],
+        )
 
 
 @tenants.command("list")
