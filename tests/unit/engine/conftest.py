@@ -58,7 +58,7 @@ def make_adapter(
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.normal_(0, 0.05)
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     if labels is not None:
         hidden = model.config.hidden_size
         save_file(

@@ -1,0 +1,99 @@
+"""AdapterCache: load once under concurrent first requests, pinned never evicted, LRU tiers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from constellation.engine.adapters import AdapterCache, LoadedAdapter, LoRAWeights, load_adapter
+from constellation.engine.lora import NO_ADAPTER, LoRAContext, MultiLoRALinear
+from constellation.engine.spec import AdapterSpec
+from constellation.errors import InvalidInput, Overloaded
+
+from .conftest import make_adapter
+
+
+def _spec(name: str) -> AdapterSpec:
+    return AdapterSpec(name=name, base="b", resolve=lambda: Path("/nonexistent"))
+
+
+class _Loader:
+    """Fake disk: counts loads and is slow enough for threads to collide."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, spec: AdapterSpec) -> LoadedAdapter:
+        with self.lock:
+            self.calls[spec.name] = self.calls.get(spec.name, 0) + 1
+        time.sleep(0.05)
+        w = LoRAWeights(A=torch.ones(2, 4), B=torch.ones(4, 2), scale=1.0)
+        return LoadedAdapter(name=spec.name, rank=2, scale=1.0, modules={"lin": w})
+
+
+def _cache(slots: int, host_bytes: int = 10**9) -> tuple[AdapterCache, _Loader]:
+    layer = MultiLoRALinear(nn.Linear(4, 4), LoRAContext(slots), slots, 4)
+    loader = _Loader()
+    return AdapterCache({"lin": layer}, slots, host_bytes, loader=loader), loader
+
+
+def test_concurrent_first_requests_load_once() -> None:
+    cache, loader = _cache(4)
+    threads = [threading.Thread(target=cache.acquire, args=([_spec("a")],)) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loader.calls == {"a": 1}
+    assert cache.slot_writes == 1
+
+
+def test_pinned_adapter_is_never_evicted() -> None:
+    cache, _ = _cache(2)
+    held = cache.acquire([_spec("a")])
+    for name in "bcdef":
+        slots = cache.acquire([_spec(name)])
+        cache.release([_spec(name)])
+        assert slots != held
+    assert "a" in cache.resident()
+    cache.acquire([_spec("x")])  # pins the other slot
+    with pytest.raises(Overloaded, match="slots are in use"):
+        cache.acquire([_spec("y")])
+    assert cache.pinned() == {"a", "x"}
+
+
+def test_slots_are_lru_and_none_maps_to_no_adapter() -> None:
+    cache, _ = _cache(2)
+    for name in ["a", "b", "a", "c"]:  # c evicts b, the least recently used
+        cache.acquire([_spec(name)])
+        cache.release([_spec(name)])
+    assert cache.resident() == ["a", "c"]
+    assert cache.acquire([None, _spec("a")])[0] == NO_ADAPTER
+    with pytest.raises(Overloaded, match="3 adapters but only 2 slots"):
+        cache.acquire([_spec("a"), _spec("b"), _spec("c")])
+
+
+def test_host_tier_evicts_lru_within_budget() -> None:
+    one = LoadedAdapter(
+        name="x", rank=2, scale=1.0, modules={"lin": LoRAWeights(torch.ones(2, 4), torch.ones(4, 2), 1.0)}
+    )
+    cache, loader = _cache(8, host_bytes=2 * one.nbytes)
+    for name in ["a", "b", "c", "a"]:
+        cache.prefetch(_spec(name))
+    assert loader.calls == {"a": 2, "b": 1, "c": 1}  # a was evicted by c, then reloaded
+
+
+def test_loads_peft_dir_and_refuses_pickle(tiny_bert: Path, tmp_path: Path) -> None:
+    spec = make_adapter(tiny_bert, tmp_path / "ad", rank=4, seed=0)
+    loaded = load_adapter(spec)
+    assert loaded.rank == 4 and loaded.scale == 2.0
+    assert "encoder.layer.0.attention.self.query" in loaded.modules
+    (tmp_path / "ad" / "adapter_model.safetensors").rename(tmp_path / "ad" / "adapter_model.bin")
+    with pytest.raises(InvalidInput, match="pickle"):
+        load_adapter(spec)
