@@ -9,7 +9,7 @@ listed. Licences are immutable once added, so one query for the lineage's licenc
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -57,15 +57,20 @@ class EffectiveTerms:
     def as_dict(self) -> dict[str, Any]:
         return {
             "commercial_use": self.commercial_use,
-            "commercial_blockers": [asdict(t) for t in self.commercial_blockers],
+            "commercial_blockers": [_term_dict(t) for t in self.commercial_blockers],
             "notices": list(self.notices),
-            "attributions": [asdict(t) for t in self.attributions],
-            "restrictions": [asdict(t) for t in self.restrictions],
+            "attributions": [_term_dict(t) for t in self.attributions],
+            "restrictions": [_term_dict(t) for t in self.restrictions],
             "acceptance_required": self.acceptance_required,
             "user_limit": self.user_limit,
-            "user_limit_source": asdict(self.user_limit_source) if self.user_limit_source else None,
-            "share_alike": [asdict(t) for t in self.share_alike],
+            "user_limit_source": _term_dict(self.user_limit_source) if self.user_limit_source else None,
+            "share_alike": [_term_dict(t) for t in self.share_alike],
         }
+
+
+def _term_dict(t: Term) -> dict[str, str]:
+    """A term as JSON; the API spells the licence field `license`, as everywhere else."""
+    return {"text": t.text, "artifact": t.artifact, "artifact_type": t.artifact_type, "license": t.licence}
 
 
 @dataclass(frozen=True, slots=True)
