@@ -7,6 +7,7 @@ is retried one posting at a time so that one bad posting fails only itself.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -70,6 +71,9 @@ class PostingWriter:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Posting | None] = queue.SimpleQueue()
         self._accounts: set[str] = set()
+        # Transaction ids: a random per-writer prefix plus a counter (uuid4 per posting costs more).
+        self._txn_prefix = uuid.uuid4().hex[:12]
+        self._txn_seq = itertools.count()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -176,7 +180,7 @@ class PostingWriter:
             acct = tenant_account(p.tenant_id)
             split = _cap(p, room, acct)
             price = sum(g.amount_nanos for g in split)
-            txn_id = uuid.uuid4().hex if price > 0 else None
+            txn_id = f"{self._txn_prefix}{next(self._txn_seq):x}" if price > 0 else None
             if txn_id is not None:
                 txns.append((txn_id, p.request_id, p.tenant_id, created))
                 legs.append((txn_id, acct, "tenant", None, -price))

@@ -1,0 +1,116 @@
+"""Usage, invoices, statements and tenant funds. A tenant key reads its own usage and invoice,
+a `contributor:<id>` key reads that contributor's statement, an admin key reads everything."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, Field
+
+from constellation.api.deps import Admin, PrincipalDep, SessionDep
+from constellation.economy import ledger, reports
+from constellation.errors import Forbidden, InvalidInput
+
+router = APIRouter(prefix="/api", tags=["billing"])
+
+Format = Literal["json", "csv"]
+
+
+class FundsIn(BaseModel):
+    amount_nanos: int = Field(gt=0, description="Funds to add, in nano-USD (1e-9 USD).")
+    memo: str = ""
+
+
+class LimitIn(BaseModel):
+    prepaid: bool = False
+    spending_limit_nanos: int | None = Field(default=None, ge=0)
+
+
+def _own_tenant(principal: PrincipalDep, tenant: str | None) -> str:
+    tenant = tenant or principal.tenant_id
+    if tenant != principal.tenant_id and not principal.is_admin:
+        raise Forbidden(
+            f"this key belongs to tenant '{principal.tenant_id}' and cannot read tenant '{tenant}'; "
+            "omit ?tenant= or use an admin key",
+            code="insufficient_scope",
+        )
+    return tenant
+
+
+def _render(doc: dict[str, Any], fmt: Format) -> Any:
+    if fmt == "csv":
+        name = f"{doc['object']}-{doc.get('tenant') or doc.get('contributor')}-{doc['period']}.csv"
+        return Response(
+            reports.to_csv(doc),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+    return doc
+
+
+@router.get("/usage")
+def usage(
+    principal: PrincipalDep,
+    s: SessionDep,
+    tenant: str | None = None,
+    period: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Recent usage events (newest first) of your tenant for a UTC month (`period=YYYY-MM`)."""
+    if not 1 <= limit <= 10_000:
+        raise InvalidInput("limit must be between 1 and 10000", param="limit")
+    return reports.usage_events(s, tenant_id=_own_tenant(principal, tenant), period=period, limit=limit)
+
+
+@router.get("/invoices", response_model=None)
+def invoice(
+    principal: PrincipalDep,
+    s: SessionDep,
+    tenant: str | None = None,
+    period: str | None = None,
+    format: Format = "json",
+) -> Any:
+    """Your tenant's invoice for a UTC month, lines by model and by artifact, each with its
+    request ids; `format=csv` for a spreadsheet."""
+    doc = reports.invoice(s, tenant_id=_own_tenant(principal, tenant), period=period)
+    return _render(doc, format)
+
+
+@router.get("/statements", response_model=None)
+def statement(
+    principal: PrincipalDep,
+    s: SessionDep,
+    contributor: str,
+    period: str | None = None,
+    format: Format = "json",
+) -> Any:
+    """A contributor's earnings for a UTC month, lines by model and by artifact, each with its
+    request ids. Needs a `contributor:<id>` key for that contributor, or an admin key."""
+    if contributor not in principal.contributor_ids() and not principal.is_admin:
+        raise Forbidden(
+            f"this key cannot read contributor '{contributor}'s statement; "
+            f"use a key with scope 'contributor:{contributor}' or an admin key",
+            code="insufficient_scope",
+        )
+    return _render(reports.statement(s, contributor_id=contributor, period=period), format)
+
+
+@router.get("/balances")
+def balances(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
+    """Every ledger account's balance (admin)."""
+    return ledger.balances(s)
+
+
+@router.post("/tenants/{id}/funds", status_code=status.HTTP_201_CREATED)
+def add_funds(id: str, body: FundsIn, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """Add prepaid funds to a tenant (admin); returns the new balance."""
+    new = ledger.fund(s, tenant_id=id, amount_nanos=body.amount_nanos, memo=body.memo)
+    return {"tenant": id, "balance_nanos": new}
+
+
+@router.put("/tenants/{id}/limit")
+def set_limit(id: str, body: LimitIn, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """Make a tenant prepaid, give it a spending limit, or neither (admin)."""
+    ledger.set_limit(s, tenant_id=id, prepaid=body.prepaid, spending_limit_nanos=body.spending_limit_nanos)
+    return {"tenant": id, **body.model_dump()}
