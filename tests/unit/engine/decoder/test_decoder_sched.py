@@ -11,11 +11,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from constellation.config import EngineLimits
 from constellation.engine.decoder import DecoderEngine, Seq, load_runner, split_largest_remainder
 from constellation.engine.sampling import SamplingParams, TextStream, make_generator
 from constellation.errors import Overloaded
-
-from .conftest import make_limits
 
 GREEDY = SamplingParams(max_tokens=20, temperature=0.0)
 
@@ -32,8 +31,9 @@ def _wait_idle(engine: DecoderEngine) -> dict[str, float]:
 
 def test_new_requests_join_between_decode_steps(families) -> None:
     fam = families["llama"]
-    runner = load_runner(fam.base, make_limits())
-    engine_side = DecoderEngine(make_limits())
+    limits = EngineLimits(kv_cache_bytes=1 << 20, adapter_slots=4)
+    runner = load_runner(fam.base, limits)
+    engine_side = DecoderEngine(limits)
     try:
         preps = [
             engine_side.prepare(fam.base, None, prompt=p, params=GREEDY) for p in ("the cat sat", "a dog")
