@@ -185,11 +185,13 @@ def evaluate(
 ) -> Refusal | None:
     """The first rule the tenant's declarations break, or None when the use is permitted (pure)."""
     if declared_use == "commercial" and terms.commercial_blockers:
-        b = terms.commercial_blockers[0]
+        b, others = terms.commercial_blockers[0], terms.commercial_blockers[1:]
+        also = f" (so does {', '.join(o.source() for o in others)})" if others else ""
         return Refusal(
             "license_non_commercial",
-            f"'{model}' may not be used commercially: its {b.source()} allows non-commercial use only, "
-            "and your tenant declares commercial use. Use a model whose whole lineage allows "
+            f"'{model}' may not be used commercially: in its lineage, {b.source()} allows "
+            f"non-commercial use only{also}, and your tenant declares commercial use. "
+            "Use a model whose whole lineage allows "
             "commercial use, or (if your use really is non-commercial) ask an admin to set your "
             "declared use to non-commercial",
         )
@@ -198,7 +200,8 @@ def evaluate(
         assert src is not None
         return Refusal(
             "license_user_limit",
-            f"'{model}' is limited to {terms.user_limit:,} monthly active users by its {src.source()}, "
+            f"'{model}' is limited to {terms.user_limit:,} monthly active users by {src.source()} "
+            "in its lineage, "
             f"and your tenant declares {monthly_active_users:,}. Obtain a separate licence from the "
             "licensor, or use a model without that limit",
         )
@@ -208,7 +211,7 @@ def evaluate(
         terms_text = "; ".join(t.text for t in terms.restrictions if t.licence == missing[0])
         return Refusal(
             "license_restrictions_not_accepted",
-            f"'{model}' carries the use restrictions of its {first.source()}: {terms_text}. "
+            f"'{model}' carries the use restrictions of {first.source()} in its lineage: {terms_text}. "
             f"Accept them first: POST /api/tenants/{tenant}/acceptances with "
             f'{{"license": "{missing[0]}"}} or `constellation tenants accept {tenant} --license {missing[0]}`'
             + (f" (also needed: {', '.join(missing[1:])})" if missing[1:] else ""),
