@@ -13,8 +13,9 @@ from constellation.api.engines import Engines
 from constellation.api.errors import install_error_handlers
 from constellation.api.metrics import Metrics
 from constellation.api.resolver import Resolver
-from constellation.api.routes import admin, encoders, health, licences, models, tenants
+from constellation.api.routes import admin, billing, encoders, generation, health, licences, models, tenants
 from constellation.config import Settings
+from constellation.economy.meter import Meter
 from constellation.platform import Platform
 
 DESCRIPTION = """Constellation serves many specialised open models -- base models, LoRA adapters and
@@ -33,13 +34,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.platform = platform
         app.state.resolver = Resolver(platform)
         app.state.engines = Engines(settings.engine)
-        app.state.meter = None
+        app.state.meter = Meter(platform.db, settings.prices)
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
             app.state.engines.close()
+            app.state.meter.close()
             platform.close()
 
     app = FastAPI(title="Constellation", version=__version__, description=DESCRIPTION, lifespan=lifespan)
@@ -53,7 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
         models.router,
         encoders.router,
+        generation.router,
         admin.router,
+        billing.router,
         licences.router,
         tenants.router,
     ):

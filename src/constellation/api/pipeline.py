@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
@@ -21,10 +21,8 @@ from constellation.api.deps import Principal
 from constellation.api.engines import Engines
 from constellation.api.resolver import Resolved, Resolver
 from constellation.config import EngineLimits
+from constellation.economy.meter import Bill, Meter, UsageRecord
 from constellation.errors import ConstellationError, InvalidInput
-
-if TYPE_CHECKING:
-    from constellation.economy.meter import Bill, Meter
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -52,7 +50,7 @@ class Call:
     request: Request
     engines: Engines
     resolver: Resolver
-    meter: Meter | None
+    meter: Meter
     limits: EngineLimits
     device_class: str
     request_id: str = field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
@@ -73,7 +71,7 @@ class Call:
         self.resolved = await run_in_threadpool(self.resolver.resolve, model, tenant_id=caller.tenant_id)
         self._fingerprint = fingerprint(self.request.url.path, body)
         key = self.idempotency_key
-        if self.meter is not None and key is not None:
+        if key is not None:
             replay = await run_in_threadpool(
                 self.meter.replay,
                 tenant_id=caller.tenant_id,
@@ -85,8 +83,6 @@ class Call:
         return None
 
     async def admit(self, caller: Principal, *, est_input_tokens: int, est_output_tokens: int = 0) -> None:
-        if self.meter is None:
-            return
         estimate = self.meter.quote(
             model_name=self.resolved.name,
             input_tokens=est_input_tokens,
@@ -103,10 +99,6 @@ class Call:
             "lineage": self.resolved.lineage,
             "notices": list(self.resolved.notices),
         }
-        if self.meter is None:
-            return ext
-        from constellation.economy.meter import UsageRecord
-
         record = UsageRecord(
             request_id=self.request_id,
             tenant_id=caller.tenant_id,

@@ -18,6 +18,7 @@ from constellation.engine.spec import AdapterSpec, BaseSpec, Task
 from constellation.errors import InvalidInput
 from constellation.platform import Platform
 from constellation.registry import models as repo
+from constellation.registry.effective import check_use
 from constellation.registry.tables import Model
 
 
@@ -108,12 +109,7 @@ class Resolver:
         return open_verified
 
     def _check_licence(self, s: Session, m: Model, tenant_id: str) -> tuple[str, ...]:
-        try:
-            from constellation.registry.effective import check_use
-        except ImportError:  # licence enforcement lands with its own module
-            return ()
-        terms = check_use(s, tenant_id=tenant_id, model=m)
-        return tuple(terms.notices)
+        return tuple(check_use(s, tenant_id=tenant_id, model=m).notices)
 
 
 def require_task(resolved: Resolved, *tasks: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from constellation.cli import economy
 from constellation.cli import registry_cmds as reg
 from constellation.cli.bench import bench
 from constellation.cli.serve import serve
@@ -25,3 +26,9 @@ app.add_typer(reg.terms, name="terms")
 app.add_typer(reg.licences, name="licences")
 app.add_typer(reg.tenants, name="tenants")
 app.add_typer(reg.keys, name="keys")
+app.add_typer(economy.usage, name="usage")
+app.add_typer(economy.invoices, name="invoices")
+app.add_typer(economy.statements, name="statements")
+app.add_typer(economy.ledger, name="ledger")
+reg.tenants.command("fund")(economy.tenants_fund)
+reg.tenants.command("limit")(economy.tenants_limit)

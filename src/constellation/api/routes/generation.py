@@ -1,0 +1,304 @@
+"""`POST /v1/completions` and `POST /v1/chat/completions`: causal LMs with or without an
+adapter, continuously batched by the engine, with OpenAI's SSE streaming chunk format.
+
+A streamed answer is metered like any other: its usage is committed before the final chunk
+is sent; a client that disconnects mid-stream frees its sequence at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from constellation.api.deps import InferenceCaller, Principal
+from constellation.api.pipeline import Call, CallDep, Outcome
+from constellation.api.resolver import require_task
+from constellation.engine.decoder import Delta, Prepared
+from constellation.engine.sampling import SamplingParams
+from constellation.errors import ConstellationError, InvalidInput
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class Sampling(BaseModel):
+    model: str = Field(description="a causal-lm model or adapter name from GET /v1/models")
+    max_tokens: int | None = Field(default=None, description="cap on generated tokens (default: what fits)")
+    temperature: float = Field(default=1.0, description="0 = greedy")
+    top_p: float = 1.0
+    top_k: int = Field(default=0, description="extension: keep the k most likely tokens (0 = off)")
+    seed: int | None = Field(default=None, description="same seed, same answer, whatever shares the batch")
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    def params(self, max_tokens: int | None) -> SamplingParams:
+        if self.n != 1:
+            raise InvalidInput(
+                "n > 1 is not supported; send n separate requests (with different seeds)", param="n"
+            )
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=tuple(stops),
+        )
+
+
+class CompletionIn(Sampling):
+    prompt: str | list[str]
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatIn(Sampling):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+
+
+def _text_of(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") != "text":
+            raise InvalidInput(
+                f"content parts of type {part.get('type')!r} are not supported; send text parts",
+                param="messages",
+            )
+        parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+@dataclass(slots=True)
+class Shape:
+    """What differs between chat and plain completions in the wire format."""
+
+    chat: bool
+    id: str
+    created: int
+    model: str
+
+    def chunk(self, text: str | None, finish: str | None, *, first: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            obj = "text_completion"
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
+
+    def full(self, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            obj = "text_completion"
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage,
+        }
+
+
+def _usage(last: Delta) -> dict[str, int]:
+    return {
+        "prompt_tokens": last.prompt_tokens,
+        "completion_tokens": last.completion_tokens,
+        "total_tokens": last.prompt_tokens + last.completion_tokens,
+    }
+
+
+async def _collect(call: Call, prepared: Prepared, shape: Shape) -> Outcome:
+    texts: list[str] = []
+    last: Delta | None = None
+    async for d in call.engines.decoder.generate(prepared):
+        texts.append(d.text)
+        last = d
+    assert last is not None and last.finish_reason is not None
+    return Outcome(
+        body=shape.full("".join(texts), last.finish_reason, _usage(last)),
+        input_tokens=last.prompt_tokens,
+        output_tokens=last.completion_tokens,
+        compute_ns=last.compute_ns or 0,
+    )
+
+
+def _sse(obj: dict[str, Any] | str) -> bytes:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n".encode()
+
+
+async def _stream(
+    call: Call, caller: Principal, prepared: Prepared, shape: Shape, include_usage: bool
+) -> AsyncIterator[bytes]:
+    started = datetime.now(UTC)
+    texts: list[str] = []
+    gen = call.engines.decoder.generate(prepared)
+    settled = False
+    try:
+        yield _sse(shape.chunk("", None, first=True))
+        async for d in gen:
+            texts.append(d.text)
+            if d.finish_reason is None:
+                if d.text:
+                    yield _sse(shape.chunk(d.text, None))
+                continue
+            outcome = Outcome(
+                body=shape.full("".join(texts), d.finish_reason, _usage(d)),
+                input_tokens=d.prompt_tokens,
+                output_tokens=d.completion_tokens,
+                compute_ns=d.compute_ns or 0,
+            )
+            ext = await call.settle(caller, outcome, started)  # committed before the last chunk leaves
+            settled = True
+            final = shape.chunk(d.text, d.finish_reason)
+            if include_usage:
+                yield _sse(final)
+                yield _sse(
+                    {**shape.chunk(None, None), "choices": [], "usage": _usage(d), "constellation": ext}
+                )
+            else:
+                yield _sse({**final, "constellation": ext})
+        yield _sse("[DONE]")
+    except ConstellationError as exc:
+        if not settled:
+            await call.settle(caller, None, started)
+        yield _sse(
+            {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+        )
+    finally:
+        await gen.aclose()  # type: ignore[attr-defined]  # an async generator: frees the sequence at once
+        if not settled:  # disconnected mid-stream: recorded as failed, not charged
+            _background.add(
+                task := asyncio.get_running_loop().create_task(call.settle(caller, None, started))
+            )
+            task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[Any]] = set()  # keeps fire-and-forget settle tasks alive until done
+
+
+async def _generate(
+    call: Call,
+    caller: Principal,
+    body: Sampling,
+    *,
+    prompt: str | None,
+    messages: list[dict[str, Any]] | None,
+    max_tokens: int | None,
+    chat: bool,
+) -> Any:
+    raw = body.model_dump()
+    replay = await call.prepare(caller, body.model, raw)
+    shape = Shape(
+        chat=chat,
+        id=("chatcmpl-" if chat else "cmpl-") + call.request_id[4:],
+        created=int(time.time()),
+        model=body.model,
+    )
+    if replay is not None:
+        return _replay_stream(replay, shape) if body.stream else replay
+    res = call.resolved
+    require_task(res, "causal-lm")
+    params = body.params(max_tokens)
+    prepared = await asyncio.to_thread(
+        call.engines.decoder.prepare, res.base, res.adapter, prompt=prompt, messages=messages, params=params
+    )
+    await call.admit(caller, est_input_tokens=len(prepared.prompt_ids), est_output_tokens=prepared.max_new)
+    if body.stream:
+        include = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(call, caller, prepared, shape, include),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Request-Id": call.request_id},
+        )
+    started = datetime.now(UTC)
+    try:
+        outcome = await _collect(call, prepared, shape)
+    except ConstellationError:
+        await call.settle(caller, None, started)
+        raise
+    return {**outcome.body, "constellation": await call.settle(caller, outcome, started)}
+
+
+def _replay_stream(stored: dict[str, Any], shape: Shape) -> StreamingResponse:
+    choice = stored["choices"][0]
+    text = choice["message"]["content"] if shape.chat else choice["text"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield _sse(shape.chunk(text, None, first=True) | {"id": stored["id"]})
+        yield _sse(
+            shape.chunk(None, choice["finish_reason"])
+            | {"id": stored["id"], "usage": stored.get("usage"), "constellation": stored.get("constellation")}
+        )
+        yield _sse("[DONE]")
+
+    return StreamingResponse(chunks(), media_type="text/event-stream")
+
+
+@router.post("/completions", response_model=None)
+async def completions(body: CompletionIn, caller: InferenceCaller, call: CallDep) -> Any:
+    """Complete a prompt with a causal LM (optionally `stream: true` for server-sent events)."""
+    if isinstance(body.prompt, list):
+        if len(body.prompt) != 1:
+            raise InvalidInput(
+                "send one prompt per request (a list of exactly one string is accepted)", param="prompt"
+            )
+        prompt = body.prompt[0]
+    else:
+        prompt = body.prompt
+    return await _generate(
+        call, caller, body, prompt=prompt, messages=None, max_tokens=body.max_tokens, chat=False
+    )
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatIn, caller: InferenceCaller, call: CallDep) -> Any:
+    """Chat with a causal LM using its chat template (optionally streamed)."""
+    if not body.messages:
+        raise InvalidInput(
+            "'messages' is empty; send at least one {'role': 'user', 'content': ...}", param="messages"
+        )
+    messages = [{"role": m.role, "content": _text_of(m.content)} for m in body.messages]
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    return await _generate(
+        call, caller, body, prompt=None, messages=messages, max_tokens=max_tokens, chat=True
+    )
