@@ -11,7 +11,7 @@ from pathlib import Path
 
 import peft
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
@@ -126,3 +126,30 @@ class ClassificationObjective:
         save_file(weights, str(out_dir / HEAD_WEIGHTS))  # weight [labels, hidden], bias [labels]
         meta = {"labels": list(self.labels), "pooling": "base"}
         (out_dir / HEAD_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+@torch.no_grad()
+def predict(
+    base_dir: Path, adapter_dir: Path, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128
+) -> list[str]:
+    """Reference classifier (plain PEFT, fp32) for a trained adapter dir: one label per text.
+    Benchmarks and tests use it; serving goes through the engine."""
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModel.from_pretrained(base_dir, use_safetensors=True, dtype=torch.float32)
+    model = peft.PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    head = load_file(str(adapter_dir / HEAD_WEIGHTS))
+    labels = json.loads((adapter_dir / HEAD_META).read_text())["labels"]
+    mode = pooling_mode(base_dir)
+    out: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        h = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[0]  # [B, S, H]
+        logits = pool(h, enc["attention_mask"], mode) @ head["weight"].T + head["bias"]  # [B, labels]
+        out += [labels[i] for i in logits.argmax(dim=-1).tolist()]
+    return out
