@@ -142,3 +142,45 @@ async def test_adapter_for_another_base_is_400(api: Api, minilm_path: Path, tmp_
     )
     assert r.status_code == 400, r.text
     assert "query" in r.json()["error"]["message"]
+
+
+async def test_non_commercial_adapter_refused_for_commercial_tenant(
+    api: Api, minilm_path: Path, adapter_dir: Path
+) -> None:
+    await api.client.post(
+        "/api/contributors", headers=api.admin, json={"id": "sbert", "name": "SBERT", "kind": "organisation"}
+    )
+    await api.client.post(
+        "/api/models",
+        headers=api.admin,
+        json={
+            "name": "minilm",
+            "path": str(minilm_path),
+            "task": "embedding",
+            "author": "sbert",
+            "license": "apache-2.0",
+        },
+    )
+    r = await api.client.post(
+        "/api/adapters",
+        headers=api.admin,
+        json={
+            "name": "nc-intent",
+            "path": str(adapter_dir),
+            "base": "minilm",
+            "author": "sbert",
+            "license": "cc-by-nc-4.0",
+        },
+    )
+    assert r.status_code == 201, r.text
+    req = {"model": "nc-intent", "input": "refund please"}
+    r = await api.client.post("/v1/classify", headers=api.key("shop", declared_use="commercial"), json=req)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "license_non_commercial"
+    assert (
+        "nc-intent" in r.json()["error"]["message"] and "cc-by-nc-4.0" in r.json()["error"]["message"].lower()
+    )
+    r = await api.client.post("/v1/classify", headers=api.key("lab", declared_use="non-commercial"), json=req)
+    assert r.status_code == 200, r.text
+    assert any(
+        "NonCommercial" in n or "non-commercial" in n.lower() for n in r.json()["constellation"]["notices"]
+    )
