@@ -22,6 +22,7 @@ from constellation.registry.terms import terms_for
 
 NS_PER_S = 1_000_000_000
 BPS = 10_000
+TERM_KINDS_ORDER = ("per_1k_input_tokens", "per_1k_output_tokens", "per_request", "per_compute_second")
 ROLE_ORDER = {"infra": 0, "base": 1, "adapter": 2, "data": 3, "platform": 4}
 
 
