@@ -13,9 +13,20 @@ from constellation.api.engines import Engines
 from constellation.api.errors import install_error_handlers
 from constellation.api.metrics import Metrics
 from constellation.api.resolver import Resolver
-from constellation.api.routes import admin, billing, encoders, generation, health, licences, models, tenants
+from constellation.api.routes import (
+    admin,
+    billing,
+    encoders,
+    finetunes,
+    generation,
+    health,
+    licences,
+    models,
+    tenants,
+)
 from constellation.config import Settings
 from constellation.economy.meter import Meter
+from constellation.finetune.jobs import JobManager
 from constellation.platform import Platform
 
 DESCRIPTION = """Constellation serves many specialised open models -- base models, LoRA adapters and
@@ -35,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.resolver = Resolver(platform)
         app.state.engines = Engines(settings.engine)
         app.state.meter = Meter(platform.db, settings.prices)
+        app.state.finetunes = JobManager(platform)
         app.state.ready = True
         try:
             yield
@@ -42,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ready = False
             app.state.engines.close()
             app.state.meter.close()
+            app.state.finetunes.close()
             platform.close()
 
     app = FastAPI(title="Constellation", version=__version__, description=DESCRIPTION, lifespan=lifespan)
@@ -58,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generation.router,
         admin.router,
         billing.router,
+        finetunes.router,
         licences.router,
         tenants.router,
     ):

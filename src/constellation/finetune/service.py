@@ -1,0 +1,177 @@
+"""One fine-tuning run from JSONL to a live adapter, shared by `constellation finetune` and
+`POST /api/finetunes`: validate everything first, train, then register the data sets, the
+adapter and its lineage in one transaction -- a failure or Ctrl-C registers nothing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from constellation.errors import InvalidInput
+from constellation.finetune.data import Dataset, FinetuneTask, combined_examples, load_many
+from constellation.finetune.trainer import LoraConfig, Progress, TrainResult, train_lora
+from constellation.platform import Platform
+from constellation.registry import contributors, models, service
+from constellation.registry import datasets as ds_repo
+from constellation.registry.effective import check_derived_licence
+from constellation.registry.licences import get_licence
+from constellation.registry.tables import Dataset as DatasetRow
+
+BASE_TASK = {"classification": "embedding", "causal-lm": "causal-lm"}
+
+
+@dataclass(slots=True)
+class FinetuneSpec:
+    """Everything one run needs; `data_license` defaults to `license`."""
+
+    base: str
+    task: FinetuneTask
+    data: list[Path]
+    name: str
+    author: str
+    data_provider: str
+    license: str
+    data_license: str | None = None
+    data_names: list[str] | None = None
+    config: LoraConfig = field(default_factory=LoraConfig)
+    visibility: str = "public"
+    owner_tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinetuneOutcome:
+    model: str
+    result: TrainResult
+    datasets: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "model": self.model,
+            "metrics": r.metrics,
+            "labels": list(r.labels),
+            "n_train": r.n_train,
+            "n_valid": r.n_valid,
+            "duration_s": round(r.duration_s, 2),
+            "datasets": self.datasets,
+        }
+
+
+def _dataset_names(spec: FinetuneSpec, sets: list[Dataset]) -> list[str]:
+    if spec.data_names:
+        if len(spec.data_names) != len(sets):
+            raise InvalidInput("give one data set name per --data file", param="data_names")
+        return spec.data_names
+    return [f"{spec.name}-{Path(d.path).stem}".lower().replace("_", "-") for d in sets]
+
+
+def preflight(s: Session, spec: FinetuneSpec, sets: list[Dataset]) -> None:
+    """Every check that can fail without training, so a bad request costs nothing."""
+    base = models.get_model(s, name=spec.base)
+    want = BASE_TASK[spec.task]
+    if base.kind != "base" or base.task != want:
+        raise InvalidInput(
+            f"a {spec.task} adapter needs a {want} base model; '{spec.base}' is a {base.task} {base.kind}",
+            param="base",
+        )
+    if s.query(models.Model.id).filter(models.Model.name == spec.name).first() is not None:
+        raise InvalidInput(
+            f"a model named '{spec.name}' already exists; pick another --name", param="name", code="duplicate"
+        )
+    get_licence(s, id=spec.license)
+    data_licence = get_licence(s, id=spec.data_license or spec.license)
+    for cid in (spec.author, spec.data_provider):
+        contributors.ensure_contributor(s, id=cid, name=cid, kind="organisation")
+    existing = [ds_repo.find_dataset_by_sha(s, sha256=d.sha256) for d in sets]
+    rows = [
+        e or DatasetRow(name=n, licence_id=data_licence.id)
+        for e, n in zip(existing, _dataset_names(spec, sets), strict=True)
+    ]
+    check_derived_licence(s, name=spec.name, licence_id=spec.license, base=base, datasets=rows)
+    s.rollback()  # preflight only looks; contributors are created again at registration
+
+
+def register(
+    platform: Platform, spec: FinetuneSpec, sets: list[Dataset], out_dir: Path, result: TrainResult
+) -> FinetuneOutcome:
+    """Record data sets (reusing any with the same sha256), the adapter and its lineage."""
+    with platform.db.session() as s:
+        for cid in (spec.author, spec.data_provider):
+            contributors.ensure_contributor(s, id=cid, name=cid, kind="organisation")
+        linked: list[tuple[str, int]] = []
+        recorded = []
+        for d, name in zip(sets, _dataset_names(spec, sets), strict=True):
+            row, created = service.register_dataset(
+                s,
+                platform.store,
+                src=d.path,
+                name=name,
+                licence=spec.data_license or spec.license,
+                provider=spec.data_provider,
+                example_count=d.n_examples,
+            )
+            linked.append((row.name, row.example_count))
+            recorded.append(
+                {
+                    "name": row.name,
+                    "sha256": row.sha256,
+                    "examples": row.example_count,
+                    "created": created,
+                    "duplicates_dropped": d.duplicates_dropped,
+                }
+            )
+        card = {
+            "metrics": result.metrics,
+            "training": {**result.config, "n_train": result.n_train, "n_valid": result.n_valid},
+        }
+        service.register_adapter(
+            s,
+            platform.store,
+            src=out_dir,
+            name=spec.name,
+            base=spec.base,
+            author=spec.author,
+            licence=spec.license,
+            task=spec.task,
+            datasets=list(linked),
+            card=card,
+            visibility=spec.visibility,
+            owner_tenant=spec.owner_tenant,
+        )
+    return FinetuneOutcome(model=spec.name, result=result, datasets=recorded)
+
+
+def run_finetune(
+    platform: Platform,
+    spec: FinetuneSpec,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> FinetuneOutcome:
+    """Validate, train, register. Raises InvalidInput / TrainingCancelled with nothing registered."""
+    sets = load_many(spec.data, spec.task)
+    with platform.db.session() as s:
+        preflight(s, spec, sets)
+        base_dir = platform.store.open(models.get_model(s, name=spec.base).artifact_digest)
+    work = platform.settings.data_dir / "tmp" / f"finetune-{uuid.uuid4().hex[:12]}"
+    try:
+        result = train_lora(
+            base_dir=base_dir,
+            task=spec.task,
+            train=combined_examples(sets),
+            valid=None,
+            out_dir=work,
+            config=spec.config,
+            progress=progress,
+            cancel=cancel,
+        )
+        return register(platform, spec, sets, work, result)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
