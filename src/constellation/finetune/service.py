@@ -148,7 +148,16 @@ def register(
     return FinetuneOutcome(model=spec.name, result=result, datasets=recorded)
 
 
+def validate(platform: Platform, spec: FinetuneSpec) -> list[Dataset]:
+    """Parse the data (errors carry line numbers) and run every registry check; writes nothing."""
+    sets = load_many(spec.data, spec.task)
+    with platform.db.session() as s:
+        preflight(s, spec, sets)
+    return sets
+
+
 def run_finetune(
+
     platform: Platform,
     spec: FinetuneSpec,
     *,
@@ -156,9 +165,8 @@ def run_finetune(
     cancel: threading.Event | None = None,
 ) -> FinetuneOutcome:
     """Validate, train, register. Raises InvalidInput / TrainingCancelled with nothing registered."""
-    sets = load_many(spec.data, spec.task)
+    sets = validate(platform, spec)
     with platform.db.session() as s:
-        preflight(s, spec, sets)
         base_dir = platform.store.open(models.get_model(s, name=spec.base).artifact_digest)
     work = platform.settings.data_dir / "tmp" / f"finetune-{uuid.uuid4().hex[:12]}"
     try:

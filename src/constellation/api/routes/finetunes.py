@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from constellation.api.deps import InferenceCaller, PlatformDep, Principal
 from constellation.errors import Forbidden, InvalidInput, TooLarge
 from constellation.finetune.jobs import JobManager
-from constellation.finetune.service import FinetuneSpec
+from constellation.finetune.service import FinetuneSpec, validate
 from constellation.finetune.trainer import LoraConfig
 
 router = APIRouter(prefix="/api/finetunes", tags=["finetunes"])
@@ -111,6 +111,7 @@ def start(
 ) -> dict[str, Any]:
     """Start a LoRA fine-tuning job; poll `GET /api/finetunes/{id}` for progress and metrics."""
     spec = _spec(body, caller, platform.settings.data_dir)
+    validate(platform, spec)  # bad data or names are a 400 now, not a failed job later
     return _jobs(request).submit(spec, tenant_id=caller.tenant_id).as_dict()
 
 
