@@ -42,7 +42,7 @@ class LoraConfig:
     rank: int = 8
     alpha: int = 16
     target_modules: tuple[str, ...] | None = None  # None: per family, see targets.py
-    epochs: int = 8
+    epochs: int = 5
     lr: float = 1e-3
     head_lr: float = 1e-2  # the freshly initialised head learns faster than the LoRA factors
     batch_size: int = 16
@@ -221,8 +221,8 @@ def train_lora(
     *,
     base_dir: Path,
     task: FinetuneTask,
-    train: list[Example],
-    valid: list[Example] | None,
+    train: Sequence[Example],
+    valid: Sequence[Example] | None,
     out_dir: Path,
     config: LoraConfig | None = None,
     progress: Callable[[Progress], None] | None = None,
