@@ -1,0 +1,46 @@
+"""The demo constellation's data: every file validates, sizes meet the issue, demo.yaml is whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from constellation.finetune.data import load_jsonl
+
+DEMO = Path(__file__).resolve().parents[3] / "examples" / "demo"
+MANIFEST = yaml.safe_load((DEMO / "demo.yaml").read_text())
+CLASSIFIERS = [d for d in MANIFEST["datasets"] if "test" in d]
+
+
+@pytest.mark.parametrize("entry", CLASSIFIERS, ids=lambda d: d["name"])
+def test_classification_sets_validate_and_are_big_enough(entry: dict[str, str]) -> None:
+    descriptions = json.loads((DEMO / entry["label_descriptions"]).read_text())
+    train = load_jsonl(DEMO / entry["path"], "classification", allowed_labels=descriptions)
+    test = load_jsonl(DEMO / entry["test"], "classification", allowed_labels=descriptions)
+    assert train.n_examples >= 200 and test.n_examples >= 50
+    assert train.labels == tuple(sorted(descriptions)) and train.duplicates_dropped == 0
+    overlap = {ex.text for ex in train.examples} & {ex.text for ex in test.examples}  # type: ignore[union-attr]
+    assert not overlap
+
+
+def test_manifest_is_consistent() -> None:
+    contributors = {c["id"] for c in MANIFEST["contributors"]}
+    datasets = {d["name"]: d for d in MANIFEST["datasets"]}
+    bases = {b["name"]: b for b in MANIFEST["base_models"]}
+    assert bases["minilm"]["license"] == "apache-2.0"
+    assert "cc-by-nc-4.0" in {d["license"] for d in CLASSIFIERS}
+    assert len(CLASSIFIERS) >= 4 and len({d["provider"] for d in CLASSIFIERS}) == len(CLASSIFIERS)
+    for d in datasets.values():
+        assert (DEMO / d["path"]).is_file() and d["provider"] in contributors
+        assert all(isinstance(v, int) for v in d["terms"].values())  # nano-USD, never floats
+    for a in MANIFEST["adapters"]:
+        assert a["base"] in bases and a["author"] in contributors
+        assert all(name in datasets for name in a["data"])
+
+
+@pytest.mark.parametrize("style", ["pirate", "haiku"])
+def test_tiny_lm_style_sets_validate(style: str) -> None:
+    assert load_jsonl(DEMO / "tiny_lm" / style / "train.jsonl", "causal-lm").n_examples >= 30
