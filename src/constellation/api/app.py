@@ -23,6 +23,7 @@ from constellation.api.routes import (
     licences,
     models,
     tenants,
+    web,
 )
 from constellation.config import Settings
 from constellation.economy.meter import Meter
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finetunes.router,
         licences.router,
         tenants.router,
+        web.router,
     ):
         app.include_router(router)
     return app
