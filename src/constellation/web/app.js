@@ -93,8 +93,12 @@ function showError(err) {
   box.replaceChildren();
   const what = err instanceof ApiError ? `Error ${err.status}${err.code ? ` (${err.code})` : ""}` : "Error";
   box.append(
-    h("strong", { text: `${what}: ` }),
-    h("span", { class: "error-message", text: err.message || String(err) }),
+    h(
+      "div",
+      { class: "error-body" },
+      h("strong", { text: `${what}: ` }),
+      h("span", { class: "error-message", text: err.message || String(err) }),
+    ),
     h("button", { type: "button", class: "link", "aria-label": "Dismiss", onclick: clearError }, "×"),
   );
   box.hidden = false;
@@ -126,6 +130,16 @@ function fillTable(id, rows, render, empty = "Nothing yet.") {
     return;
   }
   for (const row of rows) body.append(render(row));
+  labelCells(table);
+}
+
+/** Give each cell its column's header as `data-label`: narrow screens stack rows as cards. */
+function labelCells(table) {
+  const heads = [...table.tHead.rows[0].cells].map((c) => c.textContent);
+  for (const row of table.tBodies[0].rows) {
+    if (row.cells.length !== heads.length) continue; // detail and empty rows span the table
+    [...row.cells].forEach((cell, i) => cell.setAttribute("data-label", heads[i]));
+  }
 }
 
 const td = (value, cls) => h("td", { class: cls }, value instanceof Node ? value : dash(value));
@@ -418,6 +432,7 @@ async function runEmbeddings(model, inputs) {
       ),
     ),
   );
+  labelCells(table);
   showResult(`${res.data.length} vector${res.data.length === 1 ? "" : "s"} × ${dims} dimensions`, h("div", { class: "table-wrap" }, table));
   showExtension(res.constellation, res.usage);
 }
