@@ -4,8 +4,13 @@ Revision ID: 0002
 Revises: 0001
 
 The database itself guards the ledger: legs cannot be updated or deleted, legs cannot be added
-to a transaction once its row exists, and a transaction row is refused (SQLite: at insert;
-PostgreSQL: by a deferred constraint trigger, at commit) unless its legs sum to zero.
+to a transaction once its row exists, and a transaction row is refused unless its legs (written
+before it) sum to zero: per row on SQLite, per statement over its transition table on PostgreSQL
+(one aggregate query per batch of transactions instead of one trigger call per row).
+
+Keys are integers so that every index insert of a group commit appends at the right of its
+B-tree: transaction ids come from a sequence (PostgreSQL) or MAX(id) + 1 under the write lock
+(SQLite); a leg's key is (transaction id, position), its table clustered on it where possible.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-LEG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# SQLite only makes an INTEGER PRIMARY KEY the rowid; PostgreSQL gets 64 bits.
+TXN_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 SQLITE_TRIGGERS = [
     """CREATE TRIGGER ledger_legs_no_update BEFORE UPDATE ON ledger_legs
@@ -29,8 +35,7 @@ SQLITE_TRIGGERS = [
     WHEN EXISTS (SELECT 1 FROM ledger_transactions WHERE id = NEW.txn_id)
     BEGIN SELECT RAISE(ABORT, 'ledger transaction already posted; post a new transaction instead'); END""",
     """CREATE TRIGGER ledger_txn_balanced BEFORE INSERT ON ledger_transactions
-    WHEN (SELECT COUNT(*) FROM ledger_legs WHERE txn_id = NEW.id) = 0
-      OR (SELECT SUM(amount_nanos) FROM ledger_legs WHERE txn_id = NEW.id) != 0
+    WHEN (SELECT COUNT(*) = 0 OR SUM(amount_nanos) != 0 FROM ledger_legs WHERE txn_id = NEW.id)
     BEGIN SELECT RAISE(ABORT, 'ledger transaction legs do not sum to zero'); END""",
     """CREATE TRIGGER ledger_txn_no_update BEFORE UPDATE ON ledger_transactions
     BEGIN SELECT RAISE(ABORT, 'ledger transactions are immutable; post a correcting transaction'); END""",
@@ -46,26 +51,31 @@ PG_TRIGGERS = [
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_immutable()""",
     """CREATE TRIGGER ledger_txn_immutable BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger_transactions
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_immutable()""",
-    """CREATE FUNCTION ledger_leg_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
+    """CREATE FUNCTION ledger_legs_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE posted bigint;
     BEGIN
-      IF EXISTS (SELECT 1 FROM ledger_transactions WHERE id = NEW.txn_id) THEN
-        RAISE EXCEPTION 'ledger transaction % already posted; post a new transaction instead', NEW.txn_id;
-      END IF;
-      RETURN NEW;
-    END $$""",
-    """CREATE TRIGGER ledger_legs_sealed BEFORE INSERT ON ledger_legs
-    FOR EACH ROW EXECUTE FUNCTION ledger_leg_sealed()""",
-    """CREATE FUNCTION ledger_txn_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE total numeric; n bigint;
-    BEGIN
-      SELECT COALESCE(SUM(amount_nanos), 0), COUNT(*) INTO total, n FROM ledger_legs WHERE txn_id = NEW.id;
-      IF n = 0 OR total <> 0 THEN
-        RAISE EXCEPTION 'ledger transaction % legs do not sum to zero (sum %, % legs)', NEW.id, total, n;
+      SELECT l.txn_id INTO posted FROM new_legs l JOIN ledger_transactions t ON t.id = l.txn_id LIMIT 1;
+      IF posted IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger transaction % already posted; post a new transaction instead', posted;
       END IF;
       RETURN NULL;
     END $$""",
-    """CREATE CONSTRAINT TRIGGER ledger_txn_balanced AFTER INSERT ON ledger_transactions
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_txn_balanced()""",
+    """CREATE TRIGGER ledger_legs_sealed AFTER INSERT ON ledger_legs
+    REFERENCING NEW TABLE AS new_legs FOR EACH STATEMENT EXECUTE FUNCTION ledger_legs_sealed()""",
+    """CREATE FUNCTION ledger_txns_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE bad bigint; total numeric; n bigint;
+    BEGIN
+      SELECT t.id, COALESCE(SUM(l.amount_nanos), 0), COUNT(l.txn_id) INTO bad, total, n
+      FROM new_txns t LEFT JOIN ledger_legs l ON l.txn_id = t.id
+      GROUP BY t.id HAVING COUNT(l.txn_id) = 0 OR COALESCE(SUM(l.amount_nanos), 0) <> 0 LIMIT 1;
+      IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger transaction % legs do not sum to zero (sum %, % legs)', bad, total, n;
+      END IF;
+      RETURN NULL;
+    END $$""",
+    """CREATE TRIGGER ledger_txns_balanced AFTER INSERT ON ledger_transactions
+    REFERENCING NEW TABLE AS new_txns FOR EACH STATEMENT EXECUTE FUNCTION ledger_txns_balanced()""",
+    "CREATE SEQUENCE ledger_txn_ids",
 ]
 
 
@@ -83,21 +93,19 @@ def upgrade() -> None:
     )
     op.create_table(
         "ledger_transactions",
-        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("id", TXN_ID, autoincrement=False, nullable=False),
         sa.Column("kind", sa.String(length=12), nullable=False),
-        sa.Column("request_id", sa.String(length=80), nullable=True),
         sa.Column("tenant_id", sa.String(length=64), nullable=True),
         sa.Column("created_us", sa.BigInteger(), nullable=False),
         sa.Column("memo", sa.Text(), nullable=False),
         sa.CheckConstraint("kind IN ('charge', 'funding', 'correction')", name="ck_txn_kind"),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("request_id"),
     )
     op.create_index("ix_ledger_transactions_created_us", "ledger_transactions", ["created_us"])
     op.create_table(
         "ledger_legs",
-        sa.Column("id", LEG_ID, autoincrement=True, nullable=False),
-        sa.Column("txn_id", sa.String(length=40), nullable=False),
+        sa.Column("txn_id", TXN_ID, nullable=False),
+        sa.Column("n", sa.SmallInteger(), nullable=False),
         sa.Column("account_id", sa.String(length=80), nullable=False),
         sa.Column("role", sa.String(length=12), nullable=False),
         sa.Column("artifact", sa.String(length=128), nullable=True),
@@ -105,9 +113,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["txn_id"], ["ledger_transactions.id"], name="fk_leg_txn", deferrable=True, initially="DEFERRED"
         ),
-        sa.PrimaryKeyConstraint("id"),
+        sa.PrimaryKeyConstraint("txn_id", "n"),
+        sqlite_with_rowid=False,
     )
-    op.create_index("ix_ledger_legs_txn", "ledger_legs", ["txn_id"])
     op.create_index("ix_ledger_legs_account", "ledger_legs", ["account_id"])
     _usage_events()
     for ddl in SQLITE_TRIGGERS if op.get_bind().dialect.name == "sqlite" else PG_TRIGGERS:
@@ -132,7 +140,7 @@ def _usage_events() -> None:
         sa.Column("finished_us", sa.BigInteger(), nullable=False),
         sa.Column("list_price_nanos", sa.BigInteger(), nullable=False),
         sa.Column("price_nanos", sa.BigInteger(), nullable=False),
-        sa.Column("txn_id", sa.String(length=40), nullable=True),
+        sa.Column("txn_id", TXN_ID, nullable=True),
         sa.Column("bill", sa.JSON(), nullable=False),
         sa.Column("response", sa.JSON(), nullable=True),
         sa.CheckConstraint("status IN ('succeeded', 'failed')", name="ck_usage_status"),
@@ -152,5 +160,6 @@ def downgrade() -> None:
     op.drop_table("ledger_transactions")
     op.drop_table("ledger_accounts")
     if op.get_bind().dialect.name == "postgresql":
-        for fn in ("ledger_immutable", "ledger_leg_sealed", "ledger_txn_balanced"):
+        for fn in ("ledger_immutable", "ledger_legs_sealed", "ledger_txns_balanced"):
             op.execute(f"DROP FUNCTION IF EXISTS {fn}()")
+        op.execute("DROP SEQUENCE IF EXISTS ledger_txn_ids")

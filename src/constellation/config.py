@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     port: int = 8000
     engine: EngineLimits = Field(default_factory=EngineLimits)
     prices: PriceBook = Field(default_factory=PriceBook)
+    metering: bool = True  # False: serve without usage events, prices or charges (benchmarks)
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

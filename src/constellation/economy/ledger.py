@@ -7,8 +7,8 @@ Charges are posted in batches by `economy.writer`; everything here is one transa
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -33,6 +33,17 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def next_txn_ids(cur: Any, n: int, *, pg: bool) -> Sequence[int]:
+    """`n` fresh transaction ids, ascending. PostgreSQL: from a sequence. SQLite: after the highest
+    id, which is safe because the caller already holds the database's single write lock."""
+    if pg:
+        cur.execute("SELECT nextval('ledger_txn_ids') FROM generate_series(1, %s)", (n,))
+        return sorted(int(r[0]) for r in cur.fetchall())
+    cur.execute("SELECT COALESCE(MAX(id), 0) FROM ledger_transactions")
+    first = int(cur.fetchone()[0]) + 1
+    return range(first, first + n)
+
+
 def ensure_account(s: Session, account_id: str) -> LedgerAccount:
     acc = s.get(LedgerAccount, account_id)
     if acc is None:
@@ -43,28 +54,37 @@ def ensure_account(s: Session, account_id: str) -> LedgerAccount:
     return acc
 
 
-def post(s: Session, *, kind: str, legs: Sequence[Leg], tenant_id: str | None = None, memo: str = "") -> str:
+def post(s: Session, *, kind: str, legs: Sequence[Leg], tenant_id: str | None = None, memo: str = "") -> int:
     """Post one balanced transaction (funding or correction); legs' `account` are ledger ids."""
     if sum(leg.amount_nanos for leg in legs) != 0 or not legs:
         raise InvalidInput("a transaction's legs must sum to zero; add the balancing leg")
-    txn_id = uuid.uuid4().hex
     for leg in legs:
         ensure_account(s, leg.account)
-    s.add_all(
-        LedgerLeg(
-            txn_id=txn_id, account_id=g.account, role=g.role, artifact=g.artifact, amount_nanos=g.amount_nanos
-        )
-        for g in legs
-    )
-    s.flush()  # legs first: the transaction row seals them and the database checks the sum
-    s.add(LedgerTransaction(id=txn_id, kind=kind, tenant_id=tenant_id, created_us=now_us(), memo=memo))
-    s.flush()
-    for leg in legs:
+        # Balances first: on SQLite this write takes the write lock that `next_txn_ids` relies on.
         s.execute(
             update(LedgerAccount)
             .where(LedgerAccount.id == leg.account)
             .values(balance_nanos=LedgerAccount.balance_nanos + leg.amount_nanos)
         )
+    cur = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        txn_id = next_txn_ids(cur, 1, pg=s.get_bind().dialect.name != "sqlite")[0]
+    finally:
+        cur.close()
+    s.add_all(
+        LedgerLeg(
+            txn_id=txn_id,
+            n=i,
+            account_id=g.account,
+            role=g.role,
+            artifact=g.artifact,
+            amount_nanos=g.amount_nanos,
+        )
+        for i, g in enumerate(legs)
+    )
+    s.flush()  # legs first: the transaction row seals them and the database checks the sum
+    s.add(LedgerTransaction(id=txn_id, kind=kind, tenant_id=tenant_id, created_us=now_us(), memo=memo))
+    s.flush()
     return txn_id
 
 
@@ -160,26 +180,26 @@ def _balances_drift(s: Session) -> list[str]:
 
 def _usage_mismatch(s: Session) -> list[str]:
     charged = {
-        rid: (tid, int(amount))
-        for rid, tid, amount in s.execute(
-            select(LedgerTransaction.request_id, LedgerTransaction.id, -func.sum(LedgerLeg.amount_nanos))
+        int(tid): int(amount)
+        for tid, amount in s.execute(
+            select(LedgerTransaction.id, -func.sum(LedgerLeg.amount_nanos))
             .join(LedgerLeg, LedgerLeg.txn_id == LedgerTransaction.id)
             .where(LedgerTransaction.kind == "charge", LedgerLeg.role == "tenant")
-            .group_by(LedgerTransaction.request_id, LedgerTransaction.id)
+            .group_by(LedgerTransaction.id)
         )
     }
     out = []
     for rid, txn_id, price in s.execute(
         select(UsageEvent.request_id, UsageEvent.txn_id, UsageEvent.price_nanos)
     ):
-        got = charged.pop(rid, None)
-        if price == 0 and got is None and txn_id is None:
+        if txn_id is None:
+            if price != 0:
+                out.append(f"usage event {rid} priced {price} has no charge transaction")
             continue
+        got = charged.pop(txn_id, None)
         if got is None:
-            out.append(f"usage event {rid} priced {price} has no charge transaction")
-        elif got != (txn_id, price):
-            out.append(
-                f"usage event {rid} priced {price} (txn {txn_id}) but charged {got[1]} in txn {got[0]}"
-            )
-    out += [f"charge transaction {t} for request {r} has no usage event" for r, (t, _) in charged.items()]
+            out.append(f"usage event {rid} priced {price} names txn {txn_id}, which is not a charge")
+        elif got != price:
+            out.append(f"usage event {rid} priced {price} but charged {got} in txn {txn_id}")
+    out += [f"charge transaction {t} has no usage event" for t in charged]
     return out

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from constellation.config import PriceBook
 from constellation.economy.ledger import tenant_account
 from constellation.economy.money import usd
-from constellation.economy.pricing import Leg, PriceCache, PriceInputs, Rates, load_inputs, price_legs
+from constellation.economy.pricing import Leg, PriceCache, PriceInputs, Rates, Tariff, load_inputs, tariff
 from constellation.economy.tables import LedgerAccount, UsageEvent
 from constellation.economy.writer import Posting, PostingWriter
 from constellation.errors import Conflict, InvalidInput, NotFound, PaymentRequired
@@ -95,13 +95,14 @@ class Meter:
         *,
         infra_accounts: dict[str, str] | None = None,
         price_ttl_s: float = 5.0,
-        max_batch: int = 1000,
+        max_batch: int = 2000,
     ) -> None:
         self._db = db
         self._prices = prices
         self._infra = dict(infra_accounts or {})
         self._cache = PriceCache(self._load, ttl_s=price_ttl_s)
         self._rates: dict[str, Rates] = {}
+        self._tariffs: dict[tuple[str, str], tuple[PriceInputs, Tariff]] = {}
         self._holds: dict[str, deque[tuple[int, float]]] = {}
         self._lock = threading.Lock()
         self._writer = PostingWriter(db, max_batch=max_batch)
@@ -139,13 +140,8 @@ class Meter:
         device_class: str = "cpu",
     ) -> int:
         """The most this request should cost, in nano-USD (for `admit`)."""
-        inputs = self._cache.get(model_name)
-        total, _ = price_legs(
-            inputs.terms,
-            self._rate(device_class),
-            input_tokens=input_tokens,
-            output_tokens=max_output_tokens,
-            compute_ns=compute_ns_estimate,
+        total, _ = self._tariff(self._cache.get(model_name), device_class).price(
+            input_tokens=input_tokens, output_tokens=max_output_tokens, compute_ns=compute_ns_estimate
         )
         return total
 
@@ -189,32 +185,25 @@ class Meter:
     async def record(self, usage: UsageRecord) -> Bill:
         """Write the usage event and its charge in one group-committed transaction; returns once
         committed. A repeat of a request id or of (tenant, idempotency key) returns the first bill."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-
-        def done(bill: dict[str, Any] | None, error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, fut, bill, error)
-
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
-            self._writer.submit(self._posting(usage, done))
+            self._writer.submit(self._posting(usage, fut))
             return Bill.from_dict(await fut)
         finally:
             self._release(usage.tenant_id)
 
-    def _posting(self, u: UsageRecord, done: Any) -> Posting:
+    def _posting(self, u: UsageRecord, fut: asyncio.Future[dict[str, Any]]) -> Posting:
         if u.status not in ("succeeded", "failed"):
             raise InvalidInput(f"usage status must be 'succeeded' or 'failed', not '{u.status}'")
         inputs = self._inputs_for(u)
-        total, legs = 0, list[Leg]()
-        if u.status == "succeeded":
-            total, legs = price_legs(
-                inputs.terms,
-                self._rate(u.device_class),
-                input_tokens=u.input_tokens,
-                output_tokens=u.output_tokens,
-                compute_ns=u.compute_ns,
-            )
         succeeded = u.status == "succeeded"
+        total, legs = 0, list[Leg]()
+        if succeeded:
+            total, legs = self._tariff(inputs, u.device_class).price(
+                input_tokens=u.input_tokens, output_tokens=u.output_tokens, compute_ns=u.compute_ns
+            )
+        # Only a retry under the same key replays the response, so only then is it kept.
+        keep = succeeded and u.idempotency_key is not None and u.response is not None
         return Posting(
             request_id=u.request_id,
             tenant_id=u.tenant_id,
@@ -234,8 +223,8 @@ class Meter:
                 _us(u.started_at),
                 _us(u.finished_at),
             ),
-            response_json=json.dumps(u.response) if u.response is not None and succeeded else None,
-            done=done,
+            response_json=json.dumps(u.response, separators=(",", ":")) if keep else None,
+            fut=fut,
         )
 
     def _inputs_for(self, u: UsageRecord) -> PriceInputs:
@@ -254,6 +243,15 @@ class Meter:
     def _load(self, model_name: str) -> PriceInputs:
         with self._db.session() as s:
             return load_inputs(s, model_name=model_name)
+
+    def _tariff(self, inputs: PriceInputs, device_class: str) -> Tariff:
+        """The compiled price of a model on a device class, rebuilt when its inputs reload."""
+        hit = self._tariffs.get((inputs.model_name, device_class))
+        if hit is not None and hit[0] is inputs:
+            return hit[1]
+        compiled = tariff(inputs.terms, self._rate(device_class))
+        self._tariffs[(inputs.model_name, device_class)] = (inputs, compiled)
+        return compiled
 
     def _rate(self, device_class: str) -> Rates:
         rates = self._rates.get(device_class)
@@ -278,15 +276,3 @@ class Meter:
     def close(self) -> None:
         """Write everything queued, then stop the writer."""
         self._writer.close()
-
-
-def _settle(
-    fut: asyncio.Future[dict[str, Any]], bill: dict[str, Any] | None, error: BaseException | None
-) -> None:
-    if fut.done():  # the caller went away; the posting is committed all the same
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        assert bill is not None
-        fut.set_result(bill)

@@ -77,19 +77,6 @@ class PriceInputs:
     lineage_json: str
 
 
-def _term_numer(kind: str, amount: int, *, input_tokens: int, output_tokens: int, compute_ns: int) -> int:
-    """The term's charge in units of 1e-9 nano-USD (i.e. over denominator NS_PER_S)."""
-    if kind == "per_1k_input_tokens":
-        return amount * input_tokens * 1_000_000
-    if kind == "per_1k_output_tokens":
-        return amount * output_tokens * 1_000_000
-    if kind == "per_request":
-        return amount * NS_PER_S
-    if kind == "per_compute_second":
-        return amount * compute_ns
-    raise InvalidInput(f"unknown term kind '{kind}'")
-
-
 def allocate(numers: Sequence[int], denom: int, total: int) -> list[int]:
     """Integers summing to `total`, each floor(n/denom) or one more, the extras going to the
     largest remainders (ties to the earlier index; callers pass a canonical order)."""
@@ -107,36 +94,64 @@ def _leg_key(k: tuple[str, str, str | None]) -> tuple[int, str, str, str]:
     return (ROLE_ORDER.get(k[1], 9), k[0], k[2] or "", k[1])
 
 
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    """A model's price as a linear function of usage, compiled once per (price inputs, rates):
+    each leg's numerator is `c_in * input_tokens + c_out * output_tokens + c_req + c_ns * ns`
+    over `denom`; keys are in canonical leg order so rounding matches term for term."""
+
+    keys: tuple[tuple[str, str, str | None], ...]
+    coef: tuple[tuple[int, int, int, int], ...]  # per key: input tokens, output tokens, 1, compute ns
+    denom: int
+
+    def price(self, *, input_tokens: int, output_tokens: int, compute_ns: int) -> tuple[int, list[Leg]]:
+        """The price and its legs: exact shares, total rounded half up, largest remainder."""
+        numers = [a * input_tokens + b * output_tokens + c + d * compute_ns for a, b, c, d in self.coef]
+        total = (sum(numers) + self.denom // 2) // self.denom
+        amounts = allocate(numers, self.denom, total)
+        return total, [Leg(k[0], k[1], k[2], x) for k, x in zip(self.keys, amounts, strict=True) if x > 0]
+
+
+_TERM_COEF = {  # a term's numerator per unit of (input tokens, output tokens, request, compute ns)
+    "per_1k_input_tokens": (1_000_000, 0, 0, 0),
+    "per_1k_output_tokens": (0, 1_000_000, 0, 0),
+    "per_request": (0, 0, NS_PER_S, 0),
+    "per_compute_second": (0, 0, 0, 1),
+}
+
+
+def tariff(terms: Iterable[Term], rates: Rates) -> Tariff:
+    """Compile terms and rates into a `Tariff` (numerators over NS_PER_S * scale * BPS)."""
+    terms = list(terms)
+    scale = math.lcm(1, *(t.weight_total for t in terms))
+    shares: dict[tuple[str, str, str | None], list[int]] = {
+        (rates.infra_account, "infra", None): [0, 0, 0, rates.infra_nanos_per_second * scale]
+    }
+    for t in terms:
+        unit = _TERM_COEF.get(t.kind)
+        if unit is None:
+            raise InvalidInput(f"unknown term kind '{t.kind}'")
+        mult = t.amount_nanos * t.weight * (scale // t.weight_total)
+        acc = shares.setdefault((t.contributor, t.role, t.artifact), [0, 0, 0, 0])
+        for i, u in enumerate(unit):
+            acc[i] += u * mult
+    subtotal = [sum(c[i] for c in shares.values()) for i in range(4)]
+    scaled = {k: [x * BPS for x in c] for k, c in shares.items()}
+    fee = scaled.setdefault((rates.platform_account, "platform", None), [0, 0, 0, 0])
+    for i in range(4):  # the fee is basis points of the subtotal, exact over the same denominator
+        fee[i] += subtotal[i] * rates.platform_fee_bps
+    keys = tuple(sorted(scaled, key=_leg_key))
+    coef = tuple((c[0], c[1], c[2], c[3]) for c in (scaled[k] for k in keys))
+    return Tariff(keys, coef, NS_PER_S * scale * BPS)
+
+
 def price_legs(
     terms: Iterable[Term], rates: Rates, *, input_tokens: int, output_tokens: int, compute_ns: int
 ) -> tuple[int, list[Leg]]:
-    """The price and its legs: exact rational shares over one denominator, the total rounded
-    half up, then largest remainder so that the legs sum to the price exactly."""
-    terms = list(terms)
-    scale = math.lcm(1, *(t.weight_total for t in terms))
-    usage = {"input_tokens": input_tokens, "output_tokens": output_tokens, "compute_ns": compute_ns}
-    # Numerators over NS_PER_S * scale; then everything times BPS so the fee is exact too.
-    shares: dict[tuple[str, str, str | None], int] = {
-        (rates.infra_account, "infra", None): rates.infra_nanos_per_second * compute_ns * scale
-    }
-    for t in terms:
-        n = _term_numer(t.kind, t.amount_nanos, **usage) * t.weight * (scale // t.weight_total)
-        key = (t.contributor, t.role, t.artifact)
-        shares[key] = shares.get(key, 0) + n
-    subtotal = sum(shares.values())
-    shares = {k: v * BPS for k, v in shares.items()}
-    fee_key = (rates.platform_account, "platform", None)
-    shares[fee_key] = shares.get(fee_key, 0) + subtotal * rates.platform_fee_bps
-    return _round(shares, NS_PER_S * scale * BPS)
-
-
-def _round(shares: dict[tuple[str, str, str | None], int], denom: int) -> tuple[int, list[Leg]]:
-    keys = sorted(shares, key=_leg_key)
-    numers = [shares[k] for k in keys]
-    total = (sum(numers) + denom // 2) // denom
-    amounts = allocate(numers, denom, total)
-    legs = [Leg(k[0], k[1], k[2], a) for k, a in zip(keys, amounts, strict=True) if a > 0]
-    return total, legs
+    """The price and its legs for one request (compiles a `Tariff`; the meter caches those)."""
+    return tariff(terms, rates).price(
+        input_tokens=input_tokens, output_tokens=output_tokens, compute_ns=compute_ns
+    )
 
 
 def rescale(legs: Sequence[Leg], total: int) -> list[Leg]:

@@ -43,16 +43,16 @@ def period_bounds(period: str | None) -> tuple[str, int, int]:
 def _legs(s: Session, *, account: str, start: int, end: int) -> list[Any]:
     """This account's charge legs in the period, with their request's model and tenant."""
     q = (
-        select(LedgerLeg, LedgerTransaction.request_id, UsageEvent.model_name, UsageEvent.tenant_id)
+        select(LedgerLeg, UsageEvent.request_id, UsageEvent.model_name, UsageEvent.tenant_id)
         .join(LedgerTransaction, LedgerTransaction.id == LedgerLeg.txn_id)
-        .join(UsageEvent, UsageEvent.request_id == LedgerTransaction.request_id)
+        .join(UsageEvent, UsageEvent.txn_id == LedgerTransaction.id)
         .where(
             LedgerLeg.account_id == account,
             LedgerTransaction.kind == "charge",
             LedgerTransaction.created_us >= start,
             LedgerTransaction.created_us < end,
         )
-        .order_by(LedgerLeg.id)
+        .order_by(LedgerLeg.txn_id, LedgerLeg.n)
     )
     return list(s.execute(q))
 
@@ -101,14 +101,14 @@ def invoice(s: Session, *, tenant_id: str, period: str | None = None) -> dict[st
     }
 
 
-def _split_legs(s: Session, txn_ids: list[str]) -> list[tuple[LedgerLeg, str]]:
+def _split_legs(s: Session, txn_ids: list[int]) -> list[tuple[LedgerLeg, str]]:
     out: list[tuple[LedgerLeg, str]] = []
     for i in range(0, len(txn_ids), 500):  # keep IN lists within every dialect's parameter limit
         q = (
-            select(LedgerLeg, LedgerTransaction.request_id)
-            .join(LedgerTransaction, LedgerTransaction.id == LedgerLeg.txn_id)
+            select(LedgerLeg, UsageEvent.request_id)
+            .join(UsageEvent, UsageEvent.txn_id == LedgerLeg.txn_id)
             .where(LedgerLeg.txn_id.in_(txn_ids[i : i + 500]), LedgerLeg.role != "tenant")
-            .order_by(LedgerLeg.id)
+            .order_by(LedgerLeg.txn_id, LedgerLeg.n)
         )
         out += [(g, str(rid)) for g, rid in s.execute(q)]
     return out

@@ -2,7 +2,8 @@
 accounts with their running balance, transactions and their immutable legs.
 
 Times are integer microseconds since the Unix epoch (UTC) so that raw batched inserts, period
-filters and both dialects agree without any timezone conversion.
+filters and both dialects agree without any timezone conversion. Transaction ids are integers
+handed out by `ledger.next_txn_ids` (legs are written before their transaction row).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -28,8 +30,8 @@ from constellation.registry.tables import Base
 ACCOUNT_KINDS = ("tenant", "contributor", "external")
 TXN_KINDS = ("charge", "funding", "correction")
 ROLES = ("tenant", "infra", "base", "adapter", "data", "platform", "funding", "correction")
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
-LegId = BigInteger().with_variant(Integer(), "sqlite")
+# SQLite only makes an INTEGER PRIMARY KEY the rowid; PostgreSQL gets 64 bits.
+TxnId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class LedgerAccount(Base):
@@ -52,9 +54,8 @@ class LedgerTransaction(Base):
     """A posted transaction. Inserted after its legs: the database checks that they balance."""
 
     __tablename__ = "ledger_transactions"
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[int] = mapped_column(TxnId, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(12))
-    request_id: Mapped[str | None] = mapped_column(String(80), unique=True)
     tenant_id: Mapped[str | None] = mapped_column(String(64))
     created_us: Mapped[int] = mapped_column(BigInteger, index=True)
     memo: Mapped[str] = mapped_column(Text, default="")
@@ -62,11 +63,12 @@ class LedgerTransaction(Base):
 
 
 class LedgerLeg(Base):
-    """One signed amount on one account: positive credits it, negative debits it."""
+    """One signed amount on one account: positive credits it, negative debits it; `n` is its
+    position within the transaction."""
 
     __tablename__ = "ledger_legs"
-    id: Mapped[int] = mapped_column(LegId, primary_key=True, autoincrement=True)
-    txn_id: Mapped[str] = mapped_column(String(40))
+    txn_id: Mapped[int] = mapped_column(TxnId, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     account_id: Mapped[str] = mapped_column(String(80))
     role: Mapped[str] = mapped_column(String(12))
     artifact: Mapped[str | None] = mapped_column(String(128))
@@ -76,8 +78,8 @@ class LedgerLeg(Base):
         ForeignKeyConstraint(
             ["txn_id"], ["ledger_transactions.id"], deferrable=True, initially="DEFERRED", name="fk_leg_txn"
         ),
-        Index("ix_ledger_legs_txn", "txn_id"),
         Index("ix_ledger_legs_account", "account_id"),
+        {"sqlite_with_rowid": False},
     )
 
 
@@ -100,9 +102,9 @@ class UsageEvent(Base):
     finished_us: Mapped[int] = mapped_column(BigInteger)
     list_price_nanos: Mapped[int] = mapped_column(BigInteger)
     price_nanos: Mapped[int] = mapped_column(BigInteger)
-    txn_id: Mapped[str | None] = mapped_column(ForeignKey("ledger_transactions.id"), unique=True)
+    txn_id: Mapped[int | None] = mapped_column(TxnId, ForeignKey("ledger_transactions.id"), unique=True)
     bill: Mapped[dict[str, Any]] = mapped_column(JSON)
-    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # kept only under an idempotency key
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_usage_idempotency"),
         CheckConstraint("status IN ('succeeded', 'failed')", name="ck_usage_status"),

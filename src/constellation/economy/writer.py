@@ -1,35 +1,36 @@
 """Group commit: one thread drains every posting queued while the previous commit ran and
 writes them all -- usage events, balanced transactions, legs, balances -- in one transaction.
 
-Raw DB-API `executemany` keeps the per-posting cost to a few microseconds; a batch that fails
-is retried one posting at a time so that one bad posting fails only itself.
+One statement per table per batch: `executemany` on SQLite, `unnest` of column arrays on
+PostgreSQL. A batch that fails is retried one posting at a time so one bad posting fails only
+itself; callers are woken once per batch, not once per posting.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import contextlib
 import json
 import logging
 import queue
 import threading
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from constellation.economy.ledger import contributor_account, now_us, tenant_account
+from constellation.economy.ledger import contributor_account, next_txn_ids, now_us, tenant_account
 from constellation.economy.pricing import Leg, rescale
 from constellation.errors import Conflict
 from constellation.registry.db import Database
 
 log = logging.getLogger("constellation.economy")
 
-Done = Callable[[dict[str, Any] | None, BaseException | None], None]
+Hit = tuple[str, dict[str, Any]]  # (fingerprint, bill) of a usage event already stored
 
 
 @dataclass(slots=True)
 class Posting:
-    """A priced usage event waiting to be written; `done(bill, error)` runs after commit."""
+    """A priced usage event waiting to be written; `fut` gets its bill once committed."""
 
     request_id: str
     tenant_id: str
@@ -39,46 +40,81 @@ class Posting:
     legs: list[Leg]  # contributors' shares; `account` is a contributor id
     usage_row: tuple[Any, ...]  # model .. finished_us, see USAGE_COLS
     response_json: str | None
-    done: Done
+    fut: asyncio.Future[dict[str, Any]]
     bill: dict[str, Any] = field(default_factory=dict)
 
 
+LEG_COLS = ("txn_id", "n", "account_id", "role", "artifact", "amount_nanos")
+TXN_COLS = ("id", "kind", "tenant_id", "created_us", "memo")
 USAGE_COLS = (
-    "model_name, lineage, input_tokens, output_tokens, compute_ns, device_class, status, "
-    "started_us, finished_us"
-)
-SQL = {
-    "leg": "INSERT INTO ledger_legs (txn_id, account_id, role, artifact, amount_nanos) "
-    "VALUES (?, ?, ?, ?, ?)",
-    "txn": "INSERT INTO ledger_transactions (id, kind, request_id, tenant_id, created_us, memo) "
-    "VALUES (?, 'charge', ?, ?, ?, '')",
-    "usage": "INSERT INTO usage_events (request_id, tenant_id, idempotency_key, fingerprint, "
-    f"{USAGE_COLS}, list_price_nanos, price_nanos, txn_id, bill, response) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "account": "INSERT INTO ledger_accounts (id, kind, owner_id, balance_nanos) VALUES (?, ?, ?, 0) "
-    "ON CONFLICT DO NOTHING",
-    "balance": "UPDATE ledger_accounts SET balance_nanos = balance_nanos + ? WHERE id = ?",
+    "request_id", "tenant_id", "idempotency_key", "fingerprint", "model_name", "lineage",
+    "input_tokens", "output_tokens", "compute_ns", "device_class", "status", "started_us",
+    "finished_us", "list_price_nanos", "price_nanos", "txn_id", "bill", "response",
+)  # fmt: skip
+# PostgreSQL array types of each column, for INSERT ... SELECT FROM unnest(...).
+PG_TYPES = {
+    "legs": ("bigint", "smallint", "text", "text", "text", "bigint"),
+    "txns": ("bigint", "text", "text", "bigint", "text"),
+    "usage": ("text",) * 6 + ("bigint",) * 3 + ("text",) * 2 + ("bigint",) * 5 + ("text",) * 2,
 }
+JSON_COLS = {"lineage", "bill", "response"}
+
+
+SQLITE_MAX_PARAMS = 32_766  # SQLITE_MAX_VARIABLE_NUMBER's default since SQLite 3.32
+
+
+def _sqlite_insert(table: str, cols: Sequence[str]) -> str:
+    """A multi-row INSERT head; `_many` appends one `(?, ...)` group per row."""
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+
+
+def _pg_insert(table: str, cols: Sequence[str], types: Sequence[str]) -> str:
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    names = ", ".join(f"c{i}" for i in range(len(cols)))
+    picks = ", ".join(f"c{i}::json" if c in JSON_COLS else f"c{i}" for i, c in enumerate(cols))
+    return f"INSERT INTO {table} ({', '.join(cols)}) SELECT {picks} FROM unnest({arrays}) AS u({names})"
+
+
+SQLITE = {
+    "legs": _sqlite_insert("ledger_legs", LEG_COLS),
+    "txns": _sqlite_insert("ledger_transactions", TXN_COLS),
+    "usage": _sqlite_insert("usage_events", USAGE_COLS),
+    "balances": "UPDATE ledger_accounts SET balance_nanos = balance_nanos + ? WHERE id = ?",
+    "accounts": "INSERT INTO ledger_accounts (id, kind, owner_id, balance_nanos) VALUES (?, ?, ?, 0) "
+    "ON CONFLICT DO NOTHING",
+}
+PG = {
+    "legs": _pg_insert("ledger_legs", LEG_COLS, PG_TYPES["legs"]),
+    "txns": _pg_insert("ledger_transactions", TXN_COLS, PG_TYPES["txns"]),
+    "usage": _pg_insert("usage_events", USAGE_COLS, PG_TYPES["usage"]),
+    "balances": "UPDATE ledger_accounts a SET balance_nanos = a.balance_nanos + d.delta "
+    "FROM unnest(%s::bigint[], %s::text[]) AS d(delta, id) WHERE a.id = d.id",
+    "accounts": "INSERT INTO ledger_accounts (id, kind, owner_id, balance_nanos) "
+    "SELECT * , 0 FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+}
+
+
+@dataclass(slots=True)
+class Rows:
+    """One batch's rows, per table."""
+
+    legs: list[tuple[Any, ...]] = field(default_factory=list)
+    txns: list[tuple[Any, ...]] = field(default_factory=list)
+    usage: list[tuple[Any, ...]] = field(default_factory=list)
+    deltas: dict[str, int] = field(default_factory=dict)
 
 
 class PostingWriter:
     """The single writer thread of one process; `submit` is thread-safe and never blocks."""
 
-    def __init__(self, db: Database, *, max_batch: int = 1000) -> None:
+    def __init__(self, db: Database, *, max_batch: int = 2000) -> None:
         self._pg = not db.is_sqlite
-        self._sql = {k: self._q(v) for k, v in SQL.items()}
         self._conn = db.engine.raw_connection()
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Posting | None] = queue.SimpleQueue()
         self._accounts: set[str] = set()
-        # Transaction ids: a random per-writer prefix plus a counter (uuid4 per posting costs more).
-        self._txn_prefix = uuid.uuid4().hex[:12]
-        self._txn_seq = itertools.count()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
-
-    def _q(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self._pg else sql
 
     def submit(self, posting: Posting) -> None:
         self._queue.put(posting)
@@ -113,51 +149,59 @@ class PostingWriter:
         except Exception as exc:
             self._conn.rollback()
             if len(batch) == 1:
-                batch[0].done(None, exc)
+                _wake([(batch[0].fut, None, exc)])
                 return
             log.warning("ledger batch of %d failed (%s); retrying one by one", len(batch), exc)
             for p in batch:
                 self._process([p])
             return
-        for p, bill in zip(batch, bills, strict=True):
-            p.done(bill, None)
+        _wake([(p.fut, bill, None) for p, bill in zip(batch, bills, strict=True)])
 
     def _write(self, batch: list[Posting]) -> list[dict[str, Any]]:
         cur = self._conn.cursor()
         try:
-            prior = self._prior(cur, batch)
-            fresh: dict[tuple[str, str], Posting] = {}  # dedup key -> first posting in this batch
-            out: list[Posting | dict[str, Any]] = []
-            for p in batch:
-                key = _dedup_key(p)
-                hit = prior.get(key) or prior.get(("rid", p.request_id))
-                if hit is not None:
-                    out.append(_check_same(p, hit))
-                elif key in fresh:
-                    _check_same(p, (fresh[key].fingerprint, {}))
-                    out.append(fresh[key])
-                else:
-                    fresh[key] = p
-                    out.append(p)
-            new_accounts = self._insert(cur, list(fresh.values()))
+            if not self._pg:  # take the write lock now: ids are allocated from MAX(id)
+                cur.execute("BEGIN IMMEDIATE")
+            out, fresh = self._dedup(batch, self._prior(cur, batch))
+            new_accounts = self._insert(cur, fresh)
             self._conn.commit()
             self._accounts.update(new_accounts)
         finally:
             cur.close()
         return [o.bill if isinstance(o, Posting) else o for o in out]
 
-    def _prior(self, cur: Any, batch: Sequence[Posting]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    def _dedup(
+        self, batch: list[Posting], prior: dict[tuple[str, str], Hit]
+    ) -> tuple[list[Posting | dict[str, Any]], list[Posting]]:
+        """Each posting's outcome: itself (to write) or the bill of the first with its key."""
+        fresh: dict[tuple[str, str], Posting] = {}
+        out: list[Posting | dict[str, Any]] = []
+        for p in batch:
+            key = _dedup_key(p)
+            hit = prior.get(key) or prior.get(("rid", p.request_id))
+            if hit is not None:
+                out.append(_check_same(p, hit))
+            elif key in fresh:
+                _check_same(p, (fresh[key].fingerprint, {}))
+                out.append(fresh[key])
+            else:
+                fresh[key] = p
+                out.append(p)
+        return out, list(fresh.values())
+
+    def _prior(self, cur: Any, batch: Sequence[Posting]) -> dict[tuple[str, str], Hit]:
         """Usage events already stored for this batch's request ids or idempotency keys."""
         rids = [p.request_id for p in batch]
         keys = sorted({p.idempotency_key for p in batch if p.idempotency_key})
-        sql = (
-            "SELECT request_id, tenant_id, idempotency_key, fingerprint, bill FROM usage_events "
-            f"WHERE request_id IN ({_marks(rids)})"
-        )
-        if keys:
-            sql += f" OR idempotency_key IN ({_marks(keys)})"
-        cur.execute(self._q(sql), [*rids, *keys])
-        found: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        cols = "SELECT request_id, tenant_id, idempotency_key, fingerprint, bill FROM usage_events"
+        if self._pg:
+            cur.execute(f"{cols} WHERE request_id = ANY(%s) OR idempotency_key = ANY(%s)", (rids, keys))
+        else:
+            where = f"request_id IN ({_marks(rids)})"
+            if keys:
+                where += f" OR idempotency_key IN ({_marks(keys)})"
+            cur.execute(f"{cols} WHERE {where}", [*rids, *keys])
+        found: dict[tuple[str, str], Hit] = {}
         for rid, tid, key, fp, bill in cur.fetchall():
             entry = (fp, bill if isinstance(bill, dict) else json.loads(bill))
             found[("rid", rid)] = entry
@@ -171,41 +215,39 @@ class PostingWriter:
             return []
         opened = self._open_accounts(cur, postings)
         room = self._room(cur, {tenant_account(p.tenant_id) for p in postings if p.list_price > 0})
-        legs: list[tuple[str, str, str, str | None, int]] = []
-        txns: list[tuple[str, str, str, int]] = []
-        usage: list[tuple[Any, ...]] = []
-        deltas: dict[str, int] = {}
-        created = now_us()
-        for p in postings:
-            acct = tenant_account(p.tenant_id)
-            split = _cap(p, room, acct)
-            price = sum(g.amount_nanos for g in split)
-            txn_id = f"{self._txn_prefix}{next(self._txn_seq):x}" if price > 0 else None
-            if txn_id is not None:
-                txns.append((txn_id, p.request_id, p.tenant_id, created))
-                legs.append((txn_id, acct, "tenant", None, -price))
-                deltas[acct] = deltas.get(acct, 0) - price
-                for g in split:
-                    a = contributor_account(g.account)
-                    legs.append((txn_id, a, g.role, g.artifact, g.amount_nanos))
-                    deltas[a] = deltas.get(a, 0) + g.amount_nanos
-            p.bill = _bill(p, price, split)
-            head = (p.request_id, p.tenant_id, p.idempotency_key, p.fingerprint)
-            tail = (p.list_price, price, txn_id, json.dumps(p.bill), p.response_json)
-            usage.append((*head, *p.usage_row, *tail))
+        splits = [_cap(p, room) for p in postings]
+        ids = iter(next_txn_ids(cur, sum(1 for s in splits if s), pg=self._pg))
+        rows, created = Rows(), now_us()
+        for p, split in zip(postings, splits, strict=True):
+            _rows(rows, p, split, next(ids) if split else None, created)
         # Legs before their transaction rows: inserting a transaction row checks and seals its legs.
-        cur.executemany(self._sql["leg"], legs)
-        cur.executemany(self._sql["txn"], txns)
-        cur.executemany(self._sql["usage"], usage)
-        cur.executemany(self._sql["balance"], [(d, a) for a, d in sorted(deltas.items()) if d])
+        deltas = [(d, a) for a, d in sorted(rows.deltas.items()) if d]
+        self._many(cur, "legs", rows.legs)
+        self._many(cur, "txns", rows.txns)
+        self._many(cur, "usage", rows.usage)
+        self._many(cur, "balances", deltas)
         return opened
+
+    def _many(self, cur: Any, what: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        if self._pg:  # one statement, one array per column
+            cur.execute(PG[what], [list(c) for c in zip(*rows, strict=True)])
+        elif what in ("balances", "accounts"):  # a handful of rows
+            cur.executemany(SQLITE[what], rows)
+        else:  # multi-row VALUES: one statement (and one GIL release) per few thousand rows
+            group = f"({', '.join('?' for _ in rows[0])})"
+            step = SQLITE_MAX_PARAMS // len(rows[0])
+            for i in range(0, len(rows), step):
+                chunk = rows[i : i + step]
+                cur.execute(SQLITE[what] + ", ".join([group] * len(chunk)), [x for r in chunk for x in r])
 
     def _open_accounts(self, cur: Any, postings: list[Posting]) -> list[str]:
         wanted = {tenant_account(p.tenant_id) for p in postings}
         wanted |= {contributor_account(g.account) for p in postings for g in p.legs}
         new = sorted(wanted - self._accounts)
         if new:
-            cur.executemany(self._sql["account"], [(a, *a.split(":", 1)) for a in new])
+            self._many(cur, "accounts", [(a, *a.split(":", 1)) for a in new])
         return new
 
     def _room(self, cur: Any, accounts: set[str]) -> dict[str, int]:
@@ -213,12 +255,56 @@ class PostingWriter:
         if not accounts:
             return {}
         ids = sorted(accounts)
-        sql = (
-            "SELECT id, balance_nanos, floor_nanos FROM ledger_accounts "
-            f"WHERE id IN ({_marks(ids)}) AND floor_nanos IS NOT NULL"
-        )
-        cur.execute(self._q(sql + (" FOR UPDATE" if self._pg else "")), ids)
+        cols = "SELECT id, balance_nanos, floor_nanos FROM ledger_accounts"
+        if self._pg:
+            cur.execute(f"{cols} WHERE id = ANY(%s) AND floor_nanos IS NOT NULL FOR UPDATE", (ids,))
+        else:
+            cur.execute(f"{cols} WHERE id IN ({_marks(ids)}) AND floor_nanos IS NOT NULL", ids)
         return {a: max(0, int(b) - int(f)) for a, b, f in cur.fetchall()}
+
+
+def _rows(rows: Rows, p: Posting, split: list[Leg], txn_id: int | None, created: int) -> None:
+    """Append one posting's rows: its transaction and legs (if charged) and its usage event."""
+    price = 0
+    if txn_id is not None:
+        acct = tenant_account(p.tenant_id)
+        price = sum(g.amount_nanos for g in split)
+        rows.txns.append((txn_id, "charge", p.tenant_id, created, ""))
+        rows.legs.append((txn_id, 0, acct, "tenant", None, -price))
+        rows.deltas[acct] = rows.deltas.get(acct, 0) - price
+        for n, g in enumerate(split, 1):
+            a = contributor_account(g.account)
+            rows.legs.append((txn_id, n, a, g.role, g.artifact, g.amount_nanos))
+            rows.deltas[a] = rows.deltas.get(a, 0) + g.amount_nanos
+    p.bill = _bill(p, price, split)
+    head = (p.request_id, p.tenant_id, p.idempotency_key, p.fingerprint)
+    tail = (p.list_price, price, txn_id, json.dumps(p.bill), p.response_json)
+    rows.usage.append((*head, *p.usage_row, *tail))
+
+
+def _wake(
+    results: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any] | None, BaseException | None]],
+) -> None:
+    """Settle futures with one thread-safe call per event loop (one wake-up, not one per posting)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+    for r in results:
+        by_loop.setdefault(r[0].get_loop(), []).append(r)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: the postings are committed anyway
+            loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(
+    items: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any] | None, BaseException | None]],
+) -> None:
+    for fut, bill, error in items:
+        if fut.done():  # the caller went away; the posting is committed all the same
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            assert bill is not None
+            fut.set_result(bill)
 
 
 def _marks(values: Sequence[object]) -> str:
@@ -229,7 +315,7 @@ def _dedup_key(p: Posting) -> tuple[str, str]:
     return (p.tenant_id, p.idempotency_key) if p.idempotency_key else ("rid", p.request_id)
 
 
-def _check_same(p: Posting, hit: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+def _check_same(p: Posting, hit: Hit) -> dict[str, Any]:
     if hit[0] != p.fingerprint:
         raise Conflict(
             f"the Idempotency-Key '{p.idempotency_key}' was already used with a different request body; "
@@ -238,8 +324,9 @@ def _check_same(p: Posting, hit: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     return hit[1]
 
 
-def _cap(p: Posting, room: dict[str, int], acct: str) -> list[Leg]:
+def _cap(p: Posting, room: dict[str, int]) -> list[Leg]:
     """The split actually charged: within a prepaid balance or spending limit, never past it."""
+    acct = tenant_account(p.tenant_id)
     if acct not in room:
         return p.legs
     split = rescale(p.legs, min(p.list_price, room[acct]))

@@ -12,7 +12,10 @@ from constellation.economy.pricing import Leg
 from constellation.errors import InvalidInput
 from constellation.platform import Platform
 
-LEG = "INSERT INTO ledger_legs (txn_id, account_id, role, amount_nanos) VALUES (:t, 'x', 'correction', :a)"
+LEG = (
+    "INSERT INTO ledger_legs (txn_id, n, account_id, role, amount_nanos) "
+    "VALUES (:t, :n, 'x', 'correction', :a)"
+)
 TXN = "INSERT INTO ledger_transactions (id, kind, created_us, memo) VALUES (:t, 'correction', 0, '')"
 
 
@@ -22,7 +25,7 @@ def _exec(platform: Platform, sql: str, **params: object) -> None:
 
 
 @pytest.fixture
-def funded(priced: Platform) -> tuple[Platform, str]:
+def funded(priced: Platform) -> tuple[Platform, int]:
     with priced.db.session() as s:
         ledger.fund(s, tenant_id="acme", amount_nanos=1_000)
         txn = s.execute(text("SELECT id FROM ledger_transactions")).scalar_one()
@@ -34,7 +37,7 @@ def funded(priced: Platform) -> tuple[Platform, str]:
     ["UPDATE ledger_legs SET amount_nanos = amount_nanos + 1", "DELETE FROM ledger_legs",
      "UPDATE ledger_transactions SET memo = 'x'", "DELETE FROM ledger_transactions"],
 )  # fmt: skip
-def test_database_refuses_changing_posted_ledger_rows(funded: tuple[Platform, str], sql: str) -> None:
+def test_database_refuses_changing_posted_ledger_rows(funded: tuple[Platform, int], sql: str) -> None:
     platform, _ = funded
     with pytest.raises(DBAPIError, match="immutable"):
         _exec(platform, sql)
@@ -42,23 +45,23 @@ def test_database_refuses_changing_posted_ledger_rows(funded: tuple[Platform, st
         assert ledger.verify(s) == [] and ledger.balance(s, account_id="tenant:acme") == 1_000
 
 
-def _raw_post(platform: Platform, txn: str, amounts: list[int]) -> None:
+def _raw_post(platform: Platform, txn: int, amounts: list[int]) -> None:
     with platform.db.engine.begin() as conn:
-        for a in amounts:
-            conn.execute(text(LEG), {"t": txn, "a": a})
+        for n, a in enumerate(amounts):
+            conn.execute(text(LEG), {"t": txn, "n": n, "a": a})
         conn.execute(text(TXN), {"t": txn})
 
 
 def test_database_refuses_unbalanced_transaction(priced: Platform) -> None:
     with pytest.raises(DBAPIError, match="sum to zero"):
-        _raw_post(priced, "t-unbalanced", [5, -4])
-    _raw_post(priced, "t-balanced", [5, -5])  # the same path, balanced, is accepted
+        _raw_post(priced, 900, [5, -4])
+    _raw_post(priced, 901, [5, -5])  # the same path, balanced, is accepted
 
 
-def test_database_refuses_legs_added_to_a_posted_transaction(funded: tuple[Platform, str]) -> None:
+def test_database_refuses_legs_added_to_a_posted_transaction(funded: tuple[Platform, int]) -> None:
     platform, txn = funded
     with pytest.raises(DBAPIError, match="already posted"):
-        _exec(platform, LEG, t=txn, a=0)
+        _exec(platform, LEG, t=txn, n=9, a=0)
 
 
 def test_post_refuses_unbalanced_legs_before_the_database(priced: Platform) -> None:
