@@ -155,6 +155,7 @@ class _Loop:
     ) -> None:
         self.obj, self.cfg, self.progress, self.cancel = obj, cfg, progress, cancel
         self.params = [p for p in obj.module.parameters() if p.requires_grad]
+        self.step, self.total, self.start = 0, 0, 0.0
 
     def _snapshot(self) -> list[Tensor]:
         return [p.detach().clone() for p in self.params]
@@ -169,30 +170,19 @@ class _Loop:
             raise TrainingCancelled("fine-tuning was cancelled; nothing was written or registered")
 
     def run(self, train: list[Any], valid: list[Any]) -> dict[str, float]:
+        """Train up to `epochs`, stop after `patience` epochs without a better validation loss,
+        and leave the best epoch's weights in place. Returns that epoch's metrics."""
         cfg = self.cfg
         opt = torch.optim.AdamW(self.obj.param_groups(cfg.lr, cfg.head_lr), weight_decay=0.0)
-        per_epoch = math.ceil(len(train) / cfg.batch_size)
-        total = per_epoch * cfg.epochs
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / total)
+        self.total = math.ceil(len(train) / cfg.batch_size) * cfg.epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / self.total)
         gen = torch.Generator().manual_seed(cfg.seed)
         valid_batches = _batches(valid, cfg.batch_size)
         best: tuple[float, list[Tensor], dict[str, float]] | None = None
-        step, stale, start, train_loss = 0, 0, time.perf_counter(), float("nan")
+        self.step, self.start, stale = 0, time.perf_counter(), 0
         for epoch in range(1, cfg.epochs + 1):
-            self.obj.module.train()
             order = torch.randperm(len(train), generator=gen).tolist()
-            losses = []
-            for batch in _batches(train, cfg.batch_size, order):
-                self.check_cancel()
-                loss = self.obj.loss(batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                losses.append(float(loss.detach()))
-                self._report(step, total, epoch, losses[-1], start)
-            train_loss = sum(losses) / len(losses)
+            train_loss = self._epoch(opt, sched, _batches(train, cfg.batch_size, order), epoch)
             self.obj.module.eval()
             metrics = {**self.obj.evaluate(valid_batches), "train_loss": train_loss, "best_epoch": epoch}
             if best is None or metrics["valid_loss"] < best[0]:
@@ -203,13 +193,36 @@ class _Loop:
                     break
         assert best is not None
         self._restore(best[1])
-        return {**best[2], "epochs_run": epoch, "steps": step}
+        return {**best[2], "epochs_run": epoch, "steps": self.step}
 
-    def _report(self, step: int, total: int, epoch: int, loss: float, start: float) -> None:
+    def _epoch(
+        self,
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        batches: list[list[Any]],
+        epoch: int,
+    ) -> float:
+        """One pass over the shuffled batches; returns the mean training loss."""
+        self.obj.module.train()
+        losses = []
+        for batch in batches:
+            self.check_cancel()
+            loss = self.obj.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            self.step += 1
+            losses.append(float(loss.detach()))
+            self._report(epoch, losses[-1])
+        return sum(losses) / len(losses)
+
+    def _report(self, epoch: int, loss: float) -> None:
         if self.progress is None:
             return
-        elapsed = time.perf_counter() - start
-        self.progress(Progress(step, total, epoch, loss, eta_s=elapsed / step * (total - step)))
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.step * (self.total - self.step)
+        self.progress(Progress(self.step, self.total, epoch, loss, eta_s=eta))
 
 
 def _check_out_dir(out_dir: Path) -> None:
