@@ -8,6 +8,7 @@ import typer
 from constellation.cli import economy
 from constellation.cli import registry_cmds as reg
 from constellation.cli.bench import bench
+from constellation.cli.finetune import finetune
 from constellation.cli.serve import serve
 
 app = typer.Typer(
@@ -18,6 +19,8 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(bench)
+app.command()(finetune)
+
 app.add_typer(reg.models, name="models")
 app.add_typer(reg.adapters, name="adapters")
 app.add_typer(reg.datasets, name="datasets")
