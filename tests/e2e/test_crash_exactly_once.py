@@ -1,11 +1,13 @@
 """Exactly-once billing across a crash: fire 500 concurrent embeddings requests with
 idempotency keys at the real server, `kill -9` it mid-way, restart, retry every request.
-Every request the client saw complete is charged once, nothing else is, the ledger verifies."""
+Every request the client saw complete is charged once, nothing else is, the ledger verifies.
+On SQLite always; on PostgreSQL too when CONSTELLATION_E2E_PG=1 (a fresh schema, ~1 min more)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from pathlib import Path
 
 import httpx
@@ -20,9 +22,26 @@ from constellation.registry.db import Database
 N, KILL_AFTER = 500, 150
 
 
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgresql",
+            marks=pytest.mark.skipif(
+                os.environ.get("CONSTELLATION_E2E_PG") != "1", reason="set CONSTELLATION_E2E_PG=1 to run"
+            ),
+        ),
+    ]
+)
+def db_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    if request.param == "sqlite":
+        return {}
+    return {"CONSTELLATION_DB_URL": request.getfixturevalue("pg_url")}
+
+
 @pytest.fixture
-def crash_server(tmp_path: Path, minilm_path: Path) -> Server:
-    srv = make_server(tmp_path)
+def crash_server(tmp_path: Path, minilm_path: Path, db_env: dict[str, str]) -> Server:
+    srv = make_server(tmp_path, db_env)
     srv.cli("contributors", "add", "sbert", "--name", "SBERT")
     srv.cli("models", "add", str(minilm_path), "--name", "minilm", "--task", "embedding", "--author", "sbert",
             "--license", "apache-2.0")  # fmt: skip
@@ -73,7 +92,8 @@ def test_kill_9_mid_way_then_retry_charges_each_request_exactly_once(crash_serve
     for key, first in before.items():  # a retry of a completed request replays its first bill
         assert after[key]["request_id"] == first["request_id"]
         assert after[key]["price_nanos"] == first["price_nanos"]
-    db = Database(f"sqlite:///{srv.env['CONSTELLATION_DATA_DIR']}/constellation.db")
+    default = f"sqlite:///{srv.env['CONSTELLATION_DATA_DIR']}/constellation.db"
+    db = Database(srv.env.get("CONSTELLATION_DB_URL", default))
     with db.session() as s:
         per_key = dict(
             s.execute(
