@@ -265,9 +265,9 @@ def _admin_key(p: Platform) -> dict[str, str]:
 
 
 def main(tiny: bool = False) -> None:
-    n, concurrency = (4_000, 256) if tiny else (100_000, 1024)
+    n, concurrency = (3_000, 256) if tiny else (100_000, 1024)
     _ledger_lines(n, concurrency)
-    en, ec, rounds = (96, 16, 2) if tiny else (1_000, 32, 3)
+    en, ec, rounds = (64, 16, 2) if tiny else (1_000, 32, 3)
     on, off = asyncio.run(_embeddings(en, ec, rounds))
     verdict = "meets" if on / off >= EMBED_TARGET else "BELOW"
     print(f"embeddings: {en} one-sentence requests x {rounds} rounds, {ec} in flight, in-process, SQLite")
