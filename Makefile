@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install clean bench
+.PHONY: run test lint typecheck pytest install clean bench chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,8 +29,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# Browser tests drive Debian's Chromium through Playwright (no browser download at test time).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+pytest: $(STAMP) chromium
 	$(BIN)/pytest -q
+
 
 test: lint typecheck pytest
 	$(BIN)/constellation bench all --tiny

@@ -3,10 +3,10 @@ and routers. `create_app(settings)` is what `constellation serve`, tests and Ray
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from constellation import __version__
 from constellation.api.engines import Engines
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.platform = platform
         app.state.resolver = Resolver(platform)
         app.state.engines = Engines(settings.engine)
-        app.state.meter = Meter(platform.db, settings.prices)
+        app.state.meter = Meter(platform.db, settings.prices) if settings.metering else None
         app.state.finetunes = JobManager(platform)
         app.state.ready = True
         try:
@@ -54,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.ready = False
             app.state.engines.close()
-            app.state.meter.close()
+            if app.state.meter is not None:
+                app.state.meter.close()
+
             app.state.finetunes.close()
             platform.close()
 
@@ -64,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.device_class = "gpu" if settings.engine.device.startswith("cuda") else "cpu"
     app.middleware("http")(metrics.middleware)
+    app.middleware("http")(_forget_cached_registry)
+
     install_error_handlers(app)
     for router in (
         health.router,
@@ -79,3 +83,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     return app
+
+
+async def _forget_cached_registry(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """A successful admin write (new model, terms, tenant declarations...) is visible to the very
+    next request: drop the resolver's and the price book's short-lived caches."""
+    response = await call_next(request)
+    if request.method != "GET" and request.url.path.startswith("/api/") and response.status_code < 400:
+        state = request.app.state
+        if getattr(state, "resolver", None) is not None:
+            state.resolver.invalidate()
+        if getattr(state, "meter", None) is not None:
+            state.meter.invalidate_prices()
+    return response

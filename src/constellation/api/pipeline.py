@@ -50,7 +50,7 @@ class Call:
     request: Request
     engines: Engines
     resolver: Resolver
-    meter: Meter
+    meter: Meter | None  # None only when CONSTELLATION_METERING=false (benchmarks)
     limits: EngineLimits
     device_class: str
     request_id: str = field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
@@ -71,7 +71,7 @@ class Call:
         self.resolved = await run_in_threadpool(self.resolver.resolve, model, tenant_id=caller.tenant_id)
         self._fingerprint = fingerprint(self.request.url.path, body)
         key = self.idempotency_key
-        if key is not None:
+        if key is not None and self.meter is not None:
             replay = await run_in_threadpool(
                 self.meter.replay,
                 tenant_id=caller.tenant_id,
@@ -83,6 +83,8 @@ class Call:
         return None
 
     async def admit(self, caller: Principal, *, est_input_tokens: int, est_output_tokens: int = 0) -> None:
+        if self.meter is None:
+            return
         estimate = self.meter.quote(
             model_name=self.resolved.name,
             input_tokens=est_input_tokens,
@@ -99,6 +101,8 @@ class Call:
             "lineage": self.resolved.lineage,
             "notices": list(self.resolved.notices),
         }
+        if self.meter is None:
+            return ext
         record = UsageRecord(
             request_id=self.request_id,
             tenant_id=caller.tenant_id,

@@ -8,6 +8,7 @@ import typer
 from constellation.cli import economy
 from constellation.cli import registry_cmds as reg
 from constellation.cli.bench import bench
+from constellation.cli.demo import demo
 from constellation.cli.finetune import finetune
 from constellation.cli.serve import serve
 
@@ -19,6 +20,8 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(bench)
+app.command()(demo)
+
 app.command()(finetune)
 
 app.add_typer(reg.models, name="models")

