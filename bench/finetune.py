@@ -82,25 +82,28 @@ def run_task(base_dir: Path, task: str, *, tiny: bool) -> Row:
     return Row(task, len(result.labels), result.n_train, len(test), baseline, finetuned, train_s)
 
 
-def _print(rows: list[Row], tiny: bool) -> None:
-    head = (
-        f"{'task':<15}{'labels':>7}{'train':>7}{'test':>6}"
-        f"{'zero-shot':>11}{'LoRA':>8}{'gain pts':>10}{'train s':>9}"
+HEADER = (
+    f"{'task':<15}{'labels':>7}{'train':>7}{'test':>6}"
+    f"{'zero-shot':>11}{'LoRA':>8}{'gain pts':>10}{'train s':>9}"
+)
+
+
+def _line(r: Row) -> str:
+    gain = 100 * (r.finetuned - r.zero_shot)
+    return (
+        f"{r.task:<15}{r.n_labels:>7}{r.n_train:>7}{r.n_test:>6}{r.zero_shot:>11.1%}"
+        f"{r.finetuned:>8.1%}{gain:>+10.1f}{r.train_s:>9.1f}"
     )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        gain = 100 * (r.finetuned - r.zero_shot)
-        print(f"{r.task:<15}{r.n_labels:>7}{r.n_train:>7}{r.n_test:>6}{r.zero_shot:>11.1%}"
-              f"{r.finetuned:>8.1%}{gain:>+10.1f}{r.train_s:>9.1f}")  # fmt: skip
-    note = " (--tiny: a smoke run, accuracies mean nothing)" if tiny else ""
-    print(f"threads: {torch.get_num_threads()}; targets: gain >= +15 pts, train < 60 s on 2 cores{note}")
 
 
 def main(tiny: bool = False) -> None:
     """Train each demo adapter and print its held-out accuracy against the zero-shot baseline."""
     base_dir = minilm_dir()
-    _print([run_task(base_dir, task, tiny=tiny) for task in TASKS], tiny)
+    print(HEADER + "\n" + "-" * len(HEADER), flush=True)
+    for task in TASKS:
+        print(_line(run_task(base_dir, task, tiny=tiny)), flush=True)  # a row as soon as it is known
+    note = " (--tiny: a smoke run, accuracies mean nothing)" if tiny else ""
+    print(f"threads: {torch.get_num_threads()}; targets: gain >= +15 pts, train < 60 s on 2 cores{note}")
 
 
 if __name__ == "__main__":
