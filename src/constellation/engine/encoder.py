@@ -116,6 +116,14 @@ class EncoderModel:
     @torch.inference_mode()
     def forward(self, ids: list[list[int]], slots: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings [n, d] before normalisation; row i uses adapter slot `slots[i]`."""
+        # Rows sorted by slot once per batch let every LoRA layer run one grouped matmul.
+        order = torch.argsort(self.ctx.sort_key(slots), stable=True)  # [n]
+        pooled = self._forward_sorted([ids[i] for i in order.tolist()], slots[order])
+        out = torch.empty_like(pooled)  # [n, d]
+        out[order] = pooled
+        return out
+
+    def _forward_sorted(self, ids: list[list[int]], slots: torch.Tensor) -> torch.Tensor:
         length = max(self.padded_length(len(x)) for x in ids)
         input_ids = torch.full((len(ids), length), self.pad_id, dtype=torch.long)  # [B, L]
         mask = torch.zeros((len(ids), length), dtype=torch.long)  # [B, L]

@@ -12,7 +12,7 @@ from torch import nn
 from constellation.engine.lora import NO_ADAPTER, LoRAContext, MultiLoRALinear, inject_lora
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 6, 8
-MIXES = ["identical", "distinct", "uniform", "skewed", "with_none", "all_none"]
+MIXES = ["identical", "distinct", "equal_runs", "uniform", "skewed", "with_none", "all_none"]
 
 
 def _mapping(mix: str, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -21,6 +21,8 @@ def _mapping(mix: str, n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.full((n,), 2, dtype=torch.long)
     if mix == "distinct":
         return torch.arange(n, dtype=torch.long) % SLOTS
+    if mix == "equal_runs":  # sorted, this is the grouped path: 4 adapters x 3 rows, one none
+        return torch.cat([torch.arange(n - 1) % 4, torch.tensor([NO_ADAPTER])])
     if mix == "uniform":
         return torch.randint(0, SLOTS, (n,), generator=gen)
     if mix == "skewed":
@@ -70,10 +72,13 @@ def _layer(ranks: list[int], deterministic: bool = False):
 @pytest.mark.parametrize("ranks", [[8] * SLOTS, [1, 2, 4, 8, 3, 5]], ids=["same-rank", "mixed-ranks"])
 @pytest.mark.parametrize("shape", ["batch-seq", "packed"])
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_matches_naive_loop(mix: str, ranks: list[int], shape: str, deterministic: bool) -> None:
+@pytest.mark.parametrize("order", ["as-given", "sorted"])
+def test_matches_naive_loop(mix: str, ranks: list[int], shape: str, deterministic: bool, order: str) -> None:
     layer, ctx, adapters, gen = _layer(ranks, deterministic)
     n, seq = 13, 5
     slots = _mapping(mix, n, gen)
+    if order == "sorted":  # the grouped path: rows by slot, NO_ADAPTER last
+        slots = slots[torch.argsort(ctx.sort_key(slots), stable=True)]
     if shape == "packed":
         x = torch.randn(n, IN, generator=gen)  # [T, in], one slot per token
         ctx.set_mapping(slots)
@@ -86,6 +91,16 @@ def test_matches_naive_loop(mix: str, ranks: list[int], shape: str, deterministi
     with torch.no_grad():
         got = layer(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sorted_mapping_takes_grouped_path() -> None:
+    _, ctx, _, _ = _layer([4] * SLOTS)
+    ctx.set_mapping(torch.tensor([0, 0, 3, 5, NO_ADAPTER]))
+    assert ctx.plan is not None and ctx.plan.kind.name == "GATHERED"  # unequal runs
+    ctx.set_mapping(torch.tensor([0, 0, 3, 3, 5, 5, NO_ADAPTER]))
+    assert ctx.plan is not None and ctx.plan.kind.name == "GROUPED" and ctx.plan.run == 2
+    ctx.set_mapping(torch.tensor([3, 0, NO_ADAPTER, 5]))
+    assert ctx.plan is not None and ctx.plan.kind.name == "GATHERED"
 
 
 def test_clear_slot_gives_base_output() -> None:
