@@ -67,9 +67,9 @@ def run_task(base_dir: Path, task: str, *, tiny: bool) -> Row:
         for ex in load_jsonl(folder / "test.jsonl", "classification").examples
         if isinstance(ex, TextExample)
     ]
-    config = LoraConfig(epochs=2) if tiny else LoraConfig()
+    config = LoraConfig(epochs=1, max_length=48) if tiny else LoraConfig()
     if tiny:
-        train, test = train[:60], test[:20]
+        train, test = train[:32], test[:16]
     descriptions = json.loads((folder / "labels.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / task
@@ -108,5 +108,5 @@ def main(tiny: bool = False) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tiny", action="store_true", help="small data and 2 epochs (CI smoke run)")
+    parser.add_argument("--tiny", action="store_true", help="small data and 1 epoch (CI smoke run)")
     main(tiny=parser.parse_args().tiny)
