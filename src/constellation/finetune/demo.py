@@ -221,7 +221,10 @@ class DemoBuilder:
             data_licence = next(d for d in self.manifest["datasets"] if d["name"] == spec["data"][0])[
                 "license"
             ]
-        config = LoraConfig(seed=0) if self.opt.epochs is None else LoraConfig(seed=0, epochs=self.opt.epochs)
+        train = dict(spec.get("train", {}))
+        if self.opt.epochs is not None:
+            train["epochs"] = self.opt.epochs
+        config = LoraConfig(seed=0, **{k: train[k] for k in ("rank", "alpha", "lr", "epochs") if k in train})
 
         self.say(f"fine-tuning {spec['name']} on {', '.join(spec['data'])}")
         fs = FinetuneSpec(
