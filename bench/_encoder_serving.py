@@ -1,0 +1,168 @@
+"""Serving benchmark (item 3): 64 concurrent clients send one-sentence `/v1/embeddings` requests
+to the real `constellation serve`, against in-process `SentenceTransformer.encode` and infinity-emb.
+
+infinity-emb runs from its own venv (`.venv-peers/`, `make bench-peers`) so it cannot disturb ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from sentence_transformers import SentenceTransformer
+
+from constellation.config import Settings
+from constellation.platform import Platform
+from constellation.registry import contributors as contrib_repo
+from constellation.registry import service
+from constellation.registry import tenants as tenant_repo
+
+ROOT = Path(__file__).resolve().parents[1]
+INFINITY = ROOT / ".venv-peers" / "bin" / "infinity_emb"
+CLI = [sys.executable, "-m", "constellation.cli"]
+CLIENTS = 64
+
+Row = tuple[str, float, str]
+
+
+def sentences(n: int) -> list[str]:
+    """n distinct one-sentence inputs of 8 to 20 words."""
+    rng = random.Random(3)
+    words = ["the", "a", "model", "serves", "many", "small", "adapters", "on", "one", "shared", "base",
+             "quickly", "under", "load", "with", "care"]  # fmt: skip
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(8, 20))) + f" {i}." for i in range(n)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s: {log.read_text()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def _fire(url: str, headers: dict[str, str], model: str, texts: list[str]) -> float:
+    """Requests per second: CLIENTS workers, each sending one sentence per request in turn."""
+    queue = texts[:CLIENTS]  # warm-up: one request per client opens the connections
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(headers=headers, timeout=300, limits=limits) as client:
+
+        async def worker() -> None:
+            while queue:
+                r = await client.post(url, json={"model": model, "input": queue.pop()})
+                if r.status_code != 200:
+                    raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:300]}")
+
+        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+        queue = list(reversed(texts))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+        return len(texts) / (time.perf_counter() - start)
+
+
+def st_throughput(model_dir: Path, texts: list[str]) -> float:
+    """In-process sentence-transformers at batch 64: sentences per second."""
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    st.encode(texts[:64], batch_size=64)
+    start = time.perf_counter()
+    st.encode(texts, batch_size=64)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def _register(data_dir: Path, model_dir: Path) -> str:
+    """MiniLM, its author and a tenant key, through the service functions the CLI uses (in
+    process: a CLI call per step would spend most of the tiny run importing)."""
+    platform = Platform(Settings(data_dir=data_dir, db_url=None)).open()
+    try:
+        with platform.db.session() as s:
+            tenant_repo.add_tenant(s, id="bench", name="bench")
+            contrib_repo.add_contributor(s, id="sbert", name="SBERT", kind="organisation")
+            service.register_base(
+                s, platform.store, src=model_dir, name="minilm", task="embedding", author="sbert",
+                licence="apache-2.0", labels=None, visibility="public", owner_tenant=None,
+            )  # fmt: skip
+            return tenant_repo.create_key(s, tenant_id="bench", scopes=["inference"], name="bench").secret
+    finally:
+        platform.close()
+
+
+def ours_throughput(model_dir: Path, texts: list[str]) -> float:
+    """The real server in a subprocess, own data dir, MiniLM registered, one tenant key."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        env = {**os.environ, "CONSTELLATION_DATA_DIR": str(data_dir)}
+        env.pop("CONSTELLATION_DB_URL", None)
+        key = _register(data_dir, model_dir)
+        port, log = _free_port(), Path(tmp) / "server.log"
+        cmd = [*CLI, "serve", "--port", str(port), "--log-level", "warning"]
+        proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log, 120)
+            url, headers = f"http://127.0.0.1:{port}/v1/embeddings", {"Authorization": f"Bearer {key}"}
+            return asyncio.run(_fire(url, headers, "minilm", texts))
+        finally:
+            _stop(proc)
+
+
+def infinity_throughput(model_dir: Path, texts: list[str]) -> float:
+    """infinity-emb v2 (torch engine, CPU) on the same model directory, bound to 127.0.0.1."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "infinity.log"
+        cmd = [str(INFINITY), "v2", "--model-id", str(model_dir), "--served-model-name", "minilm",
+               "--engine", "torch", "--device", "cpu",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        env = {**os.environ, "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+        proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}/health", proc, log, 300)
+            return asyncio.run(_fire(f"http://127.0.0.1:{port}/embeddings", {}, "minilm", texts))
+        finally:
+            _stop(proc)
+
+
+def bench_serving(model_dir: Path, tiny: bool) -> list[Row]:
+    """(3) ours over in-process encode at batch 64, and ours over infinity-emb, same sentences."""
+    texts = sentences(64 if tiny else 1024)
+    theirs = st_throughput(model_dir, texts)
+    ours = ours_throughput(model_dir, texts)
+    rows: list[Row] = [
+        ("(3) serving req/s, 64 clients: ours", ours, ""),
+        ("(3) in-process SentenceTransformer.encode sent/s, batch 64", theirs, ""),
+        ("(3) ours / in-process encode", ours / theirs, ">= 0.8"),
+    ]
+    if not INFINITY.exists():
+        print("(3) infinity-emb skipped: no .venv-peers/bin/infinity_emb (install with make bench-peers)")
+        return rows
+    inf = infinity_throughput(model_dir, texts)
+    rows += [("(3) infinity-emb req/s, 64 clients", inf, ""), ("(3) ours / infinity-emb", ours / inf, "")]
+    return rows
