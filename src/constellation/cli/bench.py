@@ -4,6 +4,8 @@ prints its peer comparisons as ratios. `all --tiny` is what CI runs so none rots
 from __future__ import annotations
 
 import importlib.util
+import sys
+
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +25,7 @@ def _run_one(name: str, tiny: bool) -> None:
     spec = importlib.util.spec_from_file_location(f"constellation_bench_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
     spec.loader.exec_module(module)
     console.rule(f"bench {name}{' (tiny)' if tiny else ''}")
     module.main(tiny=tiny)

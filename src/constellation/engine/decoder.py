@@ -432,12 +432,20 @@ class DecoderEngine:
         """Stream the answer; closing the iterator aborts the sequence and frees it at once."""
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+
+        def emit(d: Delta | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(out.put_nowait, d)
+            except RuntimeError:  # the caller's loop is gone: nobody reads this sequence any more
+                seq.cancelled = True
+
         seq = Seq(
             prep=prepared,
-            emit=lambda d: loop.call_soon_threadsafe(out.put_nowait, d),
+            emit=emit,
             stream=TextStream(self.tokenizer(prepared.base), prepared.params.stop),
             gen=make_generator(prepared.params.seed),
         )
+
         self._submit(prepared.base, seq)
         try:
             while True:
