@@ -157,7 +157,6 @@ def validate(platform: Platform, spec: FinetuneSpec) -> list[Dataset]:
 
 
 def run_finetune(
-
     platform: Platform,
     spec: FinetuneSpec,
     *,
