@@ -24,7 +24,9 @@ class EngineLimits(BaseModel):
     max_decode_seqs: int = Field(default=64, gt=0)
     kv_cache_bytes: int = Field(default=1024**3, gt=0)
     max_queue: int = Field(default=1024, gt=0)
-    deterministic: bool = True
+    # Encoder outputs bitwise identical alone or batched (slower: per-sequence GEMMs, padded
+    # lengths). Seeded/greedy decoding is batch-invariant whatever this says.
+    deterministic: bool = False
 
 
 class PriceBook(BaseModel):

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from constellation import __version__
+from constellation.api.deps import KeyCache
 from constellation.api.engines import Engines
 from constellation.api.errors import install_error_handlers
 from constellation.api.metrics import Metrics
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         platform = Platform(settings).open()
         app.state.platform = platform
         app.state.resolver = Resolver(platform)
+        app.state.keys = KeyCache()
         app.state.engines = Engines(settings.engine)
         app.state.meter = Meter(platform.db, settings.prices) if settings.metering else None
         app.state.finetunes = JobManager(platform)
@@ -95,6 +97,9 @@ async def _forget_cached_registry(
         state = request.app.state
         if getattr(state, "resolver", None) is not None:
             state.resolver.invalidate()
+        if getattr(state, "keys", None) is not None:
+            state.keys.clear()
+
         if getattr(state, "meter", None) is not None:
             state.meter.invalidate_prices()
     return response

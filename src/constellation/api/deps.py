@@ -3,6 +3,9 @@ principal resolved from `Authorization: Bearer <key>` with scope checks."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -47,6 +50,36 @@ class Principal:
         return {sc.split(":", 1)[1] for sc in self.scopes if sc.startswith("contributor:")}
 
 
+class KeyCache:
+    """Authenticated keys for a couple of seconds, so the hot path skips a database round trip.
+
+    Keyed by the secret's sha256; a revocation through this server's API clears it at once
+    (see app.py), one made elsewhere (the CLI) takes effect within `ttl_s`."""
+
+    def __init__(self, ttl_s: float = 2.0) -> None:
+        self.ttl_s = ttl_s
+        self._hits: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, secret: str, load: Callable[[], Principal]) -> Principal:
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._hits.get(digest)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        principal = load()
+        with self._lock:
+            if len(self._hits) > 10_000:
+                self._hits.clear()
+            self._hits[digest] = (now, principal)
+        return principal
+
+    def clear(self) -> None:
+        with self._lock:
+            self._hits.clear()
+
+
 def get_principal(request: Request, platform: PlatformDep) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -56,9 +89,14 @@ def get_principal(request: Request, platform: PlatformDep) -> Principal:
             "(create one with `constellation keys create --tenant ID`)",
             code="missing_api_key",
         )
-    with platform.db.session() as s:
-        key = authenticate(s, secret=token.strip())
-        return Principal(tenant_id=key.tenant_id, key_id=key.id, scopes=frozenset(key.scopes))
+
+    def load() -> Principal:
+        with platform.db.session() as s:
+            key = authenticate(s, secret=token.strip())
+            return Principal(tenant_id=key.tenant_id, key_id=key.id, scopes=frozenset(key.scopes))
+
+    cache: KeyCache | None = getattr(request.app.state, "keys", None)
+    return cache.get(token.strip(), load) if cache is not None else load()
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -352,7 +352,10 @@ def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> 
     path = base.resolve()
     model = load_causal_lm(path).to(limits.device)
     cfg = model.cfg
-    ctx = LoRAContext(limits.adapter_slots, deterministic=limits.deterministic)
+    # Always the batch-invariant LoRA path: a seeded request's tokens must not depend on its
+    # batch companions (sampling amplifies any last-bit difference into a different token).
+    ctx = LoRAContext(limits.adapter_slots, deterministic=True)
+
     # Our module paths equal HF's, so an adapter's module name is the layer's own path.
     targets = lambda p: p if p.rpartition(".")[2] in LORA_LEAVES else None  # noqa: E731
     layers = inject_lora(model, targets, ctx, limits.adapter_slots, max_rank)
