@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest install clean bench chromium
+.PHONY: run test lint typecheck pytest install clean bench chromium bench-peers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,3 +42,9 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .constellation .mypy_cache .ruff_cache .pytest_cache
+
+# Peers for `constellation bench encoder` (infinity-emb), in their own venv so they cannot
+# change ours; torch pinned to the CPU wheel there too.
+bench-peers:
+	test -x .venv-peers/bin/python || $(PY) -m venv .venv-peers
+	.venv-peers/bin/pip install -q "torch==2.13.0" "infinity-emb[server,torch]"

@@ -140,3 +140,10 @@ async def test_validation_errors_use_openai_shape(api: Api) -> None:
     err = assert_error(r, 400, "invalid_request")
     assert err["param"] == "name"
     assert_error(await api.client.get("/nowhere"), 404)
+
+
+async def test_docs_render_without_a_cdn(api: Api) -> None:
+    page = (await api.client.get("/docs")).text
+    assert "cdn" not in page.lower() and "/docs-assets/swagger-ui-bundle.js" in page
+    js = await api.client.get("/docs-assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000

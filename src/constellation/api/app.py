@@ -17,6 +17,7 @@ from constellation.api.resolver import Resolver
 from constellation.api.routes import (
     admin,
     billing,
+    docs,
     encoders,
     finetunes,
     generation,
@@ -62,7 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.finetunes.close()
             platform.close()
 
-    app = FastAPI(title="Constellation", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Constellation", version=__version__, description=DESCRIPTION, lifespan=lifespan, docs_url=None
+    )
+    docs.mount_assets(app)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
@@ -73,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (
         health.router,
+        docs.router,
         models.router,
         encoders.router,
         generation.router,
