@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,6 +28,28 @@ class Api:
     client: httpx.AsyncClient
     platform: Platform
     admin: dict[str, str]
+
+    async def register(
+        self,
+        path: Path,
+        *,
+        name: str,
+        task: str = "embedding",
+        base: str | None = None,
+        license: str = "apache-2.0",
+        author: str = "sbert",
+        **extra: object,
+    ) -> httpx.Response:
+        """Register a base (or, with `base=`, an adapter) through the admin API, author included."""
+        await self.client.post(
+            "/api/contributors",
+            headers=self.admin,
+            json={"id": author, "name": author, "kind": "organisation"},
+        )
+        body = {"name": name, "path": str(path), "author": author, "license": license, **extra}
+        if base is None:
+            return await self.client.post("/api/models", headers=self.admin, json={**body, "task": task})
+        return await self.client.post("/api/adapters", headers=self.admin, json={**body, "base": base})
 
     def key(self, tenant: str, *scopes: str, declared_use: str = "commercial") -> dict[str, str]:
         """Headers with a fresh key for `tenant` (created if missing)."""

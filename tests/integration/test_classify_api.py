@@ -62,32 +62,9 @@ def reference(minilm_path: Path, adapter_dir: Path, texts: list[str]) -> torch.T
 
 
 async def test_classify_equals_reference(api: Api, minilm_path: Path, adapter_dir: Path) -> None:
-    await api.client.post(
-        "/api/contributors", headers=api.admin, json={"id": "sbert", "name": "SBERT", "kind": "organisation"}
-    )
-    r = await api.client.post(
-        "/api/models",
-        headers=api.admin,
-        json={
-            "name": "minilm",
-            "path": str(minilm_path),
-            "task": "embedding",
-            "author": "sbert",
-            "license": "apache-2.0",
-        },
-    )
+    r = await api.register(minilm_path, name="minilm")
     assert r.status_code == 201
-    r = await api.client.post(
-        "/api/adapters",
-        headers=api.admin,
-        json={
-            "name": "ticket-intent",
-            "path": str(adapter_dir),
-            "base": "minilm",
-            "author": "sbert",
-            "license": "mit",
-        },
-    )
+    r = await api.register(adapter_dir, name="ticket-intent", base="minilm", license="mit")
     assert r.status_code == 201, r.text
     assert r.json()["task"] == "classification" and r.json()["labels"] == LABELS
     texts = ["I was charged twice this month", "The app crashes when I log in", "Love the new dashboard!"]
@@ -115,31 +92,8 @@ async def test_adapter_for_another_base_is_400(api: Api, minilm_path: Path, tmp_
     )
     peft_model = get_peft_model(tiny, LoraConfig(r=2, target_modules=["query"]))
     peft_model.save_pretrained(str(tmp_path / "a"))
-    await api.client.post(
-        "/api/contributors", headers=api.admin, json={"id": "sbert", "name": "SBERT", "kind": "organisation"}
-    )
-    await api.client.post(
-        "/api/models",
-        headers=api.admin,
-        json={
-            "name": "minilm",
-            "path": str(minilm_path),
-            "task": "embedding",
-            "author": "sbert",
-            "license": "apache-2.0",
-        },
-    )
-    r = await api.client.post(
-        "/api/adapters",
-        headers=api.admin,
-        json={
-            "name": "misfit",
-            "path": str(tmp_path / "a"),
-            "base": "minilm",
-            "author": "sbert",
-            "license": "mit",
-        },
-    )
+    await api.register(minilm_path, name="minilm")
+    r = await api.register(tmp_path / "a", name="misfit", base="minilm", license="mit")
     assert r.status_code == 400, r.text
     assert "query" in r.json()["error"]["message"]
 
@@ -147,31 +101,8 @@ async def test_adapter_for_another_base_is_400(api: Api, minilm_path: Path, tmp_
 async def test_non_commercial_adapter_refused_for_commercial_tenant(
     api: Api, minilm_path: Path, adapter_dir: Path
 ) -> None:
-    await api.client.post(
-        "/api/contributors", headers=api.admin, json={"id": "sbert", "name": "SBERT", "kind": "organisation"}
-    )
-    await api.client.post(
-        "/api/models",
-        headers=api.admin,
-        json={
-            "name": "minilm",
-            "path": str(minilm_path),
-            "task": "embedding",
-            "author": "sbert",
-            "license": "apache-2.0",
-        },
-    )
-    r = await api.client.post(
-        "/api/adapters",
-        headers=api.admin,
-        json={
-            "name": "nc-intent",
-            "path": str(adapter_dir),
-            "base": "minilm",
-            "author": "sbert",
-            "license": "cc-by-nc-4.0",
-        },
-    )
+    await api.register(minilm_path, name="minilm")
+    r = await api.register(adapter_dir, name="nc-intent", base="minilm", license="cc-by-nc-4.0")
     assert r.status_code == 201, r.text
     req = {"model": "nc-intent", "input": "refund please"}
     r = await api.client.post("/v1/classify", headers=api.key("shop", declared_use="commercial"), json=req)

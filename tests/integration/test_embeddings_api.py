@@ -20,20 +20,7 @@ def db_url(tmp_path: Path) -> str:  # the serving path is database-agnostic; SQL
 
 @pytest.fixture
 async def served(api: Api, minilm_path: Path) -> Api:
-    await api.client.post(
-        "/api/contributors", headers=api.admin, json={"id": "sbert", "name": "SBERT", "kind": "organisation"}
-    )
-    r = await api.client.post(
-        "/api/models",
-        headers=api.admin,
-        json={
-            "name": "minilm",
-            "path": str(minilm_path),
-            "task": "embedding",
-            "author": "sbert",
-            "license": "apache-2.0",
-        },
-    )
+    r = await api.register(minilm_path, name="minilm")
     assert r.status_code == 201, r.text
     return api
 

@@ -66,22 +66,11 @@ async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep)
         res = c.resolved
         require_task(res, "embedding")
         out = await c.engines.encoder.embed(res.base, res.adapter, texts, truncate=body.truncate)
-        n = int(sum(out.tokens))
         data = [
             {"object": "embedding", "index": i, "embedding": _vector(v, body.encoding_format)}
             for i, v in enumerate(out.embeddings)
         ]
-        return Outcome(
-            body={
-                "object": "list",
-                "data": data,
-                "model": res.name,
-                "usage": {"prompt_tokens": n, "total_tokens": n},
-            },
-            input_tokens=n,
-            output_tokens=0,
-            compute_ns=out.compute_ns,
-        )
+        return _outcome(res.name, data, out.tokens, out.compute_ns)
 
     return await call.run(caller, body.model, body.model_dump(), run, est_input_tokens=_estimate(texts))
 
@@ -99,24 +88,20 @@ async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> 
                 f"'{res.name}' has no classification head; use a classification adapter", param="model"
             )
         out = await c.engines.encoder.classify(res.base, res.adapter, texts, truncate=body.truncate)
-        n = int(sum(out.tokens))
         data = [
             {"index": i, "label": label, "probs": probs}
             for i, (label, probs) in enumerate(zip(out.labels, out.probs, strict=True))
         ]
-        return Outcome(
-            body={
-                "object": "list",
-                "data": data,
-                "model": res.name,
-                "usage": {"prompt_tokens": n, "total_tokens": n},
-            },
-            input_tokens=n,
-            output_tokens=0,
-            compute_ns=out.compute_ns,
-        )
+        return _outcome(res.name, data, out.tokens, out.compute_ns)
 
     return await call.run(caller, body.model, body.model_dump(), run, est_input_tokens=_estimate(texts))
+
+
+def _outcome(model: str, data: list[dict[str, Any]], tokens: list[int], compute_ns: int) -> Outcome:
+    """An encoder answer in OpenAI's list shape; encoders read tokens and write none."""
+    n = int(sum(tokens))
+    body = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}
+    return Outcome(body=body, input_tokens=n, output_tokens=0, compute_ns=compute_ns)
 
 
 def _estimate(texts: list[str]) -> int:
