@@ -3,16 +3,12 @@ keys, fine-tune, read usage and statements, run benchmarks. `constellation --hel
 
 from __future__ import annotations
 
-import os
-
-# Model loads print progress bars and load reports meant for notebooks; a server's log and a
-# command's output should carry our own lines. Set before transformers is imported anywhere.
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
 import typer
 
-from constellation.cli import economy
+from constellation.cli import (
+    _quiet,  # noqa: F401  (side effect: quiet model loads)
+    economy,
+)
 from constellation.cli import registry_cmds as reg
 from constellation.cli.bench import bench
 from constellation.cli.demo import demo
