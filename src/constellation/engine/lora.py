@@ -3,11 +3,14 @@
 Each wrapped `nn.Linear` keeps stacked, zero-padded adapter slots; a `LoRAContext` shared by all
 layers of one base says which slot each row of the batch uses. Rows sorted by slot in equal runs
 share one copy of their adapter's A and B per layer; other mixes gather A and B per row.
+Packed decoder tokens (`set_padded`) are laid out per adapter, zero-padded: one bmm pair on
+views of the batch's slot range.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -25,6 +28,7 @@ class _Kind(Enum):
     SINGLE = 1  # every row uses one slot: one plain matmul pair
     GROUPED = 2  # rows sorted by slot in equal runs (NO_ADAPTER last): A, B gathered per run
     GATHERED = 3  # any other mix, or deterministic: A and B gathered per row
+    PADDED = 4  # packed rows (`set_padded`) moved to a [slots, M, in] block: bmm on A, B views
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,22 @@ class _Plan:
     index: torch.Tensor  # [N] slot per row, NO_ADAPTER mapped to the zero slot
     group_slots: torch.Tensor  # [G] slot of each run of rows when GROUPED
     run: int  # rows per run when GROUPED; the first G * run rows have an adapter
+    pad: _Padding | None = None  # where each row goes when PADDED
+
+
+@dataclass(frozen=True, slots=True)
+class _Padding:
+    """Rows with an adapter moved to a zero-padded block [width, m, in], block i = slot lo + i
+    (or slot take[i] when the batch's slots are too sparse for a view of a slot range)."""
+
+    rows: int  # rows of the packed input
+    src: torch.Tensor  # [n] packed rows that use an adapter
+    dst: torch.Tensor  # [n] their row in the padded block, flattened
+    lo: int  # first slot of the viewed range
+    width: int  # slots in the block
+    m: int  # rows per slot (the most any slot has)
+    take: torch.Tensor | None  # [width] slots to copy instead of a view
+    identity: bool  # the packed rows already are the padded block: no copy in or out
 
 
 class LoRAContext:
@@ -84,6 +104,40 @@ class LoRAContext:
             kind = _Kind.GROUPED
         group = torch.tensor(used, dtype=torch.long)  # [G]
         self._plan = _Plan(kind=kind, slots=used, index=index, group_slots=group, run=min(runs, default=0))
+
+    def set_padded(self, slots: Sequence[int]) -> None:
+        """Slot per packed row [T], as a host list (the decoder's step builds one anyway).
+
+        Each layer moves the rows that use an adapter into a zero-padded [slots, M, in] block
+        and runs one bmm pair on a view of the batch's slot range of A and B (a copy of the
+        used slots' A and B only when they are sparse in that range): A and B are read once
+        per adapter, never gathered per row, whatever the mix of run lengths."""
+        bad = sorted({v for v in slots if v < NO_ADAPTER or v >= self.n_slots})
+        if bad:
+            raise ValueError(f"slot indices {bad} out of range [-1, {self.n_slots})")
+        used = tuple(sorted(set(slots) - {NO_ADAPTER}))
+        if not used:
+            self._plan = _Plan(_Kind.NONE, (), torch.empty(0, dtype=torch.long), torch.empty(0), 0)
+            return
+        lo, hi = used[0], used[-1]
+        sparse = hi - lo + 1 > 2 * len(used)  # a view would read mostly idle slots' A and B
+        block = {s: i for i, s in enumerate(used)} if sparse else {s: s - lo for s in used}
+        src = [row for row, slot in enumerate(slots) if slot != NO_ADAPTER]
+        m = max(Counter(slots[row] for row in src).values())
+        taken: Counter[int] = Counter()
+        dst: list[int] = []
+        for row in src:  # k-th row of a slot goes to row k of the slot's block
+            slot = slots[row]
+            dst.append(block[slot] * m + taken[slot])
+            taken[slot] += 1
+        width = len(used) if sparse else hi - lo + 1
+        pad = _Padding(
+            rows=len(slots), src=torch.tensor(src), dst=torch.tensor(dst), lo=lo, width=width, m=m,
+            take=torch.tensor(used) if sparse else None,
+            identity=len(slots) == width * m and dst == list(range(len(slots))),
+        )  # fmt: skip
+        index = torch.empty(0, dtype=torch.long)  # unused by this kind
+        self._plan = _Plan(_Kind.PADDED, used, index, index, 0, pad=pad)
 
     def sort_key(self, slots: torch.Tensor) -> torch.Tensor:
         """Slot per row with NO_ADAPTER mapped past the last slot: rows sorted by it group."""
@@ -169,6 +223,8 @@ class MultiLoRALinear(nn.Module):
         r = self.max_rank if self.ctx.deterministic else max(self._rank[s] for s in plan.slots)
         if r == 0:  # no adapter in this batch touches this layer
             return y
+        if plan.pad is not None:
+            return self._padded(x, y, plan.pad, r)
         A, B = self.lora_A[:, :, :r], self.lora_B[:, :r, :]  # views trimmed to the batch's rank
         if plan.kind is _Kind.SINGLE:
             s = plan.slots[0]
@@ -195,6 +251,28 @@ class MultiLoRALinear(nn.Module):
         ys = y.view(-1, self.out_features)[: g * m].view(g, m, self.out_features)  # [G, M, out]
         xa = torch.bmm(xs, A.index_select(0, plan.group_slots))  # [G, M, r]
         ys.baddbmm_(xa, B.index_select(0, plan.group_slots))
+        return y
+
+    def _padded(self, x: torch.Tensor, y: torch.Tensor, pad: _Padding, r: int) -> torch.Tensor:
+        """Packed rows [T, in]: each adapter's rows in its own zero-padded block, one bmm pair."""
+        xs = x.reshape(-1, self.in_features)  # [T, in]
+        if xs.shape[0] != pad.rows:
+            raise ValueError(f"mapping has {pad.rows} rows but the input has {xs.shape[0]}")
+        A, B = self.lora_A, self.lora_B
+        if pad.take is None:
+            A, B = A[pad.lo : pad.lo + pad.width], B[pad.lo : pad.lo + pad.width]  # views
+        else:  # index_select on the flat 2-D view is one memcpy per slot (3-D is far slower)
+            A = A.view(A.shape[0], -1).index_select(0, pad.take).view(pad.width, *A.shape[1:])
+            B = B.view(B.shape[0], -1).index_select(0, pad.take).view(pad.width, *B.shape[1:])
+        A, B = A[:, :, :r], B[:, :r]  # [W, in, r], [W, r, out]: trimmed to the batch's rank
+        ys = y.view(-1, self.out_features)  # [T, out]
+        if pad.identity:  # rows sorted by slot, as many per slot, every slot in the range used
+            d = torch.bmm(torch.bmm(xs.view(pad.width, pad.m, -1), A), B)  # [W, M, out]
+            return ys.add_(d.view(-1, self.out_features)).view_as(y)  # same sums as below
+        xp = xs.new_zeros(pad.width * pad.m, self.in_features)  # [W * M, in]
+        xp.index_copy_(0, pad.dst, xs.index_select(0, pad.src))
+        d = torch.bmm(torch.bmm(xp.view(pad.width, pad.m, -1), A), B)  # [W, M, out]
+        ys.index_add_(0, pad.src, d.view(-1, self.out_features).index_select(0, pad.dst))
         return y
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
