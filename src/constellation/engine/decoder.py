@@ -167,6 +167,8 @@ class Runner:
             n = min(seq.n_tokens, budget)
             work.append(Work(seq, 0, n))
             budget -= n
+        # Each adapter's tokens together, in slot order: the LoRA layers then need no copies.
+        work.sort(key=lambda w: w.seq.slot)
         return work
 
     def _grow_or_preempt(self, seq: Seq, n_tokens: int, work: list[Work]) -> bool:
@@ -241,7 +243,7 @@ class Runner:
         t0 = time.perf_counter_ns()
         step, slots = self._build(work)
         if self.lora is not None:
-            self.lora.set_mapping(slots)
+            self.lora.set_padded(slots)
         logits = self.model(step, self.kv)  # [R, V]
         rows = [w for w in work if w.samples]
         tokens = (
@@ -250,7 +252,7 @@ class Runner:
         sampled = tokens.tolist() if tokens is not None else []
         return sampled, time.perf_counter_ns() - t0
 
-    def _build(self, work: list[Work]) -> tuple[StepInput, torch.Tensor]:
+    def _build(self, work: list[Work]) -> tuple[StepInput, list[int]]:
         bs = self.kv.block_size
         n_max = max(w.n for w in work)
         length = max(w.start + w.n for w in work)
@@ -284,7 +286,7 @@ class Runner:
             mask=self._mask(q_pos, length),
             logits_rows=torch.tensor(logits_rows, dtype=torch.long),
         )
-        return step, torch.tensor(lora_slots)
+        return step, lora_slots
 
     def _mask(self, q_pos: torch.Tensor, length: int) -> torch.Tensor:
         """[B, 1, N, L]: causal over each sequence's own prefix (padded queries see key 0)."""

@@ -83,6 +83,9 @@ class KVCache:
     @staticmethod
     def _gather(pool: Tensor, block_tables: Tensor, length: int) -> Tensor:
         b, nb = block_tables.shape
-        x = pool[block_tables]  # [B, nb, bs, Hkv, D]
+        # index_select over whole flattened blocks is a memcpy per block; advanced indexing on
+        # the 4-D pool is several times slower.
+        flat = pool.view(pool.shape[0], -1)  # [blocks, bs * Hkv * D]
+        x = flat.index_select(0, block_tables.reshape(-1))  # [B * nb, bs * Hkv * D]
         x = x.view(b, nb * pool.shape[1], *pool.shape[2:])[:, :length]  # [B, L, Hkv, D]
         return x.transpose(1, 2)  # [B, Hkv, L, D]
