@@ -183,7 +183,9 @@ def main(tiny: bool = False) -> None:
         work = [engine.prepare(base, a, prompt=t, params=params) for a, t in zip(chosen, texts, strict=True)]
         plain = [engine.prepare(base, None, prompt=t, params=params) for t in texts]
         warm = SamplingParams(max_tokens=2, temperature=0.0)
-        run_engine(engine, [engine.prepare(base, a, prompt="hello", params=warm) for a in [None, *adapters]])
+        # Warm-up: every adapter loaded into its slot and the real prompt lengths seen once.
+        warmup = [(None, texts[0]), *zip(chosen, texts, strict=True)]
+        run_engine(engine, [engine.prepare(base, a, prompt=t, params=warm) for a, t in warmup])
         ours = run_engine(engine, work)
         base_only = run_engine(engine, plain)
         model, peft = hf_models(base, adapters)
@@ -213,10 +215,14 @@ def main(tiny: bool = False) -> None:
                 )
             )
         engine.close()
-    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    # PEFT injected its adapters into `model`: count the base's own weights apart from theirs.
+    counts = [(n, p.numel()) for n, p in model.named_parameters()]
+    base_m = sum(c for n, c in counts if "lora_" not in n) / 1e6
+    lora_m = sum(c for n, c in counts if "lora_" in n) / 1e6
     print(
-        f"decoder bench: llama {params_m:.0f}M params, {s.requests} requests over {s.adapters} rank-{s.rank} "
-        f"adapters, {s.new_tokens} new tokens each, {torch.get_num_threads()} threads"
+        f"decoder bench: llama {base_m:.0f}M params (+{lora_m:.0f}M in {s.adapters} adapters), "
+        f"{s.requests} requests over {s.adapters} rank-{s.rank} adapters, {s.new_tokens} new tokens "
+        f"each, {torch.get_num_threads()} threads"
     )
     for name, value, note in rows:
         print(f"  {name:<38} {value:>18}  {note}")
