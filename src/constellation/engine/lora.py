@@ -111,7 +111,10 @@ class LoRAContext:
         Each layer moves the rows that use an adapter into a zero-padded [slots, M, in] block
         and runs one bmm pair on a view of the batch's slot range of A and B (a copy of the
         used slots' A and B only when they are sparse in that range): A and B are read once
-        per adapter, never gathered per row, whatever the mix of run lengths."""
+        per adapter, never gathered per row, whatever the mix of run lengths.
+        Not bit-stable across batches even when `deterministic`: the block's shape (M, slot range)
+        picks the GEMM kernel, as the row count does for the decoder's packed base GEMMs; seeded
+        outputs stay equal at the token level (the decoder's tests check exactly that)."""
         bad = sorted({v for v in slots if v < NO_ADAPTER or v >= self.n_slots})
         if bad:
             raise ValueError(f"slot indices {bad} out of range [-1, {self.n_slots})")
