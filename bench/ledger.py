@@ -200,7 +200,13 @@ class NullMeter:
     def quote(self, **_: Any) -> int:
         return 0
 
+    def unlimited(self, _tenant_id: str) -> bool:
+        return True
+
     def admit(self, **_: Any) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
     async def record(self, usage: UsageRecord) -> Bill:

@@ -29,6 +29,7 @@ from constellation.registry.db import Database
 
 PLATFORM_ACCOUNT = "platform"
 HOLD_TTL_S = 600.0  # an admitted request that never records stops holding funds after this
+FLOOR_TTL_S = 2.0  # how long a tenant seen without a spending floor skips the balance read
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -104,6 +105,8 @@ class Meter:
         self._rates: dict[str, Rates] = {}
         self._tariffs: dict[tuple[str, str], tuple[PriceInputs, Tariff]] = {}
         self._holds: dict[str, deque[tuple[int, float]]] = {}
+        self._unlimited: dict[str, float] = {}  # tenant -> when last seen without a floor
+
         self._lock = threading.Lock()
         self._writer = PostingWriter(db, max_batch=max_batch)
 
@@ -145,6 +148,12 @@ class Meter:
         )
         return total
 
+    def unlimited(self, tenant_id: str) -> bool:
+        """True when the tenant was seen with no spending floor in the last FLOOR_TTL_S seconds:
+        `admit` has nothing to check, so the hot path skips its database read."""
+        seen = self._unlimited.get(tenant_id)
+        return seen is not None and time.monotonic() - seen < FLOOR_TTL_S
+
     def admit(self, *, tenant_id: str, estimate_nanos: int) -> None:
         """Refuse (402) before compute when the estimate exceeds what the tenant may still spend;
         otherwise hold the estimate until `record` for this tenant."""
@@ -152,7 +161,9 @@ class Meter:
             acc = s.get(LedgerAccount, tenant_account(tenant_id))
             balance, floor = (acc.balance_nanos, acc.floor_nanos) if acc else (0, None)
         if floor is None:
+            self._unlimited[tenant_id] = time.monotonic()
             return
+        self._unlimited.pop(tenant_id, None)
         with self._lock:
             holds = self._live_holds(tenant_id)
             held = sum(h for h, _ in holds)
@@ -270,8 +281,9 @@ class Meter:
         return rates
 
     def invalidate_prices(self, model_name: str | None = None) -> None:
-        """Forget cached price inputs (after a term or lineage change)."""
+        """Forget cached price inputs and spending floors (after a term, lineage or limit change)."""
         self._cache.invalidate(model_name)
+        self._unlimited.clear()
 
     def close(self) -> None:
         """Write everything queued, then stop the writer."""

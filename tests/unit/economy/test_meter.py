@@ -129,3 +129,17 @@ def test_invoice_and_statements_equal_ledger_balances(meter: Meter, priced: Plat
         assert {ln["model"] for ln in sbert["lines_by_model"]} == {"enc", "enc-sent"}
         assert "i3" in reports.to_csv(inv) and reports.to_csv(sbert).count("\n") == 5
         assert reports.invoice(s, tenant_id="acme", period="2001-01")["total_nanos"] == 0
+
+
+def test_unlimited_tenant_skips_the_balance_read_until_its_limit_changes(
+    meter: Meter, priced: Platform
+) -> None:
+    assert not meter.unlimited("beta")
+    meter.admit(tenant_id="beta", estimate_nanos=10**15)
+    assert meter.unlimited("beta")  # the hot path now admits without a database read
+    with priced.db.session() as s:
+        ledger.set_limit(s, tenant_id="beta", prepaid=True)
+    meter.invalidate_prices()  # what the API does after an admin write
+    assert not meter.unlimited("beta")
+    with pytest.raises(PaymentRequired):
+        meter.admit(tenant_id="beta", estimate_nanos=1_000)
