@@ -3,16 +3,17 @@ and routers. `create_app(settings)` is what `constellation serve`, tests and Ray
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from constellation import __version__
 from constellation.api.deps import KeyCache
 from constellation.api.engines import Engines
 from constellation.api.errors import install_error_handlers
-from constellation.api.metrics import Metrics
+from constellation.api.metrics import Metrics, MetricsMiddleware
 from constellation.api.resolver import Resolver
 from constellation.api.routes import (
     admin,
@@ -71,8 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.ready = False
     app.state.device_class = "gpu" if settings.engine.device.startswith("cuda") else "cpu"
-    app.middleware("http")(metrics.middleware)
-    app.middleware("http")(_forget_cached_registry)
+    app.add_middleware(ForgetCachedRegistry)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     install_error_handlers(app)
     for router in (
@@ -92,19 +93,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _forget_cached_registry(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """A successful admin write (new model, terms, tenant declarations...) is visible to the very
-    next request: drop the resolver's and the price book's short-lived caches."""
-    response = await call_next(request)
-    if request.method != "GET" and request.url.path.startswith("/api/") and response.status_code < 400:
-        state = request.app.state
-        if getattr(state, "resolver", None) is not None:
-            state.resolver.invalidate()
-        if getattr(state, "keys", None) is not None:
-            state.keys.clear()
+class ForgetCachedRegistry:
+    """A successful admin write (new model, terms, limits, declarations...) is visible to the very
+    next request: drop the resolver's, the key cache's and the price book's short-lived caches."""
 
-        if getattr(state, "meter", None) is not None:
-            state.meter.invalidate_prices()
-    return response
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "GET" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_status)
+        if status < 400:
+            state = scope["app"].state
+            for cache in (getattr(state, "resolver", None), getattr(state, "keys", None)):
+                if cache is not None:
+                    cache.clear()
+            if getattr(state, "meter", None) is not None:
+                state.meter.invalidate_prices()

@@ -68,7 +68,11 @@ class Call:
 
     async def prepare(self, caller: Principal, model: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """Resolve and admit; returns a replayed first response for an idempotent retry."""
-        self.resolved = await run_in_threadpool(self.resolver.resolve, model, tenant_id=caller.tenant_id)
+        hit = self.resolver.cached(model, tenant_id=caller.tenant_id)  # no thread hop when cached
+        if hit is None:
+            hit = await run_in_threadpool(self.resolver.resolve, model, tenant_id=caller.tenant_id)
+        self.resolved = hit
+
         self._fingerprint = fingerprint(self.request.url.path, body)
         key = self.idempotency_key
         if key is not None and self.meter is not None:
