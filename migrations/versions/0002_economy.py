@@ -65,9 +65,14 @@ PG_TRIGGERS = [
     """CREATE FUNCTION ledger_txns_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE bad bigint; total numeric; n bigint;
     BEGIN
-      SELECT t.id, COALESCE(SUM(l.amount_nanos), 0), COUNT(l.txn_id) INTO bad, total, n
-      FROM new_txns t LEFT JOIN ledger_legs l ON l.txn_id = t.id
-      GROUP BY t.id HAVING COUNT(l.txn_id) = 0 OR COALESCE(SUM(l.amount_nanos), 0) <> 0 LIMIT 1;
+      -- LATERAL: one primary-key range scan per new transaction; a plain join over a transition
+      -- table (which has no statistics) lets the planner scan every leg ever written per batch.
+      SELECT t.id, s.total, s.n INTO bad, total, n
+      FROM new_txns t CROSS JOIN LATERAL (
+        SELECT COALESCE(SUM(l.amount_nanos), 0) AS total, COUNT(*) AS n FROM ledger_legs l WHERE l.txn_id = t.id
+      ) s
+      WHERE s.n = 0 OR s.total <> 0 LIMIT 1;
+
       IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'ledger transaction % legs do not sum to zero (sum %, % legs)', bad, total, n;
       END IF;
