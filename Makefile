@@ -23,8 +23,8 @@ run: $(STAMP)
 	$(BIN)/constellation serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench migrations
+	$(BIN)/ruff format --check src tests bench migrations
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -69,7 +69,9 @@ PG_TRIGGERS = [
       -- table (which has no statistics) lets the planner scan every leg ever written per batch.
       SELECT t.id, s.total, s.n INTO bad, total, n
       FROM new_txns t CROSS JOIN LATERAL (
-        SELECT COALESCE(SUM(l.amount_nanos), 0) AS total, COUNT(*) AS n FROM ledger_legs l WHERE l.txn_id = t.id
+        SELECT COALESCE(SUM(l.amount_nanos), 0) AS total, COUNT(*) AS n
+        FROM ledger_legs l WHERE l.txn_id = t.id
+
       ) s
       WHERE s.n = 0 OR s.total <> 0 LIMIT 1;
 
