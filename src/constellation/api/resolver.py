@@ -19,7 +19,7 @@ from constellation.errors import InvalidInput
 from constellation.platform import Platform
 from constellation.registry import models as repo
 from constellation.registry.effective import check_use
-from constellation.registry.tables import Model
+from constellation.registry.tables import Artifact, Model
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class Resolver:
         notices = self._check_licence(s, m, tenant_id)
         lin = repo.lineage(s, model=m)
         base_row = lin.base or m
-        base = self._base_spec(base_row)
+        base = self._base_spec(s, base_row)
         adapter = None
         if m.kind == "adapter":
             adapter = AdapterSpec(
@@ -80,7 +80,7 @@ class Resolver:
                 labels=tuple(m.labels) if m.labels else None,
             )
         elif m.kind == "finetune":
-            base = self._base_spec(m)
+            base = self._base_spec(s, m)
         task: Task = m.task  # type: ignore[assignment]
         return Resolved(
             name=m.name,
@@ -92,17 +92,11 @@ class Resolver:
             notices=notices,
         )
 
-    def _base_spec(self, row: Model) -> BaseSpec:
+    def _base_spec(self, s: Session, row: Model) -> BaseSpec:
         task: Task = row.task  # type: ignore[assignment]
-        size = self._size(row.artifact_digest)
+        art = s.get(Artifact, row.artifact_digest)  # same session: no second connection per lookup
+        size = int(art.size_bytes) if art else 0
         return BaseSpec(name=row.name, task=task, resolve=self._opener(row.artifact_digest), size_bytes=size)
-
-    def _size(self, digest: str) -> int:
-        with self.platform.db.session() as s:
-            from constellation.registry.tables import Artifact
-
-            art = s.get(Artifact, digest)
-            return int(art.size_bytes) if art else 0
 
     def _opener(self, digest: str) -> Any:
         store = self.platform.store

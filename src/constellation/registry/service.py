@@ -198,7 +198,7 @@ def register_dataset(
     if existing is not None:
         return existing, False
     _record_artifact(s, art)
-    count = example_count if example_count is not None else _count_lines(src)
+    count = example_count if example_count is not None else (art.examples or 0)  # the store counted lines
     d = ds_repo.add_dataset(
         s,
         name=name,
@@ -209,8 +209,3 @@ def register_dataset(
         provider_id=provider,
     )
     return d, True
-
-
-def _count_lines(src: Path) -> int:
-    with src.open("rb") as f:
-        return sum(1 for line in f if line.strip())
