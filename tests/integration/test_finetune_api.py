@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from tests.integration.conftest import Api
@@ -46,22 +47,22 @@ def jsonl(n: int) -> str:
 
 
 async def _setup(api: Api, tiny_bert: Path) -> dict[str, str]:
-    await api.client.post(
-        "/api/contributors", headers=api.admin, json={"id": "lab", "name": "Lab", "kind": "person"}
-    )
-    r = await api.client.post(
-        "/api/models",
-        headers=api.admin,
-        json={
-            "name": "tiny",
-            "path": str(tiny_bert),
-            "task": "embedding",
-            "author": "lab",
-            "license": "apache-2.0",
-        },
-    )
+    r = await api.register(tiny_bert, name="tiny", author="lab")
     assert r.status_code == 201, r.text
     return api.key("acme")
+
+
+async def _start(api: Api, h: dict[str, str], name: str, content: str, **over: object) -> httpx.Response:
+    """POST a classification job on the tiny base with one uploaded file."""
+    body = {
+        "base": "tiny",
+        "task": "classification",
+        "name": name,
+        "license": "mit",
+        "data": [{"filename": f"{name}.jsonl", "content": content}],
+        **over,
+    }
+    return await api.client.post("/api/finetunes", headers=h, json=body)
 
 
 async def _wait(api: Api, h: dict[str, str], job_id: str) -> dict:
@@ -75,18 +76,7 @@ async def _wait(api: Api, h: dict[str, str], job_id: str) -> dict:
 
 async def test_finetune_job_to_private_adapter(api: Api, tiny_bert: Path) -> None:
     h = await _setup(api, tiny_bert)
-    r = await api.client.post(
-        "/api/finetunes",
-        headers=h,
-        json={
-            "base": "tiny",
-            "task": "classification",
-            "name": "intent",
-            "license": "cc-by-4.0",
-            "epochs": 2,
-            "data": [{"filename": "tickets.jsonl", "content": jsonl(20)}],
-        },
-    )
+    r = await _start(api, h, "intent", jsonl(20), license="cc-by-4.0", epochs=2)
     assert r.status_code == 202, r.text
     job = await _wait(api, h, r.json()["id"])
     assert job["status"] == "succeeded", job
@@ -109,17 +99,7 @@ async def test_malformed_data_is_400_with_line_numbers_and_registers_nothing(
 ) -> None:
     h = await _setup(api, tiny_bert)
     bad = jsonl(10) + "{not json\n" + json.dumps({"text": "no label"}) + "\n"
-    r = await api.client.post(
-        "/api/finetunes",
-        headers=h,
-        json={
-            "base": "tiny",
-            "task": "classification",
-            "name": "broken",
-            "license": "mit",
-            "data": [{"filename": "bad.jsonl", "content": bad}],
-        },
-    )
+    r = await _start(api, h, "broken", bad)
     assert r.status_code == 400
     msg = r.json()["error"]["message"]
     assert "21" in msg and "22" in msg
@@ -129,18 +109,7 @@ async def test_malformed_data_is_400_with_line_numbers_and_registers_nothing(
 
 async def test_cancel_registers_nothing(api: Api, tiny_bert: Path) -> None:
     h = await _setup(api, tiny_bert)
-    r = await api.client.post(
-        "/api/finetunes",
-        headers=h,
-        json={
-            "base": "tiny",
-            "task": "classification",
-            "name": "slow",
-            "license": "mit",
-            "epochs": 50,
-            "data": [{"filename": "t.jsonl", "content": jsonl(60)}],
-        },
-    )
+    r = await _start(api, h, "slow", jsonl(60), epochs=50)
     job_id = r.json()["id"]
     await api.client.post(f"/api/finetunes/{job_id}/cancel", headers=h)
     job = await _wait(api, h, job_id)
@@ -151,16 +120,5 @@ async def test_cancel_registers_nothing(api: Api, tiny_bert: Path) -> None:
 
 async def test_public_adapter_needs_admin(api: Api, tiny_bert: Path) -> None:
     h = await _setup(api, tiny_bert)
-    r = await api.client.post(
-        "/api/finetunes",
-        headers=h,
-        json={
-            "base": "tiny",
-            "task": "classification",
-            "name": "pub",
-            "license": "mit",
-            "visibility": "public",
-            "data": [{"filename": "t.jsonl", "content": jsonl(10)}],
-        },
-    )
+    r = await _start(api, h, "pub", jsonl(10), visibility="public")
     assert r.status_code == 403
