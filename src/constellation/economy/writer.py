@@ -69,13 +69,17 @@ def _sqlite_insert(table: str, cols: Sequence[str]) -> str:
 
 
 def _pg_insert(table: str, cols: Sequence[str], types: Sequence[str]) -> str:
-    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    arrays = ", ".join(f"%b::{t}[]" for t in types)  # binary: text arrays are dumped in Python
     names = ", ".join(f"c{i}" for i in range(len(cols)))
     picks = ", ".join(f"c{i}::json" if c in JSON_COLS else f"c{i}" for i, c in enumerate(cols))
     return f"INSERT INTO {table} ({', '.join(cols)}) SELECT {picks} FROM unnest({arrays}) AS u({names})"
 
 
+PRIOR = "SELECT u.request_id, u.tenant_id, u.idempotency_key, u.fingerprint, u.bill FROM"
 SQLITE = {
+    "prior": f"{PRIOR} usage_events u WHERE u.request_id IN ({{rids}}) UNION ALL "
+    f"{PRIOR} (VALUES {{pairs}}) k CROSS JOIN usage_events u "
+    "ON u.tenant_id = k.column1 AND u.idempotency_key = k.column2",
     "legs": _sqlite_insert("ledger_legs", LEG_COLS),
     "txns": _sqlite_insert("ledger_transactions", TXN_COLS),
     "usage": _sqlite_insert("usage_events", USAGE_COLS),
@@ -84,13 +88,16 @@ SQLITE = {
     "ON CONFLICT DO NOTHING",
 }
 PG = {
+    "prior": f"{PRIOR} usage_events u WHERE u.request_id = ANY(%b::text[]) UNION ALL "
+    f"{PRIOR} unnest(%b::text[], %b::text[]) AS k(tenant_id, key) "
+    "JOIN usage_events u ON u.tenant_id = k.tenant_id AND u.idempotency_key = k.key",
     "legs": _pg_insert("ledger_legs", LEG_COLS, PG_TYPES["legs"]),
     "txns": _pg_insert("ledger_transactions", TXN_COLS, PG_TYPES["txns"]),
     "usage": _pg_insert("usage_events", USAGE_COLS, PG_TYPES["usage"]),
     "balances": "UPDATE ledger_accounts a SET balance_nanos = a.balance_nanos + d.delta "
-    "FROM unnest(%s::bigint[], %s::text[]) AS d(delta, id) WHERE a.id = d.id",
+    "FROM unnest(%b::bigint[], %b::text[]) AS d(delta, id) WHERE a.id = d.id",
     "accounts": "INSERT INTO ledger_accounts (id, kind, owner_id, balance_nanos) "
-    "SELECT * , 0 FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+    "SELECT * , 0 FROM unnest(%b::text[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING",
 }
 
 
@@ -190,17 +197,19 @@ class PostingWriter:
         return out, list(fresh.values())
 
     def _prior(self, cur: Any, batch: Sequence[Posting]) -> dict[tuple[str, str], Hit]:
-        """Usage events already stored for this batch's request ids or idempotency keys."""
+        """Usage events already stored for this batch's request ids or idempotency keys.
+
+        Two index lookups, not one `OR`: an `OR` across two columns, the key's index led by
+        `tenant_id`, is a scan of every usage event ever written, once per batch."""
         rids = [p.request_id for p in batch]
-        keys = sorted({p.idempotency_key for p in batch if p.idempotency_key})
-        cols = "SELECT request_id, tenant_id, idempotency_key, fingerprint, bill FROM usage_events"
+        keys = sorted({(p.tenant_id, p.idempotency_key) for p in batch if p.idempotency_key})
         if self._pg:
-            cur.execute(f"{cols} WHERE request_id = ANY(%s) OR idempotency_key = ANY(%s)", (rids, keys))
+            tids, kids = [t for t, _ in keys], [k for _, k in keys]
+            cur.execute(PG["prior"], (rids, tids, kids))
         else:
-            where = f"request_id IN ({_marks(rids)})"
-            if keys:
-                where += f" OR idempotency_key IN ({_marks(keys)})"
-            cur.execute(f"{cols} WHERE {where}", [*rids, *keys])
+            pairs = ", ".join(["(?, ?)"] * len(keys)) or "(NULL, NULL)"
+            sql = SQLITE["prior"].format(rids=_marks(rids), pairs=pairs)
+            cur.execute(sql, [*rids, *(x for k in keys for x in k)])
         found: dict[tuple[str, str], Hit] = {}
         for rid, tid, key, fp, bill in cur.fetchall():
             entry = (fp, bill if isinstance(bill, dict) else json.loads(bill))

@@ -10,7 +10,7 @@ import pytest
 from tests.unit.economy.conftest import usage
 
 from constellation.economy import ledger, reports
-from constellation.economy.meter import Meter
+from constellation.economy.meter import Bill, Meter
 from constellation.errors import Conflict, PaymentRequired
 from constellation.platform import Platform
 
@@ -143,3 +143,18 @@ def test_unlimited_tenant_skips_the_balance_read_until_its_limit_changes(
     assert not meter.unlimited("beta")
     with pytest.raises(PaymentRequired):
         meter.admit(tenant_id="beta", estimate_nanos=1_000)
+
+
+def test_repeated_request_id_returns_first_bill_and_keys_are_per_tenant(
+    meter: Meter, priced: Platform
+) -> None:
+    async def go() -> list[Bill]:
+        first = await meter.record(usage("r1", key="k"))
+        repeat = await meter.record(usage("r1", input_tokens=999))  # same request id, other usage
+        other = await meter.record(usage("r2", tenant="beta", key="k"))  # same key, other tenant
+        return [first, repeat, other]
+
+    first, repeat, other = asyncio.run(go())
+    assert repeat == first and other.request_id == "r2"
+    bal = _balances(priced)
+    assert bal["tenant:acme"] == -first.price_nanos and bal["tenant:beta"] == -other.price_nanos
