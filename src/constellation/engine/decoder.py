@@ -244,7 +244,7 @@ class Runner:
         step, slots = self._build(work)
         if self.lora is not None:
             self.lora.set_padded(slots)
-        logits = self.model(step, self.kv)  # [R, V]
+        logits = self.model(step.to(self.kv.k.device), self.kv)  # [R, V]
         rows = [w for w in work if w.samples]
         tokens = (
             sample(logits, [w.seq.prep.params for w in rows], [w.seq.gen for w in rows]) if rows else None
@@ -356,7 +356,7 @@ def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> 
     cfg = model.cfg
     # Always the batch-invariant LoRA path: a seeded request's tokens must not depend on its
     # batch companions (sampling amplifies any last-bit difference into a different token).
-    ctx = LoRAContext(limits.adapter_slots, deterministic=True)
+    ctx = LoRAContext(limits.adapter_slots, deterministic=True, device=limits.device)
 
     # Our module paths equal HF's, so an adapter's module name is the layer's own path.
     targets = lambda p: p if p.rpartition(".")[2] in LORA_LEAVES else None  # noqa: E731

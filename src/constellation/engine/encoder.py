@@ -83,7 +83,7 @@ class EncoderModel:
         positions = int(model.config.max_position_embeddings)
         self.max_length = _max_length(path, int(self.tokenizer.model_max_length), positions)
         self.deterministic = limits.deterministic
-        self.ctx = LoRAContext(limits.adapter_slots, deterministic=limits.deterministic)
+        self.ctx = LoRAContext(limits.adapter_slots, deterministic=limits.deterministic, device=limits.device)
         self.layers = inject_lora(self.model, _bert_target, self.ctx, limits.adapter_slots, max_rank)
         self.adapters = AdapterCache(
             self.layers, limits.adapter_slots, limits.adapter_host_bytes, name_map=self._layer_name
@@ -130,12 +130,14 @@ class EncoderModel:
         for i, row in enumerate(ids):
             input_ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
-        self.ctx.set_mapping(slots)
+        dev = self.ctx.device
+        input_ids, mask = input_ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True)
+        self.ctx.set_mapping(slots.to(dev))
         try:
             h = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [B, L, d]
         finally:
             self.ctx.clear_mapping()
-        return pool(h, mask, self.pooling.mode)
+        return pool(h, mask, self.pooling.mode).cpu()  # a no-op on CPU
 
     def embed(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(pooled, p=2, dim=1) if self.pooling.normalize else pooled

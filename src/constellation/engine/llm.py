@@ -6,7 +6,7 @@ Module names mirror Hugging Face's so checkpoints and PEFT adapters map onto the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,12 @@ class StepInput:
     q_valid: Tensor  # [B, N] which entries of q_index are real
     mask: Tensor  # [B, 1, N, L] key j visible to query n
     logits_rows: Tensor  # [R] packed rows whose next-token logits are wanted
+
+    def to(self, device: torch.device) -> StepInput:
+        """The same step on `device` (built on the host; copied without waiting on the host)."""
+        if device.type == "cpu":
+            return self
+        return StepInput(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
 
 
 class RMSNorm(nn.Module):
@@ -254,7 +260,9 @@ class CausalLM(nn.Module):
 
     def _llama_hidden(self, step: StepInput, kv: KVCache) -> Tensor:
         if self.rope is None:
-            self.rope = rope_tables(self.cfg)
+            device = self.lm_head.weight.device
+            self.rope = tuple(t.to(device) for t in rope_tables(self.cfg))  # type: ignore[assignment]
+
         cos, sin = self.rope
         dtype = self.lm_head.weight.dtype
         rope = (cos[step.positions].to(dtype), sin[step.positions].to(dtype))  # [T, D] each

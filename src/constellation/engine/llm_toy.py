@@ -83,6 +83,11 @@ def save_random_lm(path: Path, family: str, *, seed: int = 0, extra_words: int =
 
 def save_random_adapter(base: Path, out: Path, *, rank: int, seed: int, std: float = 0.1) -> Path:
     """Write a PEFT LoRA adapter with random (non-zero) A and B for the model at `base`."""
+    return save_random_adapters(base, {out: seed}, rank=rank, std=std)[0]
+
+
+def save_random_adapters(base: Path, seeds: dict[Path, int], *, rank: int, std: float = 0.1) -> list[Path]:
+    """Write one random adapter per `{out_dir: seed}`, loading the base once for all of them."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -92,10 +97,11 @@ def save_random_adapter(base: Path, out: Path, *, rank: int, seed: int, std: flo
         r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS[family], fan_in_fan_out=family == "gpt2"
     )
     peft_model = get_peft_model(model, cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-    peft_model.save_pretrained(str(out))
-    return out
+    for out, seed in seeds.items():
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+        peft_model.save_pretrained(str(out))
+    return list(seeds)

@@ -69,11 +69,14 @@ class LoRAContext:
     because a plain GEMM's reduction order changes with the number of rows.
     """
 
-    def __init__(self, n_slots: int, *, deterministic: bool = False) -> None:
+    def __init__(
+        self, n_slots: int, *, deterministic: bool = False, device: torch.device | str = "cpu"
+    ) -> None:
         if n_slots <= 0:
             raise ValueError(f"n_slots must be positive, got {n_slots}")
         self.n_slots = n_slots
         self.deterministic = deterministic
+        self.device = torch.device(device)  # where the layers' weights, and so the plan's indices, live
         self._plan: _Plan | None = None
 
     @property
@@ -102,7 +105,7 @@ class LoRAContext:
             kind = _Kind.GATHERED
         else:
             kind = _Kind.GROUPED
-        group = torch.tensor(used, dtype=torch.long)  # [G]
+        group = torch.tensor(used, dtype=torch.long, device=slots.device)  # [G]
         self._plan = _Plan(kind=kind, slots=used, index=index, group_slots=group, run=min(runs, default=0))
 
     def set_padded(self, slots: Sequence[int]) -> None:
@@ -122,6 +125,7 @@ class LoRAContext:
         if not used:
             self._plan = _Plan(_Kind.NONE, (), torch.empty(0, dtype=torch.long), torch.empty(0), 0)
             return
+        dev = self.device
         lo, hi = used[0], used[-1]
         sparse = hi - lo + 1 > 2 * len(used)  # a view would read mostly idle slots' A and B
         block = {s: i for i, s in enumerate(used)} if sparse else {s: s - lo for s in used}
@@ -135,8 +139,9 @@ class LoRAContext:
             taken[slot] += 1
         width = len(used) if sparse else hi - lo + 1
         pad = _Padding(
-            rows=len(slots), src=torch.tensor(src), dst=torch.tensor(dst), lo=lo, width=width, m=m,
-            take=torch.tensor(used) if sparse else None,
+            rows=len(slots), src=torch.tensor(src, device=dev), dst=torch.tensor(dst, device=dev), lo=lo,
+            width=width, m=m, take=torch.tensor(used, device=dev) if sparse else None,
+
             identity=len(slots) == width * m and dst == list(range(len(slots))),
         )  # fmt: skip
         index = torch.empty(0, dtype=torch.long)  # unused by this kind
@@ -239,8 +244,12 @@ class MultiLoRALinear(nn.Module):
             return self._grouped(x, y, plan, A, B)
         xr = x.reshape(n, -1, self.in_features)  # [N, S, in]
         # index_select copies whole [in, r] blocks (memcpy); advanced indexing is several x slower.
-        xa = torch.bmm(xr, A.index_select(0, plan.index))  # [N, S, r]
-        y.view(n, -1, self.out_features).baddbmm_(xa, B.index_select(0, plan.index))  # [N, S, out]
+        xa = _bmm(xr, A.index_select(0, plan.index))  # [N, S, r]
+        ys = y.view(n, -1, self.out_features)  # [N, S, out]
+        if self.ctx.deterministic:
+            ys.add_(_bmm(xa, B.index_select(0, plan.index)))
+        else:
+            ys.baddbmm_(xa, B.index_select(0, plan.index))
         return y
 
     def _grouped(
@@ -284,12 +293,20 @@ class MultiLoRALinear(nn.Module):
         # One GEMM per sequence with the same shape whatever the batch size: bitwise stable.
         n = x.shape[0]
         wt = self.base.weight.t().unsqueeze(0).expand(n, -1, -1)  # [N, in, out], no copy
-        if self.base.bias is None:
-            return torch.bmm(x, wt)
-        return torch.baddbmm(self.base.bias, x, wt)  # [N, S, out]
+        y = _bmm(x, wt)  # [N, S, out]
+        return y if self.base.bias is None else y.add_(self.base.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, slots={self.n_slots}, r={self.max_rank}"
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`torch.bmm` whose per-matrix bits do not depend on the batch size: a batch of one runs as
+    two, because bmm hands a lone matrix to a plain GEMM whose blocking (and, on some CPUs and
+    shapes, bits) differ from the batched kernel's."""
+    if a.shape[0] != 1:
+        return torch.bmm(a, b)
+    return torch.bmm(a.expand(2, -1, -1), b.expand(2, -1, -1))[:1]
 
 
 TargetSpec = Mapping[str, str] | Callable[[str], str | None]

@@ -53,11 +53,16 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 
 def sample(logits: Tensor, params: Sequence[SamplingParams], gens: Sequence[torch.Generator]) -> Tensor:
-    """logits [R, V] -> next tokens [R]. Each row only depends on its own logits and generator."""
+    """logits [R, V] -> next tokens [R]. Each row only depends on its own logits and generator.
+
+    Greedy rows are picked where the logits are; any sampled row moves the logits to the host,
+    where the per-request CPU generators live."""
+    if all(p.greedy for p in params):
+        return logits.argmax(-1)  # [R]
+    logits = logits.cpu()
     temp = torch.tensor([p.temperature for p in params], dtype=torch.float32)
     greedy = logits.argmax(-1)  # [R]
-    if all(p.greedy for p in params):
-        return greedy
+
     scaled = logits.float() / temp.clamp_min(1e-5)[:, None]
     sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)  # [R, V]
     rank = torch.arange(logits.shape[-1])[None, :]  # [1, V]
