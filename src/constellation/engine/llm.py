@@ -260,10 +260,11 @@ class CausalLM(nn.Module):
 
     def _llama_hidden(self, step: StepInput, kv: KVCache) -> Tensor:
         if self.rope is None:
+            cos, sin = rope_tables(self.cfg)
             device = self.lm_head.weight.device
-            self.rope = tuple(t.to(device) for t in rope_tables(self.cfg))  # type: ignore[assignment]
-
+            self.rope = (cos.to(device), sin.to(device))
         cos, sin = self.rope
+
         dtype = self.lm_head.weight.dtype
         rope = (cos[step.positions].to(dtype), sin[step.positions].to(dtype))  # [T, D] each
         x = self.model.embed_tokens(step.tokens)  # [T, dim]
