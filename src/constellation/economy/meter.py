@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +22,7 @@ from constellation.economy.ledger import tenant_account
 from constellation.economy.money import usd
 from constellation.economy.pricing import Leg, PriceCache, PriceInputs, Rates, Tariff, load_inputs, tariff
 from constellation.economy.tables import LedgerAccount, UsageEvent
-from constellation.economy.writer import Posting, PostingWriter
+from constellation.economy.writer import Bill, Posting, PostingWriter
 from constellation.errors import Conflict, InvalidInput, NotFound, PaymentRequired
 from constellation.registry.contributors import ensure_contributor
 from constellation.registry.db import Database
@@ -52,38 +52,15 @@ class UsageRecord:
     response: dict[str, Any] | None  # the body to replay for a retry with the same key
 
 
-@dataclass(frozen=True, slots=True)
-class Bill:
-    """A request's price and its split; `as_dict()` goes into the response's `constellation`."""
-
-    request_id: str
-    price_nanos: int
-    split: list[dict[str, Any]] = field(default_factory=list)
-    written_off_nanos: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {
-            "request_id": self.request_id,
-            "price_nanos": self.price_nanos,
-            "price_usd": usd(self.price_nanos),
-            "split": self.split,
-        }
-        if self.written_off_nanos:
-            out["written_off_nanos"] = self.written_off_nanos
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Bill:
-        return cls(
-            d["request_id"], int(d["price_nanos"]), list(d["split"]), int(d.get("written_off_nanos", 0))
-        )
+_US = timedelta(microseconds=1)
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # made once: json.dumps makes one per call
 
 
 def _us(t: datetime) -> int:
     """Microseconds since the epoch; naive datetimes are taken as UTC."""
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
-    return (t - _EPOCH) // timedelta(microseconds=1)
+    return (t - _EPOCH) // _US
 
 
 class Meter:
@@ -196,19 +173,21 @@ class Meter:
     async def record(self, usage: UsageRecord) -> Bill:
         """Write the usage event and its charge in one group-committed transaction; returns once
         committed. A repeat of a request id or of (tenant, idempotency key) returns the first bill."""
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Bill] = asyncio.get_running_loop().create_future()
         try:
             self._writer.submit(self._posting(usage, fut))
-            return Bill.from_dict(await fut)
+            return await fut
         finally:
-            self._release(usage.tenant_id)
+            if usage.tenant_id in self._holds:  # only tenants with a spending floor hold funds
+                self._release(usage.tenant_id)
 
-    def _posting(self, u: UsageRecord, fut: asyncio.Future[dict[str, Any]]) -> Posting:
+    def _posting(self, u: UsageRecord, fut: asyncio.Future[Bill]) -> Posting:
+        legs: list[Leg]
         if u.status not in ("succeeded", "failed"):
             raise InvalidInput(f"usage status must be 'succeeded' or 'failed', not '{u.status}'")
         inputs = self._inputs_for(u)
         succeeded = u.status == "succeeded"
-        total, legs = 0, list[Leg]()
+        total, legs = 0, []
         if succeeded:
             total, legs = self._tariff(inputs, u.device_class).price(
                 input_tokens=u.input_tokens, output_tokens=u.output_tokens, compute_ns=u.compute_ns
@@ -234,7 +213,7 @@ class Meter:
                 _us(u.started_at),
                 _us(u.finished_at),
             ),
-            response_json=json.dumps(u.response, separators=(",", ":")) if keep else None,
+            response_json=_compact(u.response) if keep else None,
             fut=fut,
         )
 

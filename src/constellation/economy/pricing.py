@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
@@ -39,9 +40,9 @@ class Term:
     weight_total: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Leg:
-    """One contributor's share of a price (never negative)."""
+class Leg(NamedTuple):
+    """One contributor's share of a price (never negative). A named tuple: several are made per
+    request, and a tuple is built in half the time of a frozen dataclass."""
 
     account: str
     role: str
@@ -82,10 +83,13 @@ def allocate(numers: Sequence[int], denom: int, total: int) -> list[int]:
     largest remainders (ties to the earlier index; callers pass a canonical order)."""
     floors = [n // denom for n in numers]
     extra = total - sum(floors)
+    if extra == 0:
+        return floors
     if extra < 0 or extra > len(numers):
         raise ValueError(f"cannot allocate {total} over shares whose floors sum to {sum(floors)}")
-    order = sorted(range(len(numers)), key=lambda i: (-(numers[i] % denom), i))
-    for i in order[:extra]:
+    rems = [n % denom for n in numers]
+    # A reversed sort is still stable: equal remainders keep their order, the earlier index first.
+    for i in sorted(range(len(rems)), key=rems.__getitem__, reverse=True)[:extra]:
         floors[i] += 1
     return floors
 
@@ -109,7 +113,7 @@ class Tariff:
         numers = [a * input_tokens + b * output_tokens + c + d * compute_ns for a, b, c, d in self.coef]
         total = (sum(numers) + self.denom // 2) // self.denom
         amounts = allocate(numers, self.denom, total)
-        return total, [Leg(k[0], k[1], k[2], x) for k, x in zip(self.keys, amounts, strict=True) if x > 0]
+        return total, [Leg(*k, x) for k, x in zip(self.keys, amounts, strict=True) if x > 0]
 
 
 _TERM_COEF = {  # a term's numerator per unit of (input tokens, output tokens, request, compute ns)

@@ -16,16 +16,46 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
-from constellation.economy.ledger import contributor_account, next_txn_ids, now_us, tenant_account
+from constellation.economy.ledger import next_txn_ids, now_us, tenant_account
+from constellation.economy.money import usd
 from constellation.economy.pricing import Leg, rescale
 from constellation.errors import Conflict
 from constellation.registry.db import Database
 
 log = logging.getLogger("constellation.economy")
 
-Hit = tuple[str, dict[str, Any]]  # (fingerprint, bill) of a usage event already stored
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    """A request's price and its split; `as_dict()` goes into the response's `constellation`."""
+
+    request_id: str
+    price_nanos: int
+    split: list[dict[str, Any]] = field(default_factory=list)
+    written_off_nanos: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "request_id": self.request_id,
+            "price_nanos": self.price_nanos,
+            "price_usd": usd(self.price_nanos),
+            "split": self.split,
+        }
+        if self.written_off_nanos:
+            out["written_off_nanos"] = self.written_off_nanos
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Bill:
+        return cls(
+            d["request_id"], int(d["price_nanos"]), list(d["split"]), int(d.get("written_off_nanos", 0))
+        )
+
+
+Hit = tuple[str, Bill]  # (fingerprint, bill) of a usage event already stored
 
 
 @dataclass(slots=True)
@@ -40,8 +70,8 @@ class Posting:
     legs: list[Leg]  # contributors' shares; `account` is a contributor id
     usage_row: tuple[Any, ...]  # model .. finished_us, see USAGE_COLS
     response_json: str | None
-    fut: asyncio.Future[dict[str, Any]]
-    bill: dict[str, Any] = field(default_factory=dict)
+    fut: asyncio.Future[Bill]
+    bill: Bill | None = None
 
 
 LEG_COLS = ("txn_id", "n", "account_id", "role", "artifact", "amount_nanos")
@@ -60,6 +90,7 @@ PG_TYPES = {
 JSON_COLS = {"lineage", "bill", "response"}
 
 
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps does to a str, in C
 SQLITE_MAX_PARAMS = 32_766  # SQLITE_MAX_VARIABLE_NUMBER's default since SQLite 3.32
 
 
@@ -120,6 +151,7 @@ class PostingWriter:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Posting | None] = queue.SimpleQueue()
         self._accounts: set[str] = set()
+        self._leg_heads: dict[tuple[str, str, str | None], str] = {}
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -164,7 +196,7 @@ class PostingWriter:
             return
         _wake([(p.fut, bill, None) for p, bill in zip(batch, bills, strict=True)])
 
-    def _write(self, batch: list[Posting]) -> list[dict[str, Any]]:
+    def _write(self, batch: list[Posting]) -> list[Bill | None]:
         cur = self._conn.cursor()
         try:
             if not self._pg:  # take the write lock now: ids are allocated from MAX(id)
@@ -179,17 +211,18 @@ class PostingWriter:
 
     def _dedup(
         self, batch: list[Posting], prior: dict[tuple[str, str], Hit]
-    ) -> tuple[list[Posting | dict[str, Any]], list[Posting]]:
+    ) -> tuple[list[Posting | Bill], list[Posting]]:
         """Each posting's outcome: itself (to write) or the bill of the first with its key."""
         fresh: dict[tuple[str, str], Posting] = {}
-        out: list[Posting | dict[str, Any]] = []
+        out: list[Posting | Bill] = []
         for p in batch:
-            key = _dedup_key(p)
-            hit = prior.get(key) or prior.get(("rid", p.request_id))
+            key = (p.tenant_id, p.idempotency_key) if p.idempotency_key else ("rid", p.request_id)
+            hit = prior.get(key) or prior.get(("rid", p.request_id)) if prior else None
             if hit is not None:
-                out.append(_check_same(p, hit))
+                _check_same(p, hit[0])
+                out.append(hit[1])
             elif key in fresh:
-                _check_same(p, (fresh[key].fingerprint, {}))
+                _check_same(p, fresh[key].fingerprint)
                 out.append(fresh[key])
             else:
                 fresh[key] = p
@@ -209,10 +242,10 @@ class PostingWriter:
         else:
             pairs = ", ".join(["(?, ?)"] * len(keys)) or "(NULL, NULL)"
             sql = SQLITE["prior"].format(rids=_marks(rids), pairs=pairs)
-            cur.execute(sql, [*rids, *(x for k in keys for x in k)])
+            cur.execute(sql, [*rids, *chain.from_iterable(keys)])
         found: dict[tuple[str, str], Hit] = {}
         for rid, tid, key, fp, bill in cur.fetchall():
-            entry = (fp, bill if isinstance(bill, dict) else json.loads(bill))
+            entry = (fp, Bill.from_dict(bill if isinstance(bill, dict) else json.loads(bill)))
             found[("rid", rid)] = entry
             if key:
                 found[(tid, key)] = entry
@@ -224,11 +257,11 @@ class PostingWriter:
             return []
         opened = self._open_accounts(cur, postings)
         room = self._room(cur, {tenant_account(p.tenant_id) for p in postings if p.list_price > 0})
-        splits = [_cap(p, room) for p in postings]
+        splits = [_cap(p, room) for p in postings] if room else [p.legs for p in postings]
         ids = iter(next_txn_ids(cur, sum(1 for s in splits if s), pg=self._pg))
         rows, created = Rows(), now_us()
         for p, split in zip(postings, splits, strict=True):
-            _rows(rows, p, split, next(ids) if split else None, created)
+            self._rows(rows, p, split, next(ids) if split else None, created)
         # Legs before their transaction rows: inserting a transaction row checks and seals its legs.
         deltas = [(d, a) for a, d in sorted(rows.deltas.items()) if d]
         self._many(cur, "legs", rows.legs)
@@ -236,6 +269,41 @@ class PostingWriter:
         self._many(cur, "usage", rows.usage)
         self._many(cur, "balances", deltas)
         return opened
+
+    def _rows(self, rows: Rows, p: Posting, split: list[Leg], txn_id: int | None, created: int) -> None:
+        """Append one posting's rows (its transaction and legs if charged, its usage event) and
+        make its bill. The hot loop of the writer: one pass over the legs does everything."""
+        price, dicts, parts, deltas = 0, [], [], rows.deltas
+        if txn_id is not None:
+            price = p.list_price if split is p.legs else sum(g.amount_nanos for g in split)
+            acct = "tenant:" + p.tenant_id
+            rows.txns.append((txn_id, "charge", p.tenant_id, created, ""))
+            legs = rows.legs
+            legs.append((txn_id, 0, acct, "tenant", None, -price))
+            deltas[acct] = deltas.get(acct, 0) - price
+            for n, g in enumerate(split, 1):
+                account, role, artifact, amount = g
+                a = "contributor:" + account
+                legs.append((txn_id, n, a, role, artifact, amount))
+                deltas[a] = deltas.get(a, 0) + amount
+                dicts.append({"account": account, "role": role, "artifact": artifact, "amount_nanos": amount})
+                parts.append(self._leg_json(g) + str(amount) + "}")
+        off = p.list_price - price
+        p.bill = Bill(p.request_id, price, dicts, off)
+        bill = f'{{"request_id":{_json_str(p.request_id)},"price_nanos":{price},"split":[{",".join(parts)}]'
+        bill += f',"written_off_nanos":{off}}}' if off else "}"
+        head = (p.request_id, p.tenant_id, p.idempotency_key, p.fingerprint)
+        rows.usage.append((*head, *p.usage_row, p.list_price, price, txn_id, bill, p.response_json))
+
+    def _leg_json(self, g: Leg) -> str:
+        """A split entry's JSON up to its amount; the same few per model, so made once each."""
+        key = (g.account, g.role, g.artifact)
+        head = self._leg_heads.get(key)
+        if head is None:
+            entry = {"account": g.account, "role": g.role, "artifact": g.artifact}
+            head = json.dumps(entry, separators=(",", ":"))
+            head = self._leg_heads[key] = head[:-1] + ',"amount_nanos":'
+        return head
 
     def _many(self, cur: Any, what: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -249,11 +317,11 @@ class PostingWriter:
             step = SQLITE_MAX_PARAMS // len(rows[0])
             for i in range(0, len(rows), step):
                 chunk = rows[i : i + step]
-                cur.execute(SQLITE[what] + ", ".join([group] * len(chunk)), [x for r in chunk for x in r])
+                cur.execute(SQLITE[what] + ", ".join([group] * len(chunk)), list(chain.from_iterable(chunk)))
 
     def _open_accounts(self, cur: Any, postings: list[Posting]) -> list[str]:
-        wanted = {tenant_account(p.tenant_id) for p in postings}
-        wanted |= {contributor_account(g.account) for p in postings for g in p.legs}
+        wanted = {"tenant:" + t for t in {p.tenant_id for p in postings}}
+        wanted |= {"contributor:" + c for c in {g.account for p in postings for g in p.legs}}
         new = sorted(wanted - self._accounts)
         if new:
             self._many(cur, "accounts", [(a, *a.split(":", 1)) for a in new])
@@ -272,30 +340,12 @@ class PostingWriter:
         return {a: max(0, int(b) - int(f)) for a, b, f in cur.fetchall()}
 
 
-def _rows(rows: Rows, p: Posting, split: list[Leg], txn_id: int | None, created: int) -> None:
-    """Append one posting's rows: its transaction and legs (if charged) and its usage event."""
-    price = 0
-    if txn_id is not None:
-        acct = tenant_account(p.tenant_id)
-        price = sum(g.amount_nanos for g in split)
-        rows.txns.append((txn_id, "charge", p.tenant_id, created, ""))
-        rows.legs.append((txn_id, 0, acct, "tenant", None, -price))
-        rows.deltas[acct] = rows.deltas.get(acct, 0) - price
-        for n, g in enumerate(split, 1):
-            a = contributor_account(g.account)
-            rows.legs.append((txn_id, n, a, g.role, g.artifact, g.amount_nanos))
-            rows.deltas[a] = rows.deltas.get(a, 0) + g.amount_nanos
-    p.bill = _bill(p, price, split)
-    head = (p.request_id, p.tenant_id, p.idempotency_key, p.fingerprint)
-    tail = (p.list_price, price, txn_id, json.dumps(p.bill), p.response_json)
-    rows.usage.append((*head, *p.usage_row, *tail))
+Outcome = tuple[asyncio.Future[Bill], Bill | None, BaseException | None]
 
 
-def _wake(
-    results: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any] | None, BaseException | None]],
-) -> None:
+def _wake(results: list[Outcome]) -> None:
     """Settle futures with one thread-safe call per event loop (one wake-up, not one per posting)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
     for r in results:
         by_loop.setdefault(r[0].get_loop(), []).append(r)
     for loop, items in by_loop.items():
@@ -303,9 +353,7 @@ def _wake(
             loop.call_soon_threadsafe(_settle, items)
 
 
-def _settle(
-    items: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any] | None, BaseException | None]],
-) -> None:
+def _settle(items: list[Outcome]) -> None:
     for fut, bill, error in items:
         if fut.done():  # the caller went away; the posting is committed all the same
             continue
@@ -320,17 +368,12 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
-def _dedup_key(p: Posting) -> tuple[str, str]:
-    return (p.tenant_id, p.idempotency_key) if p.idempotency_key else ("rid", p.request_id)
-
-
-def _check_same(p: Posting, hit: Hit) -> dict[str, Any]:
-    if hit[0] != p.fingerprint:
+def _check_same(p: Posting, fingerprint: str) -> None:
+    if fingerprint != p.fingerprint:
         raise Conflict(
             f"the Idempotency-Key '{p.idempotency_key}' was already used with a different request body; "
             "use a new key for a new request"
         )
-    return hit[1]
 
 
 def _cap(p: Posting, room: dict[str, int]) -> list[Leg]:
@@ -341,14 +384,3 @@ def _cap(p: Posting, room: dict[str, int]) -> list[Leg]:
     split = rescale(p.legs, min(p.list_price, room[acct]))
     room[acct] -= sum(g.amount_nanos for g in split)
     return split
-
-
-def _bill(p: Posting, price: int, split: list[Leg]) -> dict[str, Any]:
-    bill: dict[str, Any] = {
-        "request_id": p.request_id,
-        "price_nanos": price,
-        "split": [g.as_dict() for g in split],
-    }
-    if price < p.list_price:
-        bill["written_off_nanos"] = p.list_price - price
-    return bill

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import select
 from tests.unit.economy.conftest import usage
 
 from constellation.economy import ledger, reports
 from constellation.economy.meter import Bill, Meter
+from constellation.economy.tables import UsageEvent
 from constellation.errors import Conflict, PaymentRequired
 from constellation.platform import Platform
 
@@ -158,3 +160,12 @@ def test_repeated_request_id_returns_first_bill_and_keys_are_per_tenant(
     assert repeat == first and other.request_id == "r2"
     bal = _balances(priced)
     assert bal["tenant:acme"] == -first.price_nanos and bal["tenant:beta"] == -other.price_nanos
+
+
+def test_stored_bill_is_the_returned_bill_even_for_odd_request_ids(meter: Meter, priced: Platform) -> None:
+    rid = 'r"1\\é\n'  # quotes, a backslash, non-ASCII and a newline: the bill's JSON must escape them
+    bill = asyncio.run(meter.record(usage(rid)))
+    with priced.db.session() as s:
+        stored = s.execute(select(UsageEvent.bill).where(UsageEvent.request_id == rid)).scalar_one()
+    assert Bill.from_dict(stored) == bill and bill.price_nanos > 0 and len(bill.split) >= 3
+    assert {x["role"] for x in bill.split} >= {"infra", "base", "adapter", "data", "platform"}
