@@ -1,9 +1,9 @@
 """Group commit: one thread drains every posting queued while the previous commit ran and
 writes them all -- usage events, balanced transactions, legs, balances -- in one transaction.
 
-One statement per table per batch: `executemany` on SQLite, `unnest` of column arrays on
-PostgreSQL. A batch that fails is retried one posting at a time so one bad posting fails only
-itself; callers are woken once per batch, not once per posting.
+One statement per table per batch: a multi-row INSERT on SQLite, COPY on PostgreSQL (rows
+formatted in C; the same triggers fire). A batch that fails is retried one posting at a time
+so one bad posting fails only itself; callers are woken once per batch, not once per posting.
 """
 
 from __future__ import annotations
@@ -81,13 +81,6 @@ USAGE_COLS = (
     "input_tokens", "output_tokens", "compute_ns", "device_class", "status", "started_us",
     "finished_us", "list_price_nanos", "price_nanos", "txn_id", "bill", "response",
 )  # fmt: skip
-# PostgreSQL array types of each column, for INSERT ... SELECT FROM unnest(...).
-PG_TYPES = {
-    "legs": ("bigint", "smallint", "text", "text", "text", "bigint"),
-    "txns": ("bigint", "text", "text", "bigint", "text"),
-    "usage": ("text",) * 6 + ("bigint",) * 3 + ("text",) * 2 + ("bigint",) * 5 + ("text",) * 2,
-}
-JSON_COLS = {"lineage", "bill", "response"}
 
 
 _json_str = json.encoder.encode_basestring_ascii  # what json.dumps does to a str, in C
@@ -99,11 +92,9 @@ def _sqlite_insert(table: str, cols: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
 
 
-def _pg_insert(table: str, cols: Sequence[str], types: Sequence[str]) -> str:
-    arrays = ", ".join(f"%b::{t}[]" for t in types)  # binary: text arrays are dumped in Python
-    names = ", ".join(f"c{i}" for i in range(len(cols)))
-    picks = ", ".join(f"c{i}::json" if c in JSON_COLS else f"c{i}" for i, c in enumerate(cols))
-    return f"INSERT INTO {table} ({', '.join(cols)}) SELECT {picks} FROM unnest({arrays}) AS u({names})"
+def _pg_copy(table: str, cols: Sequence[str]) -> str:
+    """COPY, not INSERT: rows are formatted in C, and it fires the same triggers."""
+    return f"COPY {table} ({', '.join(cols)}) FROM STDIN"
 
 
 PRIOR = "SELECT u.request_id, u.tenant_id, u.idempotency_key, u.fingerprint, u.bill FROM"
@@ -122,9 +113,9 @@ PG = {
     "prior": f"{PRIOR} usage_events u WHERE u.request_id = ANY(%b::text[]) UNION ALL "
     f"{PRIOR} unnest(%b::text[], %b::text[]) AS k(tenant_id, key) "
     "JOIN usage_events u ON u.tenant_id = k.tenant_id AND u.idempotency_key = k.key",
-    "legs": _pg_insert("ledger_legs", LEG_COLS, PG_TYPES["legs"]),
-    "txns": _pg_insert("ledger_transactions", TXN_COLS, PG_TYPES["txns"]),
-    "usage": _pg_insert("usage_events", USAGE_COLS, PG_TYPES["usage"]),
+    "legs": _pg_copy("ledger_legs", LEG_COLS),
+    "txns": _pg_copy("ledger_transactions", TXN_COLS),
+    "usage": _pg_copy("usage_events", USAGE_COLS),
     "balances": "UPDATE ledger_accounts a SET balance_nanos = a.balance_nanos + d.delta "
     "FROM unnest(%b::bigint[], %b::text[]) AS d(delta, id) WHERE a.id = d.id",
     "accounts": "INSERT INTO ledger_accounts (id, kind, owner_id, balance_nanos) "
@@ -308,8 +299,12 @@ class PostingWriter:
     def _many(self, cur: Any, what: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        if self._pg:  # one statement, one array per column
+        if self._pg and what in ("balances", "accounts"):  # one statement, one array per column
             cur.execute(PG[what], [list(c) for c in zip(*rows, strict=True)])
+        elif self._pg:
+            with cur.copy(PG[what]) as copy:
+                for r in rows:
+                    copy.write_row(r)
         elif what in ("balances", "accounts"):  # a handful of rows
             cur.executemany(SQLITE[what], rows)
         else:  # multi-row VALUES: one statement (and one GIL release) per few thousand rows
