@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 from sentence_transformers import SentenceTransformer
 
+from _loadgen import HttpError, encode_post, run_load
 from constellation.config import Settings
 from constellation.platform import Platform
 from constellation.registry import contributors as contrib_repo
@@ -71,24 +72,21 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def _fire(url: str, headers: dict[str, str], model: str, texts: list[str]) -> float:
-    """Requests per second: CLIENTS workers, each sending one sentence per request in turn."""
-    queue = texts[:CLIENTS]  # warm-up: one request per client opens the connections
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(headers=headers, timeout=300, limits=limits) as client:
-        # One request alone first: the model loads and caches fill before 64 arrive at once.
-        await client.post(url, json={"model": model, "input": texts[0]})
+    """Requests per second: CLIENTS keep-alive connections, each sending one sentence per request
+    in turn, from the lean load generator (so the client takes little of the shared cores)."""
+    u = httpx.URL(url)
+    host, port = u.host, u.port or 80
 
-        async def worker() -> None:
-            while queue:
-                r = await client.post(url, json={"model": model, "input": queue.pop()})
-                if r.status_code != 200:
-                    raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:300]}")
+    def post(text: str) -> bytes:
+        return encode_post(f"{host}:{port}", u.path, headers, {"model": model, "input": text})
 
-        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
-        queue = list(reversed(texts))
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
-        return len(texts) / (time.perf_counter() - start)
+    try:
+        # One request alone first (the model loads and caches fill), then a warm-up round.
+        await run_load(host, port, [post(texts[0])], 1)
+        await run_load(host, port, [post(t) for t in texts[:CLIENTS]], CLIENTS)
+        return await run_load(host, port, [post(t) for t in texts], CLIENTS)
+    except HttpError as exc:
+        raise RuntimeError(f"{url} {exc}") from None
 
 
 def st_throughput(model_dir: Path, texts: list[str]) -> float:

@@ -1,24 +1,27 @@
 """Request dependencies as `Annotated` aliases: the platform, a DB session, and the caller's
-principal resolved from `Authorization: Bearer <key>` with scope checks."""
+principal resolved from `Authorization: Bearer <key>` with scope checks.
+
+The inference hot path's dependencies are `async`: FastAPI runs a plain `def` dependency in a
+worker thread, a hop that costs more than the work when the key is cached."""
 
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from constellation.api.cache import RefreshingCache
 from constellation.errors import Forbidden, Unauthenticated
 from constellation.platform import Platform
 from constellation.registry.tenants import authenticate
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
     return platform
 
@@ -54,33 +57,34 @@ class KeyCache:
     """Authenticated keys for a couple of seconds, so the hot path skips a database round trip.
 
     Keyed by the secret's sha256; a revocation through this server's API clears it at once
-    (see app.py), one made elsewhere (the CLI) takes effect within `ttl_s`."""
+    (see app.py), one made elsewhere (the CLI) takes effect within about `ttl_s`."""
 
     def __init__(self, ttl_s: float = 2.0) -> None:
-        self.ttl_s = ttl_s
-        self._hits: dict[str, tuple[float, Principal]] = {}
-        self._lock = threading.Lock()
+        self._cache: RefreshingCache[str, Principal] = RefreshingCache(ttl_s)
 
-    def get(self, secret: str, load: Callable[[], Principal]) -> Principal:
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        now = time.monotonic()
-        with self._lock:
-            hit = self._hits.get(digest)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1]
-        principal = load()
-        with self._lock:
-            if len(self._hits) > 10_000:
-                self._hits.clear()
-            self._hits[digest] = (now, principal)
+    def lookup(self, secret: str) -> Principal | None:
+        """The cached principal, or None: then call `load` (it reads the database)."""
+        return self._cache.get(_digest(secret))
+
+    def load(self, secret: str, load: Callable[[], Principal]) -> Principal:
+        digest = _digest(secret)
+        try:
+            principal = load()
+        except BaseException:
+            self._cache.drop(digest)
+            raise
+        self._cache.put(digest, principal)
         return principal
 
     def clear(self) -> None:
-        with self._lock:
-            self._hits.clear()
+        self._cache.clear()
 
 
-def get_principal(request: Request, platform: PlatformDep) -> Principal:
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def get_principal(request: Request, platform: PlatformDep) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -90,20 +94,26 @@ def get_principal(request: Request, platform: PlatformDep) -> Principal:
             code="missing_api_key",
         )
 
+    secret = token.strip()
+
     def load() -> Principal:
         with platform.db.session() as s:
-            key = authenticate(s, secret=token.strip())
+            key = authenticate(s, secret=secret)
             return Principal(tenant_id=key.tenant_id, key_id=key.id, scopes=frozenset(key.scopes))
 
     cache: KeyCache | None = getattr(request.app.state, "keys", None)
-    return cache.get(token.strip(), load) if cache is not None else load()
+    if cache is None:
+        return await run_in_threadpool(load)
+    hit = cache.lookup(secret)
+    return hit if hit is not None else await run_in_threadpool(cache.load, secret, load)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require(scope: str) -> Callable[[Principal], Principal]:
-    def check(principal: PrincipalDep) -> Principal:
+def require(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: PrincipalDep) -> Principal:
+
         if scope not in principal.scopes and not principal.is_admin:
             raise Forbidden(
                 f"this API key lacks the '{scope}' scope; create a key with --scope {scope}",

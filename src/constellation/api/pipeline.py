@@ -149,7 +149,8 @@ class Call:
         return {**outcome.body, "constellation": await self.settle(caller, outcome, started)}
 
 
-def get_call(request: Request) -> Call:
+async def get_call(request: Request) -> Call:
+
     state = request.app.state
     return Call(
         request=request,

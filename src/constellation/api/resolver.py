@@ -2,18 +2,18 @@
 `resolve()` verifies the artifact's sha256) plus the lineage facts billing and licences need.
 
 Registry lookups are cached for a short TTL so the hot path does not query the database per
-request; admin changes made through this process invalidate the cache at once."""
+request (and an expiry under load costs one reload, see `RefreshingCache`); admin changes made
+through this process invalidate the cache at once."""
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from constellation.api.cache import RefreshingCache
 from constellation.engine.spec import AdapterSpec, BaseSpec, Task
 from constellation.errors import InvalidInput
 from constellation.platform import Platform
@@ -38,31 +38,28 @@ class Resolved:
 class Resolver:
     def __init__(self, platform: Platform, *, ttl_s: float = 2.0) -> None:
         self.platform = platform
-        self.ttl_s = ttl_s
-        self._cache: dict[tuple[str, str], tuple[float, Resolved]] = {}
-        self._lock = threading.Lock()
+        self._cache: RefreshingCache[tuple[str, str], Resolved] = RefreshingCache(ttl_s)
 
     def clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()
 
     def cached(self, name: str, *, tenant_id: str) -> Resolved | None:
-        """A fresh cache hit, or None: lets the event loop skip a thread hop on the hot path."""
-        with self._lock:
-            hit = self._cache.get((name, tenant_id))
-        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl_s else None
+        """A cache hit (fresh, or stale while another request reloads it), or None: then call
+        `resolve`. Lets the event loop skip a thread hop on the hot path."""
+        return self._cache.get((name, tenant_id))
 
     def resolve(self, name: str, *, tenant_id: str) -> Resolved:
-        """The model `name` as `tenant_id` may use it; NotFound if it may not see it,
-        LicenseRefused if its licences do not permit the tenant's declared use."""
-        hit = self.cached(name, tenant_id=tenant_id)
-        if hit is not None:
-            return hit
-        key, now = (name, tenant_id), time.monotonic()
-        with self.platform.db.session() as s:
-            resolved = self._load(s, name, tenant_id)
-        with self._lock:
-            self._cache[key] = (now, resolved)
+        """The model `name` as `tenant_id` may use it, read from the registry (and cached);
+        NotFound if it may not see it, LicenseRefused if its licences do not permit the tenant's
+        declared use."""
+        key = (name, tenant_id)
+        try:
+            with self.platform.db.session() as s:
+                resolved = self._load(s, name, tenant_id)
+        except BaseException:
+            self._cache.drop(key)
+            raise
+        self._cache.put(key, resolved)
         return resolved
 
     def _load(self, s: Session, name: str, tenant_id: str) -> Resolved:
