@@ -28,9 +28,10 @@ from constellation.registry.db import Database
 log = logging.getLogger("constellation.economy")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bill:
-    """A request's price and its split; `as_dict()` goes into the response's `constellation`."""
+    """A request's price and its split; `as_dict()` goes into the response's `constellation`.
+    Not frozen, like `UsageRecord`: one is made per request."""
 
     request_id: str
     price_nanos: int
