@@ -4,9 +4,12 @@ Revision ID: 0002
 Revises: 0001
 
 The database itself guards the ledger: legs cannot be updated or deleted, legs cannot be added
-to a transaction once its row exists, and a transaction row is refused unless its legs (written
-before it) sum to zero: per row on SQLite, per statement over its transition table on PostgreSQL
-(one aggregate query per batch of transactions instead of one trigger call per row).
+to a transaction once its row exists, a transaction row is refused unless its legs (written
+before it) sum to zero, and no leg outlives its database transaction without a transaction row:
+per row on SQLite (the last by a deferred foreign key), per statement over transition tables on
+PostgreSQL (one query per batch instead of one trigger call per row). PostgreSQL checks the last
+at commit with one deferred trigger per transaction, on its leg 0 (a leg n > 0 needs leg 0): a
+deferred foreign key there checks and locks the transaction row once per leg.
 
 Keys are integers so that every index insert of a group commit appends at the right of its
 B-tree: transaction ids come from a sequence (PostgreSQL) or MAX(id) + 1 under the write lock
@@ -52,16 +55,35 @@ PG_TRIGGERS = [
     """CREATE TRIGGER ledger_txn_immutable BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger_transactions
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_immutable()""",
     """CREATE FUNCTION ledger_legs_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE posted bigint;
+    DECLARE posted bigint; headless bigint;
     BEGIN
       SELECT l.txn_id INTO posted FROM new_legs l JOIN ledger_transactions t ON t.id = l.txn_id LIMIT 1;
       IF posted IS NOT NULL THEN
         RAISE EXCEPTION 'ledger transaction % already posted; post a new transaction instead', posted;
       END IF;
+      -- A scalar subquery, not NOT EXISTS: that becomes an anti-join, which stale statistics
+      -- turn into a scan of every leg per new leg. This stays one primary-key probe per leg.
+      SELECT l.txn_id INTO headless FROM new_legs l
+      WHERE l.n > 0 AND (SELECT z.n FROM ledger_legs z WHERE z.txn_id = l.txn_id AND z.n = 0) IS NULL
+      LIMIT 1;
+      IF headless IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger transaction % has legs but no leg 0; number its legs from 0', headless;
+      END IF;
       RETURN NULL;
     END $$""",
     """CREATE TRIGGER ledger_legs_sealed AFTER INSERT ON ledger_legs
     REFERENCING NEW TABLE AS new_legs FOR EACH STATEMENT EXECUTE FUNCTION ledger_legs_sealed()""",
+    """CREATE FUNCTION ledger_legs_posted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      PERFORM 1 FROM ledger_transactions WHERE id = NEW.txn_id;
+      IF NOT FOUND THEN
+        RAISE EXCEPTION 'ledger legs of transaction % have no transaction row; insert it before commit',
+          NEW.txn_id;
+      END IF;
+      RETURN NULL;
+    END $$""",
+    """CREATE CONSTRAINT TRIGGER ledger_legs_posted AFTER INSERT ON ledger_legs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.n = 0) EXECUTE FUNCTION ledger_legs_posted()""",
     """CREATE FUNCTION ledger_txns_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE bad bigint; total numeric; n bigint;
     BEGIN
@@ -117,9 +139,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=12), nullable=False),
         sa.Column("artifact", sa.String(length=128), nullable=True),
         sa.Column("amount_nanos", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["txn_id"], ["ledger_transactions.id"], name="fk_leg_txn", deferrable=True, initially="DEFERRED"
-        ),
+        *_leg_txn_fk(),
         sa.PrimaryKeyConstraint("txn_id", "n"),
         sqlite_with_rowid=False,
     )
@@ -127,6 +147,17 @@ def upgrade() -> None:
     _usage_events()
     for ddl in SQLITE_TRIGGERS if op.get_bind().dialect.name == "sqlite" else PG_TRIGGERS:
         op.execute(ddl)
+
+
+def _leg_txn_fk() -> list[sa.Constraint]:
+    """SQLite's guard against legs without a transaction row; PostgreSQL has `ledger_legs_posted`."""
+    if op.get_bind().dialect.name != "sqlite":
+        return []
+    return [
+        sa.ForeignKeyConstraint(
+            ["txn_id"], ["ledger_transactions.id"], name="fk_leg_txn", deferrable=True, initially="DEFERRED"
+        )
+    ]
 
 
 def _usage_events() -> None:
@@ -167,6 +198,6 @@ def downgrade() -> None:
     op.drop_table("ledger_transactions")
     op.drop_table("ledger_accounts")
     if op.get_bind().dialect.name == "postgresql":
-        for fn in ("ledger_immutable", "ledger_legs_sealed", "ledger_txns_balanced"):
+        for fn in ("ledger_immutable", "ledger_legs_sealed", "ledger_legs_posted", "ledger_txns_balanced"):
             op.execute(f"DROP FUNCTION IF EXISTS {fn}()")
         op.execute("DROP SEQUENCE IF EXISTS ledger_txn_ids")

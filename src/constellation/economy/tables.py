@@ -74,7 +74,8 @@ class LedgerLeg(Base):
     artifact: Mapped[str | None] = mapped_column(String(128))
     amount_nanos: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (
-        # Deferred: legs are written before their transaction row, which seals them.
+        # Deferred: legs are written before their transaction row, which seals them. SQLite only:
+        # PostgreSQL's migration checks it with one deferred trigger per transaction instead.
         ForeignKeyConstraint(
             ["txn_id"], ["ledger_transactions.id"], deferrable=True, initially="DEFERRED", name="fk_leg_txn"
         ),

@@ -58,6 +58,16 @@ def test_database_refuses_unbalanced_transaction(priced: Platform) -> None:
     _raw_post(priced, 901, [5, -5])  # the same path, balanced, is accepted
 
 
+@pytest.mark.parametrize("first", [0, 1])  # PostgreSQL checks at commit through leg 0, so requires it
+def test_database_refuses_legs_that_never_get_a_transaction_row(priced: Platform, first: int) -> None:
+    refused = r"FOREIGN KEY|no transaction row|no leg 0"
+    with pytest.raises(DBAPIError, match=refused), priced.db.engine.begin() as conn:
+        for n, a in enumerate([5, -5], first):
+            conn.execute(text(LEG), {"t": 902, "n": n, "a": a})  # balanced, but never posted
+    with priced.db.session() as s:
+        assert ledger.verify(s) == []
+
+
 def test_database_refuses_legs_added_to_a_posted_transaction(funded: tuple[Platform, int]) -> None:
     platform, txn = funded
     with pytest.raises(DBAPIError, match="already posted"):
