@@ -99,11 +99,10 @@ class MicroBatcher:
             rows = self._schedule()
             if rows is None:
                 return
-            for step in split_by_length(rows, 0 if self._deterministic else STEP_COST_TOKENS):
-                try:
-                    self._run(step)
-                except BaseException as exc:  # fail the step's requests, keep serving the rest
-                    self._fail({r.job for r in step}, exc)
+            try:
+                self._run(rows)
+            except BaseException as exc:  # fail the pick's requests, keep serving the rest
+                self._fail({r.job for r in rows}, exc)
 
     def _schedule(self) -> list[Row] | None:
         """Wait for work, up to max wait for a fuller batch, then pick the step's rows."""
@@ -145,23 +144,31 @@ class MicroBatcher:
         return rows
 
     def _run(self, rows: list[Row]) -> None:
-        base = rows[0].job.base
+        """Run a pick: in one step when the model packs tokens (no padding to save), else in
+        steps of similar length."""
+        with self._pool.use(rows[0].job.base) as model:
+            if model.packed:
+                self._step(model, rows)
+                return
+            for step in split_by_length(rows, 0 if self._deterministic else STEP_COST_TOKENS):
+                self._step(model, step)
+
+    def _step(self, model: EncoderModel, rows: list[Row]) -> None:
         specs = [r.job.adapter for r in rows]
-        with self._pool.use(base) as model:
-            slots = model.adapters.acquire(specs)
-            try:
-                for r in rows:
-                    if r.job.adapter is not None and r.job.kind == "classify":
-                        r.job.head = model.adapters.head(r.job.adapter.name)
-                start = time.perf_counter_ns()
-                pooled = model.forward([r.job.ids[r.index] for r in rows], torch.tensor(slots))
-                done = self._collect(rows, pooled)
-                results = {job: _finish(model, job) for job in done}
-                busy = time.perf_counter_ns() - start
-            finally:
-                model.adapters.release(specs)
+        slots = model.adapters.acquire(specs)
+        try:
+            for r in rows:
+                if r.job.adapter is not None and r.job.kind == "classify":
+                    r.job.head = model.adapters.head(r.job.adapter.name)
+            start = time.perf_counter_ns()
+            pooled = model.forward([r.job.ids[r.index] for r in rows], torch.tensor(slots))
+            done = self._collect(rows, pooled)
+            results = {job: _finish(model, job) for job in done}
+            busy = time.perf_counter_ns() - start
+        finally:
+            model.adapters.release(specs)
         self._attribute(rows, busy)
-        self._account(rows, busy, len(results))
+        self._account(rows, busy, len(results), model.packed)
         for job, value in results.items():
             _deliver(job, (value, job.compute_ns), None)
 
@@ -181,13 +188,15 @@ class MicroBatcher:
         for job, ns in zip(tokens, split_ns(busy, list(tokens.values())), strict=True):
             job.compute_ns += ns
 
-    def _account(self, rows: list[Row], busy: int, finished: int) -> None:
+    def _account(self, rows: list[Row], busy: int, finished: int, packed: bool) -> None:
         s = self.stats
+        tokens = sum(len(r.job.ids[r.index]) for r in rows)
         s["busy_ns"] += busy
         s["steps"] += 1
         s["rows"] += len(rows)
-        s["tokens"] += sum(len(r.job.ids[r.index]) for r in rows)
-        s["padded_tokens"] += len(rows) * max(r.length for r in rows)
+        s["tokens"] += tokens
+        s["padded_tokens"] += tokens if packed else len(rows) * max(r.length for r in rows)
+
         s["requests"] += finished
 
     def _fail(self, jobs: set[Job], exc: BaseException) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from constellation.config import EngineLimits
+from constellation.engine import bert_packed
 from constellation.engine.adapters import AdapterCache, ClassifierHead
 from constellation.engine.lora import LoRAContext, inject_lora
 from constellation.engine.pool import ModelPool, module_bytes
@@ -83,6 +84,9 @@ class EncoderModel:
         positions = int(model.config.max_position_embeddings)
         self.max_length = _max_length(path, int(self.tokenizer.model_max_length), positions)
         self.deterministic = limits.deterministic
+        # Packed tokens (no padding in the linears) unless bitwise batch invariance is asked for:
+        # that needs each sequence's GEMMs shaped alike alone or batched, so the padded path.
+        self.packed = not limits.deterministic and bert_packed.supports(model)
         self.ctx = LoRAContext(limits.adapter_slots, deterministic=limits.deterministic, device=limits.device)
         self.layers = inject_lora(self.model, _bert_target, self.ctx, limits.adapter_slots, max_rank)
         self.adapters = AdapterCache(
@@ -116,6 +120,10 @@ class EncoderModel:
     @torch.inference_mode()
     def forward(self, ids: list[list[int]], slots: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings [n, d] before normalisation; row i uses adapter slot `slots[i]`."""
+        if self.packed:
+            h = bert_packed.packed_forward(self.model, self.ctx, ids, slots.tolist())  # [T, d]
+            return bert_packed.pool_packed(h, [len(x) for x in ids], self.pooling.mode).cpu()
+
         # Rows sorted by slot once per batch let every LoRA layer run one grouped matmul.
         order = torch.argsort(self.ctx.sort_key(slots), stable=True)  # [n]
         pooled = self._forward_sorted([ids[i] for i in order.tolist()], slots[order])

@@ -1,0 +1,109 @@
+"""BERT's forward over packed tokens: every linear runs on the batch's real tokens only.
+
+A padded batch of sequences of different lengths spends most of its work on the linear layers,
+and on padding as much as on tokens when lengths differ. Here the tokens of all sequences are
+packed into one [T, d] matrix for the linears (with multi-LoRA through `LoRAContext.set_padded`,
+as the decoder does), and only attention -- a small part for sentence-length inputs -- sees a
+padded [B, H, L, D] view. The modules and weights are the loaded Hugging Face `BertModel`'s own,
+so outputs equal its padded forward to float rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from constellation.engine.lora import LoRAContext
+
+
+@dataclass(frozen=True, slots=True)
+class Packing:
+    """Where each sequence's tokens sit: packed [T] and in the padded [B * L] view."""
+
+    tokens: Tensor  # [T] token ids
+    positions: Tensor  # [T] position of each token in its sequence
+    padded: Tensor  # [T] row of each token in the padded [B * L] view
+    key_mask: Tensor  # [B, 1, 1, L] True where a key is a real token
+    lengths: Tensor  # [B]
+    longest: int
+
+    @classmethod
+    def of(cls, ids: list[list[int]], device: torch.device) -> Packing:
+        lengths = [len(x) for x in ids]
+        longest = max(lengths)
+        positions = [p for n in lengths for p in range(n)]
+        seq = [b for b, n in enumerate(lengths) for _ in range(n)]
+        padded = [b * longest + p for b, p in zip(seq, positions, strict=True)]
+        n = torch.tensor(lengths)
+        mask = (torch.arange(longest)[None, :] < n[:, None])[:, None, None, :]  # [B, 1, 1, L]
+
+        def dev(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=True)
+
+        return cls(
+            tokens=dev(torch.tensor([t for x in ids for t in x])), positions=dev(torch.tensor(positions)),
+            padded=dev(torch.tensor(padded)), key_mask=dev(mask), lengths=dev(n), longest=longest,
+        )  # fmt: skip
+
+
+def supports(model: nn.Module) -> bool:
+    """A plain BERT with absolute positions: what this forward reproduces exactly."""
+    cfg = getattr(model, "config", None)
+    return (
+        cfg is not None
+        and cfg.model_type == "bert"
+        and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
+        and not getattr(cfg, "is_decoder", False)
+    )
+
+
+@torch.inference_mode()
+def packed_forward(model: Any, ctx: LoRAContext, ids: list[list[int]], slots: list[int]) -> Tensor:
+    """Final hidden states of every real token, packed [T, d]; sequence b uses adapter `slots[b]`."""
+    pk = Packing.of(ids, next(model.parameters()).device)
+    ctx.set_padded([s for s, x in zip(slots, ids, strict=True) for _ in x])
+    try:
+        emb = model.embeddings
+        x = emb.word_embeddings(pk.tokens) + emb.position_embeddings(pk.positions)
+        x = emb.LayerNorm(x + emb.token_type_embeddings.weight[0])  # [T, d]; token type 0 throughout
+        for layer in model.encoder.layer:
+            x = _layer(layer, x, pk)
+    finally:
+        ctx.clear_mapping()
+    return x
+
+
+def _layer(layer: Any, x: Tensor, pk: Packing) -> Tensor:
+    att = layer.attention
+    sa = att.self
+    heads, head_dim = sa.num_attention_heads, sa.attention_head_size
+    b, n = pk.lengths.shape[0], pk.longest
+
+    def padded(t: Tensor) -> Tensor:  # [T, H*D] -> [B, H, L, D]
+        out = t.new_zeros(b * n, t.shape[1])
+        out[pk.padded] = t
+        return out.view(b, n, heads, head_dim).transpose(1, 2)
+
+    q, k, v = padded(sa.query(x)), padded(sa.key(x)), padded(sa.value(x))
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=pk.key_mask)  # [B, H, L, D]
+    ctx = ctx.transpose(1, 2).reshape(b * n, heads * head_dim)[pk.padded]  # [T, H*D]
+    x = att.output.LayerNorm(att.output.dense(ctx) + x)
+    h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
+    return layer.output.LayerNorm(layer.output.dense(h) + x)
+
+
+def pool_packed(h: Tensor, lengths: list[int], mode: str) -> Tensor:
+    """sentence-transformers pooling of packed token states h [T, d] -> [B, d]."""
+    if mode == "cls":
+        return h[torch.tensor([0, *lengths[:-1]], device=h.device).cumsum(0)]
+    if mode == "max":
+        return torch.stack([p.max(dim=0).values for p in torch.split(h, lengths)])
+    n = torch.tensor(lengths, device=h.device)
+    seq = torch.repeat_interleave(torch.arange(len(lengths), device=h.device), n)  # [T]
+    summed = h.new_zeros(len(lengths), h.shape[1]).index_add_(0, seq, h)  # [B, d]
+    count = n.to(h.dtype)[:, None]
+    return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)

@@ -1,0 +1,43 @@
+"""The packed-token BERT forward equals the padded Hugging Face forward: every pooling mode,
+sequences of different lengths, rows with and without adapters in one batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from constellation.config import EngineLimits
+from constellation.engine.bert_packed import supports
+from constellation.engine.encoder import EncoderModel
+
+from .conftest import base_spec, make_adapter
+
+TEXTS = ["a", "the model serves many small adapters on one shared base under load", "hello there", "ok then"]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[EncoderModel, EncoderModel]:
+    root = tmp_path_factory.mktemp("packed")
+    packed = EncoderModel(base_spec(tiny_bert), EngineLimits(adapter_slots=4))
+    padded = EncoderModel(base_spec(tiny_bert), EngineLimits(adapter_slots=4))
+    padded.packed = False  # the Hugging Face forward over a padded batch
+    assert packed.packed and supports(packed.model)
+    for i, rank in enumerate((2, 8)):
+        spec = make_adapter(tiny_bert, root / f"p{i}", rank=rank, seed=10 + i)
+        for m in (packed, padded):
+            m.adapters.acquire([spec])
+    return packed, padded
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "max", "mean_sqrt_len"])
+def test_packed_equals_padded_for_every_pooling(models: tuple[EncoderModel, EncoderModel], mode: str) -> None:
+    packed, padded = models
+    ids = packed.tokenize(TEXTS * 2, truncate=False)
+    slots = torch.tensor([0, 1, -1, 0, 1, -1, -1, 1])  # adapters and none, lengths 3 to 14
+    for m in models:
+        m.pooling = type(m.pooling)(mode=mode, normalize=True)
+    got, want = packed.forward(ids, slots), padded.forward(ids, slots)
+    assert got.shape == want.shape == (8, packed.model.config.hidden_size)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
