@@ -54,6 +54,9 @@ class _Padding:
     m: int  # rows per slot (the most any slot has)
     take: torch.Tensor | None  # [width] slots to copy instead of a view
     identity: bool  # the packed rows already are the padded block: no copy in or out
+    # (slot, first row, end row) when each adapter's rows are one long run: a matmul pair per
+    # run on views, no copies (an encoder batch of sequences sorted by adapter).
+    segments: tuple[tuple[int, int, int], ...] = ()
 
 
 class LoRAContext:
@@ -138,11 +141,15 @@ class LoRAContext:
             dst.append(block[slot] * m + taken[slot])
             taken[slot] += 1
         width = len(used) if sparse else hi - lo + 1
+        runs = _runs(slots)
+        # One run per adapter, long enough that a matmul pair per run beats moving the rows.
+        by_runs = len(runs) == len(used) and len(src) >= SEGMENT_ROWS * len(used)
         pad = _Padding(
             rows=len(slots), src=torch.tensor(src, device=dev), dst=torch.tensor(dst, device=dev), lo=lo,
             width=width, m=m, take=torch.tensor(used, device=dev) if sparse else None,
 
             identity=len(slots) == width * m and dst == list(range(len(slots))),
+            segments=tuple(runs) if by_runs else (),
         )  # fmt: skip
         index = torch.empty(0, dtype=torch.long)  # unused by this kind
         self._plan = _Plan(_Kind.PADDED, used, index, index, 0, pad=pad)
@@ -278,6 +285,11 @@ class MultiLoRALinear(nn.Module):
             B = B.view(B.shape[0], -1).index_select(0, pad.take).view(pad.width, *B.shape[1:])
         A, B = A[:, :, :r], B[:, :r]  # [W, in, r], [W, r, out]: trimmed to the batch's rank
         ys = y.view(-1, self.out_features)  # [T, out]
+        if pad.segments and not pad.identity:
+            for slot, start, end in pad.segments:
+                part = ys[start:end]  # a view: updated in place
+                part.addmm_(xs[start:end] @ self.lora_A[slot, :, :r], self.lora_B[slot, :r])
+            return y
         if pad.identity:  # rows sorted by slot, as many per slot, every slot in the range used
             d = torch.bmm(torch.bmm(xs.view(pad.width, pad.m, -1), A), B)  # [W, M, out]
             return ys.add_(d.view(-1, self.out_features)).view_as(y)  # same sums as below
@@ -298,6 +310,21 @@ class MultiLoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, slots={self.n_slots}, r={self.max_rank}"
+
+
+SEGMENT_ROWS = 16  # mean rows per adapter from which per-run matmuls beat the padded block
+
+
+def _runs(slots: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(slot, start, end) of each run of equal slots with an adapter, in row order."""
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(slots) + 1):
+        if i == len(slots) or slots[i] != slots[start]:
+            if slots[start] != NO_ADAPTER:
+                runs.append((slots[start], start, i))
+            start = i
+    return runs
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
