@@ -12,7 +12,6 @@ from constellation.config import EngineLimits
 from constellation.engine.bert_packed import supports
 from constellation.engine.encoder import EncoderModel, _packing_pays
 
-
 from .conftest import base_spec, make_adapter
 
 TEXTS = ["a", "the model serves many small adapters on one shared base under load", "hello there", "ok then"]
