@@ -30,6 +30,7 @@ class Packing:
     key_mask: Tensor  # [B, 1, 1, L] True where a key is a real token
     lengths: Tensor  # [B]
     longest: int
+    dense: bool  # every sequence is `longest` long: the packed rows are the padded view
 
     @classmethod
     def of(cls, ids: list[list[int]], device: torch.device) -> Packing:
@@ -47,6 +48,7 @@ class Packing:
         return cls(
             tokens=dev(torch.tensor([t for x in ids for t in x])), positions=dev(torch.tensor(positions)),
             padded=dev(torch.tensor(padded)), key_mask=dev(mask), lengths=dev(n), longest=longest,
+            dense=min(lengths) == longest,
         )  # fmt: skip
 
 
@@ -84,13 +86,18 @@ def _layer(layer: Any, x: Tensor, pk: Packing) -> Tensor:
     b, n = pk.lengths.shape[0], pk.longest
 
     def padded(t: Tensor) -> Tensor:  # [T, H*D] -> [B, H, L, D]
-        out = t.new_zeros(b * n, t.shape[1])
-        out[pk.padded] = t
+        if pk.dense:
+            return t.view(b, n, heads, head_dim).transpose(1, 2)
+        # index_copy_ moves whole rows (a memcpy each); advanced-index assignment is far slower.
+        out = t.new_zeros(b * n, t.shape[1]).index_copy_(0, pk.padded, t)
         return out.view(b, n, heads, head_dim).transpose(1, 2)
 
     q, k, v = padded(sa.query(x)), padded(sa.key(x)), padded(sa.value(x))
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=pk.key_mask)  # [B, H, L, D]
-    ctx = ctx.transpose(1, 2).reshape(b * n, heads * head_dim)[pk.padded]  # [T, H*D]
+    mask = None if pk.dense else pk.key_mask
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, L, D]
+    ctx = ctx.transpose(1, 2).reshape(b * n, heads * head_dim)  # [B * L, H*D]
+    if not pk.dense:
+        ctx = ctx.index_select(0, pk.padded)  # [T, H*D]
     x = att.output.LayerNorm(att.output.dense(ctx) + x)
     h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
     return layer.output.LayerNorm(layer.output.dense(h) + x)
