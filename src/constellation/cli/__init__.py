@@ -8,8 +8,9 @@ import sys
 
 # `serve` shares two cores between the engine's OpenMP threads and the event loop: threads that
 # spin while waiting for the next parallel region take the CPU the request handlers need
-# (about +20% req/s in `bench encoder` item 3 here). OpenMP reads this once, when torch loads,
-# which the imports below do; set OMP_WAIT_POLICY yourself to override.
+# (about +20% req/s in `bench encoder` item 3 here). OpenMP reads this once, when torch first
+# loads (the server's app does that); set OMP_WAIT_POLICY yourself to override.
+
 if sys.argv[1:2] == ["serve"]:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

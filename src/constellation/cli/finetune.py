@@ -12,9 +12,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from constellation.cli._common import JsonOpt, console, emit, opened_platform
 from constellation.finetune.data import FinetuneTask
-from constellation.finetune.service import FinetuneSpec, run_finetune
-from constellation.finetune.trainer import LoraConfig, TrainingCancelled
-from constellation.finetune.trainer import Progress as TrainProgress
 
 
 def finetune(
@@ -54,7 +51,13 @@ def finetune(
     --author acme --data-provider acme-support --license cc-by-4.0`."""
     if task not in ("classification", "causal-lm"):
         raise typer.BadParameter("use classification or causal-lm", param_hint="--task")
+    # Training pulls in torch and PEFT: load them only when this command runs.
+    from constellation.finetune.service import FinetuneSpec, run_finetune
+    from constellation.finetune.trainer import LoraConfig, TrainingCancelled
+    from constellation.finetune.trainer import Progress as TrainProgress
+
     kind: FinetuneTask = "classification" if task == "classification" else "causal-lm"
+
     spec = FinetuneSpec(
         base=base,
         task=kind,

@@ -1,34 +1,8 @@
-"""LoRA fine-tuning (PEFT) from JSONL: data validation, training, and the demo's tiny causal LM.
+"""LoRA fine-tuning (PEFT) from JSONL: data validation (`data`), training (`trainer`,
+`classify`, `causal`), the registration service (`service`), HTTP jobs (`jobs`) and the demo's
+tiny causal LM (`demo`).
 
-Registry-free: callers record data sets, adapters and lineage from the returned results.
+Registry-free below `service`: callers record data sets, adapters and lineage from the returned
+results. Import from the submodules; this package imports nothing, so that commands which never
+train (`constellation --help`, `keys create`, ...) do not load torch and PEFT.
 """
-
-from constellation.finetune.data import (
-    ChatExample,
-    Dataset,
-    Example,
-    FinetuneTask,
-    PromptExample,
-    TextExample,
-    load_jsonl,
-    load_many,
-    weights_by_count,
-)
-from constellation.finetune.trainer import LoraConfig, Progress, TrainingCancelled, TrainResult, train_lora
-
-__all__ = [
-    "ChatExample",
-    "Dataset",
-    "Example",
-    "FinetuneTask",
-    "LoraConfig",
-    "Progress",
-    "PromptExample",
-    "TextExample",
-    "TrainResult",
-    "TrainingCancelled",
-    "load_jsonl",
-    "load_many",
-    "train_lora",
-    "weights_by_count",
-]
