@@ -18,6 +18,8 @@ LAYOUTS = {
     "sparse-range": [0, 11, 0, 11, 11],  # two slots far apart: A and B copied, not viewed
     "one-row": [6],
     "all-none": [NO_ADAPTER, NO_ADAPTER],
+    # One long run per adapter (an encoder batch sorted by adapter): a matmul pair per run.
+    "long-runs": [NO_ADAPTER] * 3 + [0] * 20 + [3] * 17 + [NO_ADAPTER] * 4,
 }
 
 
@@ -86,3 +88,12 @@ def test_padded_rejects_bad_slots_and_row_counts() -> None:
     ctx.set_padded([0, 1, 1])
     with pytest.raises(ValueError, match="3 rows but the input has 2"):
         layer(torch.randn(2, IN))
+
+
+def test_long_runs_take_the_per_run_path_and_short_ones_do_not() -> None:
+    _, ctx, _ = _layer([8] * SLOTS, deterministic=False)
+    ctx.set_padded(LAYOUTS["long-runs"])
+    assert ctx.plan is not None and ctx.plan.pad is not None
+    assert ctx.plan.pad.segments == ((0, 3, 23), (3, 23, 40))
+    ctx.set_padded(LAYOUTS["interleaved"])
+    assert ctx.plan is not None and ctx.plan.pad is not None and ctx.plan.pad.segments == ()
