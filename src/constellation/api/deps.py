@@ -57,7 +57,8 @@ class KeyCache:
     """Authenticated keys for a couple of seconds, so the hot path skips a database round trip.
 
     Keyed by the secret's sha256; a revocation through this server's API clears it at once
-    (see app.py), one made elsewhere (the CLI) takes effect within about `ttl_s`."""
+    (see app.py), one made elsewhere (the CLI) takes effect within `ttl_s`, or twice that while
+    a reload is under way (see `RefreshingCache`)."""
 
     def __init__(self, ttl_s: float = 2.0) -> None:
         self._cache: RefreshingCache[str, Principal] = RefreshingCache(ttl_s)
