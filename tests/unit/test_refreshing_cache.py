@@ -58,3 +58,18 @@ def test_a_failed_load_forgets_the_key_and_clear_forgets_everything(clock: Clock
     c.put("j", 2)
     c.clear()
     assert c.get("k") is None and c.get("j") is None
+
+
+def test_load_caches_a_value_and_a_failed_load_serves_nothing_stale(clock: Clock) -> None:
+    c: RefreshingCache[str, int] = RefreshingCache(ttl_s=2.0)
+    assert c.load("k", lambda: 1) == 1
+    assert c.get("k") == 1
+    clock.now += 3.0
+    assert c.get("k") is None  # stale: this caller reloads
+
+    def revoked() -> int:
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        c.load("k", revoked)
+    assert c.get("k") is None  # the old value is gone, not served while the next load runs

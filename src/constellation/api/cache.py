@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -35,7 +36,18 @@ class RefreshingCache(Generic[K, V]):
             self._reloading.add(key)
             return None
 
+    def load(self, key: K, fn: Callable[[], V]) -> V:
+        """`fn()`, cached under `key`; if it raises, `key` is forgotten (nothing stale is served)."""
+        try:
+            value = fn()
+        except BaseException:
+            self.drop(key)
+            raise
+        self.put(key, value)
+        return value
+
     def put(self, key: K, value: V) -> None:
+
         with self._lock:
             if len(self._entries) >= self.max_entries and key not in self._entries:
                 self._entries.clear()

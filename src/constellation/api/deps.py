@@ -68,14 +68,7 @@ class KeyCache:
         return self._cache.get(_digest(secret))
 
     def load(self, secret: str, load: Callable[[], Principal]) -> Principal:
-        digest = _digest(secret)
-        try:
-            principal = load()
-        except BaseException:
-            self._cache.drop(digest)
-            raise
-        self._cache.put(digest, principal)
-        return principal
+        return self._cache.load(_digest(secret), load)
 
     def clear(self) -> None:
         self._cache.clear()

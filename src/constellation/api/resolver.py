@@ -52,15 +52,12 @@ class Resolver:
         """The model `name` as `tenant_id` may use it, read from the registry (and cached);
         NotFound if it may not see it, LicenseRefused if its licences do not permit the tenant's
         declared use."""
-        key = (name, tenant_id)
-        try:
+
+        def load() -> Resolved:
             with self.platform.db.session() as s:
-                resolved = self._load(s, name, tenant_id)
-        except BaseException:
-            self._cache.drop(key)
-            raise
-        self._cache.put(key, resolved)
-        return resolved
+                return self._load(s, name, tenant_id)
+
+        return self._cache.load((name, tenant_id), load)
 
     def _load(self, s: Session, name: str, tenant_id: str) -> Resolved:
         m = repo.get_visible_model(s, name=name, tenant_id=tenant_id)

@@ -63,7 +63,6 @@ class MicroBatcher:
 
     def __init__(self, limits: EngineLimits, pool: ModelPool[EncoderModel]) -> None:
         self._limits = limits
-        self._deterministic = limits.deterministic  # one length per step: a row's bits never vary
         self._pool = pool
         self._cond = threading.Condition()
         self._pending: list[Row] = []
@@ -144,13 +143,14 @@ class MicroBatcher:
         return rows
 
     def _run(self, rows: list[Row]) -> None:
-        """Run a pick: in one step when the model packs tokens (no padding to save), else in
-        steps of similar length."""
+        """Run a pick: in one step when the model can pack tokens (little padding to save), else
+        in steps of similar length (deterministic mode: one padded length per step, so a row's
+        bits never vary)."""
         with self._pool.use(rows[0].job.base) as model:
             if model.packed:
                 self._step(model, rows)
                 return
-            for step in split_by_length(rows, 0 if self._deterministic else STEP_COST_TOKENS):
+            for step in split_by_length(rows, 0 if self._limits.deterministic else STEP_COST_TOKENS):
                 self._step(model, step)
 
     def _step(self, model: EncoderModel, rows: list[Row]) -> None:
@@ -160,15 +160,17 @@ class MicroBatcher:
             for r in rows:
                 if r.job.adapter is not None and r.job.kind == "classify":
                     r.job.head = model.adapters.head(r.job.adapter.name)
+            ids, slot_ids = [r.job.ids[r.index] for r in rows], torch.tensor(slots)
+            packed = model.packs(ids, slot_ids)
             start = time.perf_counter_ns()
-            pooled = model.forward([r.job.ids[r.index] for r in rows], torch.tensor(slots))
+            pooled = model.forward(ids, slot_ids)
             done = self._collect(rows, pooled)
             results = {job: _finish(model, job) for job in done}
             busy = time.perf_counter_ns() - start
         finally:
             model.adapters.release(specs)
         self._attribute(rows, busy)
-        self._account(rows, busy, len(results), model.packed)
+        self._account(rows, busy, len(results), packed)
         for job, value in results.items():
             _deliver(job, (value, job.compute_ns), None)
 
@@ -196,7 +198,6 @@ class MicroBatcher:
         s["rows"] += len(rows)
         s["tokens"] += tokens
         s["padded_tokens"] += tokens if packed else len(rows) * max(r.length for r in rows)
-
         s["requests"] += finished
 
     def _fail(self, jobs: set[Job], exc: BaseException) -> None:

@@ -28,8 +28,8 @@ class Packing:
     positions: Tensor  # [T] position of each token in its sequence
     padded: Tensor  # [T] row of each token in the padded [B * L] view
     key_mask: Tensor  # [B, 1, 1, L] True where a key is a real token
-    lengths: Tensor  # [B]
-    longest: int
+    batch: int  # B
+    longest: int  # L
     dense: bool  # every sequence is `longest` long: the packed rows are the padded view
 
     @classmethod
@@ -47,7 +47,7 @@ class Packing:
 
         return cls(
             tokens=dev(torch.tensor([t for x in ids for t in x])), positions=dev(torch.tensor(positions)),
-            padded=dev(torch.tensor(padded)), key_mask=dev(mask), lengths=dev(n), longest=longest,
+            padded=dev(torch.tensor(padded)), key_mask=dev(mask), batch=len(ids), longest=longest,
             dense=min(lengths) == longest,
         )  # fmt: skip
 
@@ -83,7 +83,7 @@ def _layer(layer: Any, x: Tensor, pk: Packing) -> Tensor:
     att = layer.attention
     sa = att.self
     heads, head_dim = sa.num_attention_heads, sa.attention_head_size
-    b, n = pk.lengths.shape[0], pk.longest
+    b, n = pk.batch, pk.longest
 
     def padded(t: Tensor) -> Tensor:  # [T, H*D] -> [B, H, L, D]
         if pk.dense:

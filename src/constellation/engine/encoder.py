@@ -32,6 +32,10 @@ BERT_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate
 # Wrapper prefixes a PEFT adapter may carry when trained on a task model (BertForX.bert...).
 _WRAPPERS = ("bert.", "model.", "encoder_model.")
 BUCKET = 16  # deterministic mode pads each sequence to a multiple of this, alone or batched
+# What one adapter's run costs the packed path's LoRA layers (a matmul pair per run per layer)
+# beyond the padded path's one bmm pair for all adapters, in tokens of base compute (MiniLM on
+# 2 CPU cores: about 2.4 ms per run and forward, a token about 0.19 ms).
+RUN_COST_TOKENS = 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,23 +124,27 @@ class EncoderModel:
     @torch.inference_mode()
     def forward(self, ids: list[list[int]], slots: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings [n, d] before normalisation; row i uses adapter slot `slots[i]`."""
-        if self.packed and _packing_pays(ids, slots):
-            # Sequences by adapter: each adapter's tokens then form one run for the LoRA layers.
-            order = torch.argsort(self.ctx.sort_key(slots), stable=True)
-            seqs = [ids[i] for i in order.tolist()]
-            h = bert_packed.packed_forward(self.model, self.ctx, seqs, slots[order].tolist())  # [T, d]
-
-            pooled = bert_packed.pool_packed(h, [len(x) for x in seqs], self.pooling.mode).cpu()
-            out = torch.empty_like(pooled)  # [n, d]
-            out[order] = pooled
-            return out
-
-        # Rows sorted by slot once per batch let every LoRA layer run one grouped matmul.
+        # Rows sorted by slot once per batch: every LoRA layer then runs one grouped matmul
+        # (padded) or one matmul pair per adapter's run of tokens (packed).
         order = torch.argsort(self.ctx.sort_key(slots), stable=True)  # [n]
-        pooled = self._forward_sorted([ids[i] for i in order.tolist()], slots[order])
+        seqs, by_slot = [ids[i] for i in order.tolist()], slots[order]
+        if self.packs(ids, slots):
+            h = bert_packed.packed_forward(self.model, self.ctx, seqs, by_slot.tolist())  # [T, d]
+            pooled = bert_packed.pool_packed(h, [len(x) for x in seqs], self.pooling.mode).cpu()
+        else:
+            pooled = self._forward_sorted(seqs, by_slot)
         out = torch.empty_like(pooled)  # [n, d]
         out[order] = pooled
         return out
+
+    def packs(self, ids: list[list[int]], slots: torch.Tensor) -> bool:
+        """Whether `forward` packs this batch: it can, and the padding saved outweighs the
+        per-adapter runs added."""
+        if not self.packed:
+            return False
+        padding = len(ids) * max(len(x) for x in ids) - sum(len(x) for x in ids)
+        adapters = len(set(slots.tolist()) - {NO_ADAPTER})
+        return padding > RUN_COST_TOKENS * adapters
 
     def _forward_sorted(self, ids: list[list[int]], slots: torch.Tensor) -> torch.Tensor:
         length = max(self.padded_length(len(x)) for x in ids)
@@ -170,19 +178,6 @@ class EncoderModel:
             if hf.startswith(prefix) and hf.removeprefix(prefix) in self.layers:
                 return hf.removeprefix(prefix)
         return None
-
-
-# What one adapter's run costs the packed path's LoRA layers (a matmul pair per run per layer)
-# beyond the padded path's one bmm pair for all adapters, in tokens of base compute (MiniLM on
-# 2 CPU cores: about 2.4 ms per run and forward, a token about 0.19 ms).
-RUN_COST_TOKENS = 13
-
-
-def _packing_pays(ids: list[list[int]], slots: torch.Tensor) -> bool:
-    """Pack when the padding it saves outweighs the per-adapter runs it adds."""
-    padding = len(ids) * max(len(x) for x in ids) - sum(len(x) for x in ids)
-    adapters = len(set(slots.tolist()) - {NO_ADAPTER})
-    return padding > RUN_COST_TOKENS * adapters
 
 
 def _bert_target(path: str) -> str | None:

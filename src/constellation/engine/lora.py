@@ -54,8 +54,8 @@ class _Padding:
     m: int  # rows per slot (the most any slot has)
     take: torch.Tensor | None  # [width] slots to copy instead of a view
     identity: bool  # the packed rows already are the padded block: no copy in or out
-    # (slot, first row, end row) when each adapter's rows are one long run: a matmul pair per
-    # run on views, no copies (an encoder batch of sequences sorted by adapter).
+    # (slot, first row, end row) when each adapter's rows are one long run (and not `identity`):
+    # a matmul pair per run on views, no copies (an encoder batch of sequences sorted by adapter).
     segments: tuple[tuple[int, int, int], ...] = ()
 
 
@@ -141,15 +141,14 @@ class LoRAContext:
             dst.append(block[slot] * m + taken[slot])
             taken[slot] += 1
         width = len(used) if sparse else hi - lo + 1
+        identity = len(slots) == width * m and dst == list(range(len(slots)))
         runs = _runs(slots)
         # One run per adapter, long enough that a matmul pair per run beats moving the rows.
         by_runs = len(runs) == len(used) and len(src) >= SEGMENT_ROWS * len(used)
         pad = _Padding(
             rows=len(slots), src=torch.tensor(src, device=dev), dst=torch.tensor(dst, device=dev), lo=lo,
             width=width, m=m, take=torch.tensor(used, device=dev) if sparse else None,
-
-            identity=len(slots) == width * m and dst == list(range(len(slots))),
-            segments=tuple(runs) if by_runs else (),
+            identity=identity, segments=tuple(runs) if by_runs and not identity else (),
         )  # fmt: skip
         index = torch.empty(0, dtype=torch.long)  # unused by this kind
         self._plan = _Plan(_Kind.PADDED, used, index, index, 0, pad=pad)
@@ -277,6 +276,12 @@ class MultiLoRALinear(nn.Module):
         xs = x.reshape(-1, self.in_features)  # [T, in]
         if xs.shape[0] != pad.rows:
             raise ValueError(f"mapping has {pad.rows} rows but the input has {xs.shape[0]}")
+        ys = y.view(-1, self.out_features)  # [T, out]
+        if pad.segments:
+            for slot, start, end in pad.segments:
+                part = ys[start:end]  # a view: updated in place
+                part.addmm_(xs[start:end] @ self.lora_A[slot, :, :r], self.lora_B[slot, :r])
+            return y
         A, B = self.lora_A, self.lora_B
         if pad.take is None:
             A, B = A[pad.lo : pad.lo + pad.width], B[pad.lo : pad.lo + pad.width]  # views
@@ -284,13 +289,8 @@ class MultiLoRALinear(nn.Module):
             A = A.view(A.shape[0], -1).index_select(0, pad.take).view(pad.width, *A.shape[1:])
             B = B.view(B.shape[0], -1).index_select(0, pad.take).view(pad.width, *B.shape[1:])
         A, B = A[:, :, :r], B[:, :r]  # [W, in, r], [W, r, out]: trimmed to the batch's rank
-        ys = y.view(-1, self.out_features)  # [T, out]
-        if pad.segments and not pad.identity:
-            for slot, start, end in pad.segments:
-                part = ys[start:end]  # a view: updated in place
-                part.addmm_(xs[start:end] @ self.lora_A[slot, :, :r], self.lora_B[slot, :r])
-            return y
-        if pad.identity:  # rows sorted by slot, as many per slot, every slot in the range used
+        if pad.identity:
+            # rows sorted by slot, as many per slot, every slot in the range used
             d = torch.bmm(torch.bmm(xs.view(pad.width, pad.m, -1), A), B)  # [W, M, out]
             return ys.add_(d.view(-1, self.out_features)).view_as(y)  # same sums as below
         xp = xs.new_zeros(pad.width * pad.m, self.in_features)  # [W * M, in]

@@ -10,7 +10,7 @@ import torch
 
 from constellation.config import EngineLimits
 from constellation.engine.bert_packed import supports
-from constellation.engine.encoder import EncoderModel, _packing_pays
+from constellation.engine.encoder import EncoderModel
 
 from .conftest import base_spec, make_adapter
 
@@ -36,7 +36,7 @@ def test_packed_equals_padded_for_every_pooling(models: tuple[EncoderModel, Enco
     packed, padded = models
     ids = packed.tokenize(TEXTS * 2, truncate=False)
     slots = torch.tensor([0, 1, -1, 0, 1, -1, -1, 1])  # adapters and none, lengths 3 to 14
-    assert _packing_pays(ids, slots)  # this batch takes the packed path
+    assert packed.packs(ids, slots) and not padded.packs(ids, slots)  # the two paths differ
     for m in models:
         m.pooling = type(m.pooling)(mode=mode, normalize=True)
     got, want = packed.forward(ids, slots), padded.forward(ids, slots)
