@@ -264,7 +264,6 @@ class CausalLM(nn.Module):
             device = self.lm_head.weight.device
             self.rope = (cos.to(device), sin.to(device))
         cos, sin = self.rope
-
         dtype = self.lm_head.weight.dtype
         rope = (cos[step.positions].to(dtype), sin[step.positions].to(dtype))  # [T, D] each
         x = self.model.embed_tokens(step.tokens)  # [T, dim]

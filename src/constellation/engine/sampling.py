@@ -62,7 +62,6 @@ def sample(logits: Tensor, params: Sequence[SamplingParams], gens: Sequence[torc
     logits = logits.cpu()
     temp = torch.tensor([p.temperature for p in params], dtype=torch.float32)
     greedy = logits.argmax(-1)  # [R]
-
     scaled = logits.float() / temp.clamp_min(1e-5)[:, None]
     sorted_logits, order = scaled.sort(dim=-1, descending=True, stable=True)  # [R, V]
     rank = torch.arange(logits.shape[-1])[None, :]  # [1, V]
