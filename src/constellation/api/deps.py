@@ -107,7 +107,6 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 def require(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
     async def check(principal: PrincipalDep) -> Principal:
-
         if scope not in principal.scopes and not principal.is_admin:
             raise Forbidden(
                 f"this API key lacks the '{scope}' scope; create a key with --scope {scope}",

@@ -150,7 +150,6 @@ class Call:
 
 
 async def get_call(request: Request) -> Call:
-
     state = request.app.state
     return Call(
         request=request,
