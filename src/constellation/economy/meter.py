@@ -22,7 +22,7 @@ from constellation.economy.ledger import tenant_account
 from constellation.economy.money import usd
 from constellation.economy.pricing import Leg, PriceCache, PriceInputs, Rates, Tariff, load_inputs, tariff
 from constellation.economy.tables import LedgerAccount, UsageEvent
-from constellation.economy.writer import Bill, Posting, PostingWriter
+from constellation.economy.writer import Bill, Posting, PostingWriter, bill_of
 from constellation.errors import Conflict, InvalidInput, NotFound, PaymentRequired
 from constellation.registry.contributors import ensure_contributor
 from constellation.registry.db import Database
@@ -195,6 +195,7 @@ class Meter:
             )
         # Only a retry under the same key replays the response, so only then is it kept.
         keep = succeeded and u.idempotency_key is not None and u.response is not None
+        bill, bill_json = bill_of(u.request_id, total, legs)
         return Posting(
             request_id=u.request_id,
             tenant_id=u.tenant_id,
@@ -216,6 +217,8 @@ class Meter:
             ),
             response_json=_compact(u.response) if keep else None,
             fut=fut,
+            bill=bill,
+            bill_json=bill_json,
         )
 
     def _inputs_for(self, u: UsageRecord) -> PriceInputs:

@@ -2,8 +2,13 @@
 writes them all -- usage events, balanced transactions, legs, balances -- in one transaction.
 
 One statement per table per batch: a multi-row INSERT on SQLite, COPY on PostgreSQL (rows
-formatted in C; the same triggers fire). A batch that fails is retried one posting at a time
-so one bad posting fails only itself; callers are woken once per batch, not once per posting.
+formatted in C; the same triggers fire); account balances are then summed from the batch's
+legs by the database. A batch that fails is retried one posting at a time so one bad posting
+fails only itself; callers are woken once per batch, not once per posting.
+
+The writer is the one serial step, so it does as little Python as it can: each bill -- the
+split a response carries and its JSON for the usage row -- is made by the caller's thread
+(`bill_of`), and the writer only numbers transactions and lays out rows.
 """
 
 from __future__ import annotations
@@ -58,10 +63,35 @@ class Bill:
 
 Hit = tuple[str, Bill]  # (fingerprint, bill) of a usage event already stored
 
+_LEG_HEADS: dict[tuple[str, str, str | None], str] = {}  # a split entry's JSON up to its amount
+
+
+def _leg_head(g: Leg) -> str:
+    """`{"account":..,"role":..,"artifact":..,"amount_nanos":` -- the same few per model, so made once."""
+    key = (g.account, g.role, g.artifact)
+    head = _LEG_HEADS.get(key)
+    if head is None:
+        if len(_LEG_HEADS) > 100_000:  # contributors x artifacts; a bound all the same
+            _LEG_HEADS.clear()
+        entry = {"account": g.account, "role": g.role, "artifact": g.artifact}
+        head = _LEG_HEADS[key] = json.dumps(entry, separators=(",", ":"))[:-1] + ',"amount_nanos":'
+    return head
+
+
+def bill_of(request_id: str, price: int, legs: Sequence[Leg], written_off: int = 0) -> tuple[Bill, str]:
+    """A charge's bill and that bill's compact JSON (what the usage row stores), from its legs."""
+    dicts = [{"account": a, "role": r, "artifact": f, "amount_nanos": x} for a, r, f, x in legs]
+    split = ",".join([_leg_head(g) + str(g.amount_nanos) + "}" for g in legs])
+    text = f'{{"request_id":{_json_str(request_id)},"price_nanos":{price},"split":[{split}]'
+    text += f',"written_off_nanos":{written_off}}}' if written_off else "}"
+    return Bill(request_id, price, dicts, written_off), text
+
 
 @dataclass(slots=True)
 class Posting:
-    """A priced usage event waiting to be written; `fut` gets its bill once committed."""
+    """A priced usage event waiting to be written; `fut` gets its bill once committed.
+    `bill` and `bill_json` are the uncapped charge's (`bill_of`); the writer remakes them only
+    when a prepaid balance or spending limit caps the charge."""
 
     request_id: str
     tenant_id: str
@@ -72,7 +102,8 @@ class Posting:
     usage_row: tuple[Any, ...]  # model .. finished_us, see USAGE_COLS
     response_json: str | None
     fut: asyncio.Future[Bill]
-    bill: Bill | None = None
+    bill: Bill
+    bill_json: str
 
 
 LEG_COLS = ("txn_id", "n", "account_id", "role", "artifact", "amount_nanos")
@@ -106,7 +137,10 @@ SQLITE = {
     "legs": _sqlite_insert("ledger_legs", LEG_COLS),
     "txns": _sqlite_insert("ledger_transactions", TXN_COLS),
     "usage": _sqlite_insert("usage_events", USAGE_COLS),
-    "balances": "UPDATE ledger_accounts SET balance_nanos = balance_nanos + ? WHERE id = ?",
+    # The batch's transaction ids are one range (`next_txn_ids`), so its legs are one range scan.
+    "balances": "UPDATE ledger_accounts SET balance_nanos = balance_nanos + d.total FROM "
+    "(SELECT account_id, SUM(amount_nanos) AS total FROM ledger_legs WHERE txn_id BETWEEN ?1 AND ?2 "
+    "GROUP BY account_id) d WHERE ledger_accounts.id = d.account_id",
     "accounts": "INSERT INTO ledger_accounts (id, kind, owner_id, balance_nanos) VALUES (?, ?, ?, 0) "
     "ON CONFLICT DO NOTHING",
 }
@@ -117,8 +151,9 @@ PG = {
     "legs": _pg_copy("ledger_legs", LEG_COLS),
     "txns": _pg_copy("ledger_transactions", TXN_COLS),
     "usage": _pg_copy("usage_events", USAGE_COLS),
-    "balances": "UPDATE ledger_accounts a SET balance_nanos = a.balance_nanos + d.delta "
-    "FROM unnest(%b::bigint[], %b::text[]) AS d(delta, id) WHERE a.id = d.id",
+    "balances": "UPDATE ledger_accounts a SET balance_nanos = a.balance_nanos + d.total FROM "
+    "(SELECT account_id, SUM(amount_nanos) AS total FROM ledger_legs WHERE txn_id = ANY(%b::bigint[]) "
+    "GROUP BY account_id) d WHERE a.id = d.account_id",
     "accounts": "INSERT INTO ledger_accounts (id, kind, owner_id, balance_nanos) "
     "SELECT * , 0 FROM unnest(%b::text[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING",
 }
@@ -131,7 +166,6 @@ class Rows:
     legs: list[tuple[Any, ...]] = field(default_factory=list)
     txns: list[tuple[Any, ...]] = field(default_factory=list)
     usage: list[tuple[Any, ...]] = field(default_factory=list)
-    deltas: dict[str, int] = field(default_factory=dict)
 
 
 class PostingWriter:
@@ -143,7 +177,6 @@ class PostingWriter:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Posting | None] = queue.SimpleQueue()
         self._accounts: set[str] = set()
-        self._leg_heads: dict[tuple[str, str, str | None], str] = {}
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -250,63 +283,47 @@ class PostingWriter:
         opened = self._open_accounts(cur, postings)
         room = self._room(cur, {tenant_account(p.tenant_id) for p in postings if p.list_price > 0})
         splits = [_cap(p, room) for p in postings] if room else [p.legs for p in postings]
-        ids = iter(next_txn_ids(cur, sum(1 for s in splits if s), pg=self._pg))
-        rows, created = Rows(), now_us()
+        ids = next_txn_ids(cur, sum(1 for s in splits if s), pg=self._pg)
+        rows, created, next_id = Rows(), now_us(), iter(ids).__next__
         for p, split in zip(postings, splits, strict=True):
-            self._rows(rows, p, split, next(ids) if split else None, created)
+            self._rows(rows, p, split, next_id() if split else None, created)
         # Legs before their transaction rows: inserting a transaction row checks and seals its legs.
-        deltas = [(d, a) for a, d in sorted(rows.deltas.items()) if d]
         self._many(cur, "legs", rows.legs)
         self._many(cur, "txns", rows.txns)
         self._many(cur, "usage", rows.usage)
-        self._many(cur, "balances", deltas)
+        if not ids:
+            return opened
+        if self._pg:  # balances from the legs just written, summed by the database
+            cur.execute(PG["balances"], (list(ids),))
+        else:  # SQLite's ids are one range: `next_txn_ids` holds the write lock
+            cur.execute(SQLITE["balances"], (ids[0], ids[-1]))
         return opened
 
     def _rows(self, rows: Rows, p: Posting, split: list[Leg], txn_id: int | None, created: int) -> None:
-        """Append one posting's rows (its transaction and legs if charged, its usage event) and
-        make its bill. The hot loop of the writer: one pass over the legs does everything."""
-        price, dicts, parts, deltas = 0, [], [], rows.deltas
+        """Append one posting's rows: its transaction and legs if charged, its usage event. The
+        hot loop of the writer."""
+        price, bill_json = p.list_price, p.bill_json
+        if split is not p.legs:  # capped by a balance or limit (or nothing left to charge)
+            price = sum(g.amount_nanos for g in split)
+            p.bill, bill_json = bill_of(p.request_id, price, split, p.list_price - price)
         if txn_id is not None:
-            price = p.list_price if split is p.legs else sum(g.amount_nanos for g in split)
-            acct = "tenant:" + p.tenant_id
             rows.txns.append((txn_id, "charge", p.tenant_id, created, ""))
             legs = rows.legs
-            legs.append((txn_id, 0, acct, "tenant", None, -price))
-            deltas[acct] = deltas.get(acct, 0) - price
-            for n, g in enumerate(split, 1):
-                account, role, artifact, amount = g
-                a = "contributor:" + account
-                legs.append((txn_id, n, a, role, artifact, amount))
-                deltas[a] = deltas.get(a, 0) + amount
-                dicts.append({"account": account, "role": role, "artifact": artifact, "amount_nanos": amount})
-                parts.append(self._leg_json(g) + str(amount) + "}")
-        off = p.list_price - price
-        p.bill = Bill(p.request_id, price, dicts, off)
-        bill = f'{{"request_id":{_json_str(p.request_id)},"price_nanos":{price},"split":[{",".join(parts)}]'
-        bill += f',"written_off_nanos":{off}}}' if off else "}"
+            legs.append((txn_id, 0, "tenant:" + p.tenant_id, "tenant", None, -price))
+            legs += [(txn_id, n, "contributor:" + a, r, f, x) for n, (a, r, f, x) in enumerate(split, 1)]
         head = (p.request_id, p.tenant_id, p.idempotency_key, p.fingerprint)
-        rows.usage.append((*head, *p.usage_row, p.list_price, price, txn_id, bill, p.response_json))
-
-    def _leg_json(self, g: Leg) -> str:
-        """A split entry's JSON up to its amount; the same few per model, so made once each."""
-        key = (g.account, g.role, g.artifact)
-        head = self._leg_heads.get(key)
-        if head is None:
-            entry = {"account": g.account, "role": g.role, "artifact": g.artifact}
-            head = json.dumps(entry, separators=(",", ":"))
-            head = self._leg_heads[key] = head[:-1] + ',"amount_nanos":'
-        return head
+        rows.usage.append((*head, *p.usage_row, p.list_price, price, txn_id, bill_json, p.response_json))
 
     def _many(self, cur: Any, what: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        if self._pg and what in ("balances", "accounts"):  # one statement, one array per column
+        if self._pg and what == "accounts":  # one statement, one array per column
             cur.execute(PG[what], [list(c) for c in zip(*rows, strict=True)])
         elif self._pg:
             with cur.copy(PG[what]) as copy:
                 for r in rows:
                     copy.write_row(r)
-        elif what in ("balances", "accounts"):  # a handful of rows
+        elif what == "accounts":  # a handful of rows
             cur.executemany(SQLITE[what], rows)
         else:  # multi-row VALUES: one statement (and one GIL release) per few thousand rows
             group = f"({', '.join('?' for _ in rows[0])})"
