@@ -3,6 +3,8 @@ balanced transaction and legs, group-committed -- on SQLite and PostgreSQL, besi
 peer; then `/v1/embeddings` throughput in-process with metering on against off.
 
 Targets: >= 20,000/s on SQLite, >= 10,000/s on PostgreSQL, embeddings on/off >= 0.95.
+Postings run under the server's interpreter settings (`tune_interpreter`: the GIL switch
+interval), as they would inside `constellation serve`.
 `--tiny` runs every line with small counts in well under 30 s.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from constellation.api.app import tune_interpreter
 from constellation.config import Settings
 from constellation.economy import ledger
 from constellation.economy.meter import Bill, Meter, UsageRecord
@@ -82,7 +85,9 @@ async def _drive(meter: Meter, n: int, concurrency: int) -> float:
 
 
 def _bench_meter(url: str, n: int, concurrency: int) -> float:
-    p = Platform(Settings(data_dir=Path(tempfile.mkdtemp()), db_url=url)).open()
+    settings = Settings(data_dir=Path(tempfile.mkdtemp()), db_url=url)
+    tune_interpreter(settings)
+    p = Platform(settings).open()
     try:
         _seed(p)
         meter = Meter(p.db, p.settings.prices)

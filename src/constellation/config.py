@@ -16,7 +16,10 @@ class EngineLimits(BaseModel):
 
     device: str = "cpu"
     max_batch_tokens: int = Field(default=8192, gt=0)
+    # A step starts when its batch is full, `max_batch_wait_ms` after its first request, or once
+    # no request has arrived for `batch_quiet_ms`, whichever comes first.
     max_batch_wait_ms: float = Field(default=2.0, ge=0)
+    batch_quiet_ms: float = Field(default=1.0, ge=0)
     max_items_per_request: int = Field(default=2048, gt=0)
     adapter_slots: int = Field(default=64, gt=0)
     adapter_host_bytes: int = Field(default=2 * 1024**3, gt=0)
@@ -49,6 +52,14 @@ class Settings(BaseSettings):
     engine: EngineLimits = Field(default_factory=EngineLimits)
     prices: PriceBook = Field(default_factory=PriceBook)
     metering: bool = True  # False: serve without usage events, prices or charges (benchmarks)
+    # How long a server thread may hold the GIL while another waits for it (Python's default is
+    # 5 ms). The ledger writer waits for it after every statement while the event loop handles
+    # requests; at 5 ms that wait, not the database, bounds postings per second.
+    gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
+    # FastAPI's OpenTelemetry bridge (spans, metrics and logs to an OTel SDK you configure). Off
+    # by default: it checks for a configured provider on every request, and Constellation
+    # exports its own Prometheus metrics at /metrics.
+    otel: bool = False
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

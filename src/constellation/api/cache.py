@@ -47,7 +47,6 @@ class RefreshingCache(Generic[K, V]):
         return value
 
     def put(self, key: K, value: V) -> None:
-
         with self._lock:
             if len(self._entries) >= self.max_entries and key not in self._entries:
                 self._entries.clear()

@@ -84,6 +84,7 @@ class Meter:
         self._tariffs: dict[tuple[str, str], tuple[PriceInputs, Tariff]] = {}
         self._holds: dict[str, deque[tuple[int, float]]] = {}
         self._unlimited: dict[str, float] = {}  # tenant -> when last seen without a floor
+        self._rechecking: set[str] = set()  # tenants whose floor one request is re-reading
 
         self._lock = threading.Lock()
         self._writer = PostingWriter(db, max_batch=max_batch)
@@ -128,16 +129,27 @@ class Meter:
 
     def unlimited(self, tenant_id: str) -> bool:
         """True when the tenant was seen with no spending floor in the last FLOOR_TTL_S seconds:
-        `admit` has nothing to check, so the hot path skips its database read."""
+        `admit` has nothing to check, so the hot path skips its database read. Once that has
+        expired, the first request re-reads it (False: call `admit`) and the others go on as
+        before until it has (for at most another FLOOR_TTL_S): one read, not one per request."""
         seen = self._unlimited.get(tenant_id)
-        return seen is not None and time.monotonic() - seen < FLOOR_TTL_S
+        if seen is None:
+            return False
+        age = time.monotonic() - seen
+        if age < FLOOR_TTL_S or (age < 2 * FLOOR_TTL_S and tenant_id in self._rechecking):
+            return True
+        self._rechecking.add(tenant_id)
+        return False
 
     def admit(self, *, tenant_id: str, estimate_nanos: int) -> None:
         """Refuse (402) before compute when the estimate exceeds what the tenant may still spend;
         otherwise hold the estimate until `record` for this tenant."""
-        with self._db.session() as s:
-            acc = s.get(LedgerAccount, tenant_account(tenant_id))
-            balance, floor = (acc.balance_nanos, acc.floor_nanos) if acc else (0, None)
+        try:
+            with self._db.session() as s:
+                acc = s.get(LedgerAccount, tenant_account(tenant_id))
+                balance, floor = (acc.balance_nanos, acc.floor_nanos) if acc else (0, None)
+        finally:
+            self._rechecking.discard(tenant_id)
         if floor is None:
             self._unlimited[tenant_id] = time.monotonic()
             return

@@ -211,6 +211,14 @@ class AdapterCache:
             self._evict_host()
         return adapter
 
+    def in_host(self, spec: AdapterSpec) -> LoadedAdapter | None:
+        """`spec` if it is in host memory already (no load); None otherwise."""
+        with self._lock:
+            adapter = self._host.get(spec.name)
+            if adapter is not None:
+                self._host.move_to_end(spec.name)
+            return adapter
+
     def head(self, name: str) -> ClassifierHead | None:
         """The head of an adapter currently in a slot (acquired)."""
         with self._lock:

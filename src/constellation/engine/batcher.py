@@ -111,8 +111,11 @@ class MicroBatcher:
             if self._closed:
                 return None
             deadline = self._pending[0].queued_ns + int(self._limits.max_batch_wait_ms * 1e6)
+            quiet_ns = int(self._limits.batch_quiet_ms * 1e6)
             while sum(r.length for r in self._pending) < self._limits.max_batch_tokens:
-                wait = (deadline - time.monotonic_ns()) / 1e9
+                # Until full, or max wait after the first row, or once requests stop arriving.
+                until = min(deadline, self._pending[-1].queued_ns + quiet_ns)
+                wait = (until - time.monotonic_ns()) / 1e9
                 if wait <= 0 or self._closed:
                     break
                 self._cond.wait(wait)

@@ -74,6 +74,9 @@ def _max_length(path: Path, tokenizer_max: int, positions: int) -> int:
     return min(tokenizer_max, positions)
 
 
+INLINE_CHARS = 2_000  # requests up to this many characters are tokenised on the event loop
+
+
 class EncoderModel:
     """One loaded encoder base: tokenizer, BERT with LoRA layers, pooling, adapter cache."""
 
@@ -81,6 +84,12 @@ class EncoderModel:
         path = spec.resolve()
         self.name = spec.name
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        # The Rust tokenizer itself, for the hot path: one call per request without the Python
+        # wrapper's per-call set-up. Length limits are ours (`tokenize`), so none of its own.
+        self._fast = self.tokenizer.backend_tokenizer if self.tokenizer.is_fast else None
+        if self._fast is not None:
+            self._fast.no_truncation()
+            self._fast.no_padding()
         model = AutoModel.from_pretrained(str(path), dtype=torch.float32)
         model.pooler = None  # sentence-transformers pools itself; BERT's pooler is unused work
         self.model = model.eval().to(limits.device)
@@ -101,8 +110,12 @@ class EncoderModel:
 
     def tokenize(self, texts: list[str], *, truncate: bool) -> list[list[int]]:
         """Token ids per text (with special tokens); too long is an error unless `truncate`."""
-        enc = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        ids = [list(x) for x in enc]
+        if self._fast is not None and len(texts) == 1:  # the common request: no thread pool hop
+            ids = [self._fast.encode(texts[0], add_special_tokens=True).ids]
+        elif self._fast is not None:
+            ids = [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=True)]
+        else:
+            ids = [list(x) for x in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
         for i, row in enumerate(ids):
             if len(row) > self.max_length:
                 if not truncate:
@@ -254,7 +267,10 @@ class EncoderEngine:
         self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
     ) -> tuple[torch.Tensor, list[int], int]:
         self._validate(texts)
-        ids, lengths = await asyncio.to_thread(self._prepare, base, adapter, texts, truncate, kind)
+        prepared = self._prepare_inline(base, adapter, texts, truncate, kind)
+        if prepared is None:
+            prepared = await asyncio.to_thread(self._prepare, base, adapter, texts, truncate, kind)
+        ids, lengths = prepared
         from constellation.engine.batcher import Job
 
         loop = asyncio.get_running_loop()
@@ -282,14 +298,37 @@ class EncoderEngine:
     ) -> tuple[list[list[int]], list[int]]:
         """Tokenise and load the adapter into host memory, off the worker and off the event loop."""
         with self.pool.use(base) as model:
-            ids = model.tokenize(texts, truncate=truncate)
-            if adapter is not None:
-                loaded = model.adapters.prefetch(adapter)
-                if kind == "classify" and loaded.head is None:
-                    raise InvalidInput(
-                        f"model {adapter.name!r} has no classification head; use /v1/embeddings for it"
-                    )
-            return ids, [model.padded_length(len(x)) for x in ids]
+            return self._prepare_on(model, adapter, texts, truncate, kind)
+
+    @staticmethod
+    def _prepare_on(
+        model: EncoderModel, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
+    ) -> tuple[list[list[int]], list[int]]:
+        ids = model.tokenize(texts, truncate=truncate)
+        if adapter is not None:
+            loaded = model.adapters.prefetch(adapter)
+            if kind == "classify" and loaded.head is None:
+                raise InvalidInput(
+                    f"model {adapter.name!r} has no classification head; use /v1/embeddings for it"
+                )
+        return ids, [model.padded_length(len(x)) for x in ids]
+
+    def _prepare_inline(
+        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
+    ) -> tuple[list[list[int]], list[int]] | None:
+        """`_prepare` on the calling thread when nothing needs loading and the text is short:
+        tokenising a sentence takes less than the hop to a worker thread and back. None: hop."""
+        if sum(map(len, texts)) > INLINE_CHARS:
+            return None
+        model = self.pool.try_acquire(base)
+        if model is None:
+            return None
+        try:
+            if adapter is not None and model.adapters.in_host(adapter) is None:
+                return None
+            return self._prepare_on(model, adapter, texts, truncate, kind)
+        finally:
+            self.pool.release(base.name)
 
     def _head_labels(self, base: BaseSpec, adapter: AdapterSpec) -> tuple[str, ...]:
         with self.pool.use(base) as model:

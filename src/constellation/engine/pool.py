@@ -91,6 +91,16 @@ class ModelPool(Generic[M]):
             self._make_room(0)
         return model
 
+    def try_acquire(self, spec: BaseSpec) -> M | None:
+        """Hold `spec` if it is loaded already; None (holding nothing) if it would need loading."""
+        with self._lock:
+            entry = None if spec.name in self._loading else self._entries.get(spec.name)
+            if entry is None:
+                return None
+            entry.users += 1
+            self._entries.move_to_end(spec.name)
+            return entry.model
+
     def release(self, name: str) -> None:
         with self._lock:
             self._entries[name].users -= 1

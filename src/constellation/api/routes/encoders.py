@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from constellation.api.deps import InferenceCaller
-from constellation.api.pipeline import Call, CallDep, Outcome
+from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
 from constellation.api.resolver import require_task
 from constellation.errors import InvalidInput
 
@@ -50,11 +50,11 @@ def _texts(value: str | list[str], limit: int) -> list[str]:
 def _vector(v: np.ndarray, fmt: str) -> list[float] | str:
     if fmt == "base64":
         return base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode()
-    return [float(x) for x in v]
+    return v.tolist()  # type: ignore[no-any-return]  # float32 -> Python floats, in C
 
 
-@router.post("/embeddings")
-async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep) -> dict[str, Any]:
+@router.post("/embeddings", response_class=JSONBody)
+async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep) -> JSONBody:
     """Embed text with an embedding model or adapter; OpenAI's response shape plus `constellation`."""
     if body.dimensions is not None:
         raise InvalidInput(
@@ -72,7 +72,8 @@ async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep)
         ]
         return _outcome(res.name, data, out.tokens, out.compute_ns)
 
-    return await call.run(caller, body.model, body.model_dump(), run, est_input_tokens=_estimate(texts))
+    answer = await call.run(caller, body.model, body.model_dump(), run, est_input_tokens=_estimate(texts))
+    return JSONBody(answer)
 
 
 @router.post("/classify")
