@@ -25,13 +25,13 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from constellation.api.app import tune_interpreter
 from constellation.config import Settings
 from constellation.economy import ledger
 from constellation.economy.meter import Bill, Meter, UsageRecord
 from constellation.platform import Platform
 from constellation.registry import contributors, models, tenants, terms
 from constellation.registry.tables import Artifact
+from constellation.runtime import tune_interpreter
 
 PG_URL = os.environ.get("CONSTELLATION_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGETS = {"sqlite": 20_000, "postgresql": 10_000}

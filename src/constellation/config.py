@@ -30,6 +30,10 @@ class EngineLimits(BaseModel):
     # Encoder outputs bitwise identical alone or batched (slower: per-sequence GEMMs, padded
     # lengths). Seeded/greedy decoding is batch-invariant whatever this says.
     deterministic: bool = False
+    # Run the encoder engine in a child process of its own (see engine/remote.py): its forward
+    # passes then stop waiting on the GIL while the event loop serves requests. `constellation
+    # serve` turns it on unless you set it; in-process is the default for embedding the app.
+    encoder_process: bool = False
 
 
 class PriceBook(BaseModel):

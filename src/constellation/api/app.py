@@ -3,9 +3,7 @@ and routers. `create_app(settings)` is what `constellation serve`, tests and Ray
 
 from __future__ import annotations
 
-import gc
 import inspect
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,23 +34,12 @@ from constellation.config import Settings
 from constellation.economy.meter import Meter
 from constellation.finetune.jobs import JobManager
 from constellation.platform import Platform
+from constellation.runtime import tune_interpreter
 
 DESCRIPTION = """Constellation serves many specialised open models -- base models, LoRA adapters and
 fine-tunes -- behind one OpenAI-compatible API, and prices every request by its contributions.
 
 Authenticate with `Authorization: Bearer <key>`; create keys with `constellation keys create`."""
-
-
-def tune_interpreter(settings: Settings) -> None:
-    """Process-wide runtime settings for a serving process (the server's lifespan applies them;
-    benchmarks of the server's parts apply them too, so they measure what the server runs).
-
-    - The GIL switch interval (`Settings.gil_switch_interval_ms`).
-    - `gc.freeze()`: what is loaded by now (torch, transformers, FastAPI: some 450,000 objects)
-      lives as long as the process, so the cycle collector stops re-scanning it in every full
-      collection. Those scans cost about a fifth of the ledger's postings per second here."""
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
-    gc.freeze()
 
 
 def _telemetry(settings: Settings) -> dict[str, Any]:

@@ -11,22 +11,28 @@ from constellation.config import EngineLimits
 if TYPE_CHECKING:
     from constellation.engine.decoder import DecoderEngine
     from constellation.engine.encoder import EncoderEngine
+    from constellation.engine.remote import RemoteEncoderEngine
 
 
 class Engines:
     def __init__(self, limits: EngineLimits) -> None:
         self.limits = limits
-        self._encoder: EncoderEngine | None = None
+        self._encoder: EncoderEngine | RemoteEncoderEngine | None = None
         self._decoder: DecoderEngine | None = None
         self._lock = threading.Lock()
 
     @property
-    def encoder(self) -> EncoderEngine:
+    def encoder(self) -> EncoderEngine | RemoteEncoderEngine:
         with self._lock:
             if self._encoder is None:
-                from constellation.engine.encoder import EncoderEngine
+                if self.limits.encoder_process:
+                    from constellation.engine.remote import RemoteEncoderEngine
 
-                self._encoder = EncoderEngine(self.limits)
+                    self._encoder = RemoteEncoderEngine(self.limits)
+                else:
+                    from constellation.engine.encoder import EncoderEngine
+
+                    self._encoder = EncoderEngine(self.limits)
             return self._encoder
 
     @property

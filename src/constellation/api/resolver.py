@@ -8,12 +8,12 @@ through this process invalidate the cache at once."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from constellation.api.cache import RefreshingCache
+from constellation.artifacts.store import ArtifactOpener
 from constellation.engine.spec import AdapterSpec, BaseSpec, Task
 from constellation.errors import InvalidInput
 from constellation.platform import Platform
@@ -92,13 +92,8 @@ class Resolver:
         size = int(art.size_bytes) if art else 0
         return BaseSpec(name=row.name, task=task, resolve=self._opener(row.artifact_digest), size_bytes=size)
 
-    def _opener(self, digest: str) -> Any:
-        store = self.platform.store
-
-        def open_verified() -> Path:
-            return store.open(digest)
-
-        return open_verified
+    def _opener(self, digest: str) -> ArtifactOpener:
+        return ArtifactOpener(self.platform.store, digest)
 
     def _check_licence(self, s: Session, m: Model, tenant_id: str) -> tuple[str, ...]:
         return tuple(check_use(s, tenant_id=tenant_id, model=m).notices)

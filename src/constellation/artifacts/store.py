@@ -5,6 +5,7 @@ Imports are atomic (temp dir, fsync, rename) and every file's sha256 is re-check
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -152,6 +153,31 @@ class ArtifactStore:
                     shutil.rmtree(p, ignore_errors=True)
             except OSError:
                 continue  # another process removed it first
+
+
+@dataclass(frozen=True)
+class ArtifactOpener:
+    """`open(digest)` on `store` as a callable: what an engine spec's `resolve` is. A plain object,
+    not a closure, so that a spec can be sent to an engine in another process: it pickles as the
+    store's root and the digest, and opens the store there again."""
+
+    store: ArtifactStore
+    digest: str
+
+    def __call__(self) -> Path:
+        return self.store.open(self.digest)
+
+    def __reduce__(self) -> tuple[Any, tuple[Path, str]]:
+        return (_opener_at, (self.store.root, self.digest))
+
+
+@functools.cache
+def _store_at(root: Path) -> ArtifactStore:
+    return ArtifactStore(root)
+
+
+def _opener_at(root: Path, digest: str) -> ArtifactOpener:
+    return ArtifactOpener(_store_at(root), digest)
 
 
 def _artifact(digest: str, path: Path, manifest: dict[str, Any]) -> Artifact:

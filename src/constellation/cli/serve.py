@@ -25,6 +25,8 @@ def serve(
     from constellation.api.app import create_app
 
     settings = Settings()
+    if "encoder_process" not in settings.engine.model_fields_set:
+        settings.engine.encoder_process = True  # see EngineLimits.encoder_process
     db = Database(settings.database_url)
     try:
         db.open()  # fail here, in one line, rather than deep inside the server's lifespan

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
 from constellation.config import EngineLimits
@@ -86,7 +87,9 @@ class EncoderModel:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         # The Rust tokenizer itself, for the hot path: one call per request without the Python
         # wrapper's per-call set-up. Length limits are ours (`tokenize`), so none of its own.
-        self._fast = self.tokenizer.backend_tokenizer if self.tokenizer.is_fast else None
+        # A copy: the wrapper sets truncation on its own backend per call, which must not leak here.
+        fast = self.tokenizer.backend_tokenizer if self.tokenizer.is_fast else None
+        self._fast = Tokenizer.from_str(fast.to_str()) if fast is not None else None
         if self._fast is not None:
             self._fast.no_truncation()
             self._fast.no_padding()

@@ -186,11 +186,6 @@ def test_hf_wrapper_still_truncates_after_load(tiny_bert: Path) -> None:
     assert len(row) == 8 and row[-1] == model.tokenizer.sep_token_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the HF wrapper leaves truncation set on the shared Rust backend (latent: nothing in "
-    "src/ calls EncoderModel.tokenizer with truncation today)",
-)
 def test_hf_wrapper_truncation_does_not_leak_into_tokenize(tiny_bert: Path) -> None:
     model = EncoderModel(base_spec(tiny_bert), EngineLimits(adapter_slots=2))
     model.tokenizer([LONG], truncation=True, max_length=8)
