@@ -110,17 +110,33 @@ class RemoteEncoderEngine:
                 self._calls.pop(call_id, None)
 
     def _flush(self) -> None:
-        """Send this loop turn's calls in one write."""
+        """Send this loop turn's calls in one write; a call that cannot be pickled fails alone."""
         with self._lock:
             calls, self._outbox = self._outbox, []
         try:
-            with self._send_lock:
-                self._conn.send(calls)
+            self._send(calls)
         except OSError:
-            with self._lock:
+            self._fail(calls, ("Overloaded", _GONE, None, None), gone=True)
+        except Exception:  # pickling failed, before any byte was written
+            for call in calls:
+                try:
+                    self._send([call])
+                except OSError:
+                    self._fail([call], ("Overloaded", _GONE, None, None), gone=True)
+                except Exception as exc:
+                    why = f"this request cannot be sent to the encoder engine's process: {exc}"
+                    self._fail([call], ("ConstellationError", why, None, None))
+
+    def _send(self, calls: list[tuple[int, str, tuple[Any, ...]]]) -> None:
+        with self._send_lock:
+            self._conn.send(calls)
+
+    def _fail(self, calls: list[tuple[int, str, tuple[Any, ...]]], error: Any, *, gone: bool = False) -> None:
+        with self._lock:
+            if gone:
                 self._gone = self._gone or _GONE
-                lost = [self._calls.pop(c[0]) for c in calls if c[0] in self._calls]
-            _settle([(fut, False, ("Overloaded", _GONE, None, None)) for _, fut in lost])
+            lost = [self._calls.pop(c[0]) for c in calls if c[0] in self._calls]
+        _settle([(fut, False, error) for _, fut in lost])
 
     def _read(self) -> None:
         """Replies -> futures, one thread-safe wake-up per event loop per batch of replies."""

@@ -193,14 +193,6 @@ def test_engine_still_serves_after_errors(
     assert np.array_equal(got.embeddings, _alone(local, base, None, TEXTS[2]).embeddings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=asyncio.TimeoutError,
-    reason="BUG: RemoteEncoderEngine._flush catches only OSError from conn.send; a spec that does "
-    "not pickle raises PicklingError/AttributeError inside the loop callback, the batch is "
-    "already taken out of the outbox, and its futures (this call's and every other call sent in "
-    "the same loop turn) are never settled: the callers hang instead of getting an error",
-)
 def test_unpicklable_spec_fails_instead_of_hanging(
     remote: RemoteEncoderEngine, base: BaseSpec, tiny_bert: Path
 ) -> None:
