@@ -19,7 +19,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default CONSTELLATION_PORT or 8000).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve the dashboard at / and the API at /v1 (OpenAI-compatible) and /api (admin); docs at /docs."""
+    """Serve the dashboard at / and the API at /v1 (OpenAI-compatible) and /api (admin); docs at /docs.
+
+    The encoder engine runs in a child process of its own (CONSTELLATION_ENGINE__ENCODER_PROCESS=false
+    keeps it in this one); see the README's "Processes and threads".
+    """
     import uvicorn
 
     from constellation.api.app import create_app
