@@ -4,7 +4,7 @@ peer; then `/v1/embeddings` throughput in-process with metering on against off.
 
 Targets: >= 20,000/s on SQLite, >= 10,000/s on PostgreSQL, embeddings on/off >= 0.95.
 Postings run under the server's interpreter settings (`tune_interpreter`: the GIL switch
-interval), as they would inside `constellation serve`.
+interval and `gc.freeze()`), as they would inside `constellation serve`.
 `--tiny` runs every line with small counts in well under 30 s.
 """
 
