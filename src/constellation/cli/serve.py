@@ -21,8 +21,9 @@ def serve(
 ) -> None:
     """Serve the dashboard at / and the API at /v1 (OpenAI-compatible) and /api (admin); docs at /docs.
 
-    The encoder engine runs in a child process of its own (CONSTELLATION_ENGINE__ENCODER_PROCESS=false
-    keeps it in this one); see the README's "Processes and threads".
+    The encoder engine runs in worker processes of its own, one per core up to 4
+    (CONSTELLATION_ENGINE__ENCODER_WORKERS sets how many; CONSTELLATION_ENGINE__ENCODER_PROCESS=false
+    keeps it in this process); see the README's "Processes and threads".
     """
     import uvicorn
 

@@ -1,4 +1,4 @@
-"""The encoder engine in a child process of its own, behind the same async interface.
+"""The encoder engine in child processes of its own, behind the same async interface.
 
 Why: in one process the engine's worker and the server's event loop share one GIL. A forward
 pass takes and releases the GIL a few hundred times (once per tensor op), and while the event
@@ -6,8 +6,16 @@ loop parses and answers requests each of those waits for it; on two cores the en
 idles, waiting, for a large part of every step. In its own process the engine has its own GIL,
 and the server's process keeps only HTTP, auth, metering and the pipe.
 
-Protocol (one `multiprocessing` pipe each way, pickled; each side writes once per turn of its
-event loop, not once per request: under load that is one write for dozens of requests):
+Workers (`EngineLimits.encoder_workers`): each child is a whole `EncoderEngine` with its own
+batcher and adapter cache, running its forwards on `torch threads / workers` threads. On a few
+cores, single-threaded workers beat one worker whose forwards span every core: a forward split
+across threads waits at a barrier after every op for its slowest thread, and the slowest is the
+one the server's own process just took the core from. Each call goes to the worker with the
+fewest inputs outstanding.
+
+Protocol (one `multiprocessing` pipe each way per worker, pickled; each side writes once per
+turn of its event loop, not once per request: under load that is one write for dozens of
+requests):
   parent -> child  a list of `(call_id, op, args)`; op is "embed" or "classify"; `None` closes.
   child -> parent  a list of `(call_id, ok, payload)`, then the child's engine stats.
 Errors cross as `(class name, message, param, code)` and are raised again in the parent as the
@@ -22,6 +30,7 @@ import itertools
 import multiprocessing as mp
 import sys
 import threading
+from collections import Counter
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -31,134 +40,190 @@ from constellation.engine.encoder import ClassifyResult, EncodeResult
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import ConstellationError, Overloaded
 
+Call = tuple[int, str, tuple[Any, ...]]
 Reply = tuple[int, bool, Any]
 _GONE = "the encoder engine process stopped; restart the server (see its log for the cause)"
 
 
-class RemoteEncoderEngine:
-    """`EncoderEngine`'s interface (`embed`, `classify`, `stats`, `close`), run in a child
-    process started with `spawn` (a fork of a process with torch threads is unsafe)."""
+# Past a few workers, more threads per worker serve better than more copies of every model.
+MAX_AUTO_WORKERS = 4
 
-    def __init__(self, limits: EngineLimits) -> None:
-        self.limits = limits
+
+def worker_count(limits: EngineLimits, cores: int) -> int:
+    """How many worker processes: `encoder_workers`, or when that is 0, one per core up to
+    `MAX_AUTO_WORKERS` on a CPU, one on a GPU (whose kernels the workers would only queue on)."""
+    if limits.encoder_workers:
+        return limits.encoder_workers
+    return min(cores, MAX_AUTO_WORKERS) if limits.device == "cpu" else 1
+
+
+def worker_threads(limits: EngineLimits, cores: int) -> int:
+    """Intra-op threads for each worker: the cores shared out among the workers, at least one."""
+    return max(1, cores // worker_count(limits, cores))
+
+
+class _Worker:
+    """One child process and the parent's side of its pipe."""
+
+    def __init__(self, index: int, limits: EngineLimits, threads: int) -> None:
         ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
+        self.conn, child = ctx.Pipe()
         switch_ms = sys.getswitchinterval() * 1000  # the serving process's, set by its lifespan
-        self._proc = ctx.Process(
+        self.proc = ctx.Process(
             target=_child_main,
-            args=(child, limits.model_dump(), switch_ms),
-            name="constellation-encoder",
+            args=(child, limits.model_dump(), switch_ms, threads),
+            name=f"constellation-encoder-{index}",
             daemon=True,
         )
-        self._proc.start()
+        self.proc.start()
         child.close()
-        self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+        self.outbox: list[Call] = []  # calls of this loop turn
+        self.inputs = 0  # texts sent and not yet answered
+        self.stats: dict[str, float] = {}
+        self.alive = True
+        self.send_lock = threading.Lock()  # one writer on the pipe at a time
+        self.reader: threading.Thread | None = None
+
+
+class RemoteEncoderEngine:
+    """`EncoderEngine`'s interface (`embed`, `classify`, `stats`, `close`), run in
+    `limits.encoder_workers` child processes started with `spawn` (a fork of a process with
+    torch threads is unsafe)."""
+
+    def __init__(self, limits: EngineLimits, cores: int | None = None) -> None:
+        import torch
+
+        self.limits = limits
+        cores = cores or torch.get_num_threads()
+        threads = worker_threads(limits, cores)
+        self._workers = [_Worker(i, limits, threads) for i in range(worker_count(limits, cores))]
+        # call id -> (its loop, its future, its worker, its number of inputs)
+        self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], _Worker, int]] = {}
         self._ids = itertools.count()
-        self._lock = threading.Lock()  # guards `_calls`, `_stats` and `_gone`
-        self._send_lock = threading.Lock()  # one writer on the pipe at a time
-        self._stats: dict[str, float] = {}
-        self._outbox: list[tuple[int, str, tuple[Any, ...]]] = []  # calls of this loop turn
+        self._lock = threading.Lock()  # guards `_calls`, each worker's outbox, inputs, stats; `_gone`
         self._gone: str | None = None
-        self._reader = threading.Thread(target=self._read, name="encoder-replies", daemon=True)
-        self._reader.start()
+        for w in self._workers:
+            w.reader = threading.Thread(target=self._read, args=(w,), name="encoder-replies", daemon=True)
+            w.reader.start()
 
     async def embed(
         self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], *, truncate: bool = False
     ) -> EncodeResult:
-        out, tokens, ns = await self._call("embed", (base, adapter, texts, truncate))
+        out, tokens, ns = await self._call("embed", (base, adapter, texts, truncate), len(texts))
         return EncodeResult(embeddings=out, tokens=tokens, compute_ns=ns)
 
     async def classify(
         self, base: BaseSpec, adapter: AdapterSpec, texts: list[str], *, truncate: bool = False
     ) -> ClassifyResult:
-        labels, probs, tokens, ns = await self._call("classify", (base, adapter, texts, truncate))
+        labels, probs, tokens, ns = await self._call("classify", (base, adapter, texts, truncate), len(texts))
         return ClassifyResult(labels=labels, probs=probs, tokens=tokens, compute_ns=ns)
 
     def stats(self) -> dict[str, float]:
-        """The child's engine statistics as of its latest reply."""
+        """The workers' engine statistics as of their latest replies, summed."""
+        total: Counter[str] = Counter()
         with self._lock:
-            return dict(self._stats)
+            for w in self._workers:
+                total.update(w.stats)
+        return dict(total)
 
     def close(self) -> None:
         with self._lock:
             if self._gone is None:
                 self._gone = "the encoder engine is shutting down; retry on another replica"
-                with contextlib.suppress(OSError), self._send_lock:
-                    self._conn.send(None)
-        self._proc.join(timeout=30)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout=5)
-        self._reader.join(timeout=5)
-        self._conn.close()
+                for w in self._workers:
+                    with contextlib.suppress(OSError), w.send_lock:
+                        w.conn.send(None)
+        for w in self._workers:
+            w.proc.join(timeout=30)
+            if w.proc.is_alive():
+                w.proc.terminate()
+                w.proc.join(timeout=5)
+            if w.reader is not None:
+                w.reader.join(timeout=5)
+            w.conn.close()
 
-    async def _call(self, op: str, args: tuple[Any, ...]) -> Any:
+    async def _call(self, op: str, args: tuple[Any, ...], inputs: int) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._lock:
             if self._gone is not None:
                 raise Overloaded(self._gone)
+            w = min((x for x in self._workers if x.alive), key=lambda x: x.inputs)  # first least loaded
             call_id = next(self._ids)
-            self._calls[call_id] = (loop, fut)
-            if not self._outbox:
-                loop.call_soon(self._flush)
-            self._outbox.append((call_id, op, args))
+            self._calls[call_id] = (loop, fut, w, inputs)
+            w.inputs += inputs
+            if not w.outbox:
+                loop.call_soon(self._flush, w)
+            w.outbox.append((call_id, op, args))
         try:
             return await fut
         finally:
             with self._lock:
-                self._calls.pop(call_id, None)
+                if self._calls.pop(call_id, None) is not None:  # cancelled before its reply
+                    w.inputs -= inputs
 
-    def _flush(self) -> None:
+    def _flush(self, w: _Worker) -> None:
         """Send this loop turn's calls in one write; a call that cannot be pickled fails alone."""
         with self._lock:
-            calls, self._outbox = self._outbox, []
+            calls, w.outbox = w.outbox, []
         try:
-            self._send(calls)
+            self._send(w, calls)
         except OSError:
-            self._fail(calls, ("Overloaded", _GONE, None, None), gone=True)
+            self._lost(w)
         except Exception:  # pickling failed, before any byte was written
             for call in calls:
                 try:
-                    self._send([call])
+                    self._send(w, [call])
                 except OSError:
-                    self._fail([call], ("Overloaded", _GONE, None, None), gone=True)
+                    self._lost(w)
                 except Exception as exc:
                     why = f"this request cannot be sent to the encoder engine's process: {exc}"
                     self._fail([call], ("ConstellationError", why, None, None))
 
-    def _send(self, calls: list[tuple[int, str, tuple[Any, ...]]]) -> None:
-        with self._send_lock:
-            self._conn.send(calls)
+    @staticmethod
+    def _send(w: _Worker, calls: list[Call]) -> None:
+        with w.send_lock:
+            w.conn.send(calls)
 
-    def _fail(self, calls: list[tuple[int, str, tuple[Any, ...]]], error: Any, *, gone: bool = False) -> None:
+    def _fail(self, calls: list[Call], error: Any) -> None:
         with self._lock:
-            if gone:
-                self._gone = self._gone or _GONE
-            lost = [self._calls.pop(c[0]) for c in calls if c[0] in self._calls]
+            lost = [self._take(c[0]) for c in calls if c[0] in self._calls]
         _settle([(fut, False, error) for _, fut in lost])
 
-    def _read(self) -> None:
-        """Replies -> futures, one thread-safe wake-up per event loop per batch of replies."""
+    def _lost(self, w: _Worker) -> None:
+        """A worker is gone (it died, or its pipe broke): its calls fail with Overloaded, the
+        others keep serving; with none left, every call does."""
+        with self._lock:
+            w.alive = False
+            if not any(x.alive for x in self._workers):
+                self._gone = self._gone or _GONE
+            orphans = [self._take(c) for c, v in list(self._calls.items()) if v[2] is w]
+        for loop, fut in orphans:
+            loop.call_soon_threadsafe(_settle, [(fut, False, ("Overloaded", _GONE, None, None))])
+
+    def _take(self, call_id: int) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]:
+        """Forget an answered call (under `_lock`): its inputs leave its worker's count."""
+        loop, fut, w, inputs = self._calls.pop(call_id)
+        w.inputs -= inputs
+        return loop, fut
+
+    def _read(self, w: _Worker) -> None:
+        """One worker's replies -> futures, one thread-safe wake-up per event loop per batch."""
         while True:
             try:
-                replies, stats = self._conn.recv()
+                replies, stats = w.conn.recv()
             except (EOFError, OSError):
                 break
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
             with self._lock:
-                self._stats = stats
+                w.stats = stats
                 for call_id, ok, payload in replies:
-                    hit = self._calls.get(call_id)
-                    if hit is not None:
-                        by_loop.setdefault(hit[0], []).append((hit[1], ok, payload))
+                    if call_id in self._calls:
+                        loop, fut = self._take(call_id)
+                        by_loop.setdefault(loop, []).append((fut, ok, payload))
             for loop, items in by_loop.items():
                 loop.call_soon_threadsafe(_settle, items)
-        with self._lock:  # the child is gone: fail whatever still waits on it
-            self._gone = self._gone or _GONE
-            orphans = list(self._calls.values())
-        for loop, fut in orphans:
-            loop.call_soon_threadsafe(_settle, [(fut, False, ("Overloaded", self._gone, None, None))])
+        self._lost(w)
 
 
 def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -182,12 +247,15 @@ def _error(payload: tuple[str, str, str | None, str | None]) -> Exception:
 # -- the child ----------------------------------------------------------------------------------
 
 
-def _child_main(conn: Connection, limits: dict[str, Any], switch_interval_ms: float) -> None:
-    """The child process: an `EncoderEngine` driven by an event loop fed from the pipe."""
+def _child_main(conn: Connection, limits: dict[str, Any], switch_interval_ms: float, threads: int) -> None:
+    """A worker process: an `EncoderEngine` driven by an event loop fed from the pipe."""
+    import torch
+
     from constellation.config import Settings
     from constellation.engine.encoder import EncoderEngine
     from constellation.runtime import tune_interpreter
 
+    torch.set_num_threads(threads)
     tune_interpreter(Settings(gil_switch_interval_ms=switch_interval_ms))
     engine = EncoderEngine(EngineLimits(**limits))
     loop = asyncio.new_event_loop()

@@ -1,6 +1,7 @@
-"""RemoteEncoderEngine (the encoder engine in a spawned child process) against the in-process
-EncoderEngine: same embeddings, classes and errors across the pipe, many concurrent calls,
-shutdown and a dead child; ArtifactOpener (the picklable `resolve`); Engines' choice of engine."""
+"""RemoteEncoderEngine (the encoder engine in spawned worker processes) against the in-process
+EncoderEngine: same embeddings, classes and errors across the pipe, many concurrent calls spread
+over two workers, shutdown and dead workers; the worker count; ArtifactOpener (the picklable
+`resolve`); Engines' choice of engine."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from constellation.api.engines import Engines
 from constellation.artifacts.store import ArtifactOpener, ArtifactStore
 from constellation.config import EngineLimits
 from constellation.engine.encoder import EncoderEngine, EncodeResult
-from constellation.engine.remote import RemoteEncoderEngine
+from constellation.engine.remote import RemoteEncoderEngine, worker_count, worker_threads
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import ConstellationError, InvalidInput, NotFound, Overloaded
 
@@ -80,7 +81,7 @@ def local() -> Iterator[EncoderEngine]:
 
 @pytest.fixture(scope="module")
 def remote() -> Iterator[RemoteEncoderEngine]:
-    engine = RemoteEncoderEngine(EngineLimits())
+    engine = RemoteEncoderEngine(EngineLimits(encoder_workers=2))
     yield engine
     engine.close()
 
@@ -235,6 +236,7 @@ def test_many_concurrent_calls_get_their_own_results(
         calls = [remote.embed(base, a, [t]) for a, t in plan]
         return await asyncio.wait_for(asyncio.gather(*calls), GUARD_S)
 
+    served_before = [w.stats.get("requests", 0) for w in remote._workers]
     got = _run(go())
     assert len(got) == len(plan)
     for (a, t), r in zip(plan, got, strict=True):
@@ -242,6 +244,35 @@ def test_many_concurrent_calls_get_their_own_results(
         assert r.tokens == w.tokens
         np.testing.assert_allclose(r.embeddings, w.embeddings, atol=1e-5, rtol=0)
     assert remote.stats()["steps"] > steps_before
+    # Calls made together spread over both workers (each goes to the least loaded one).
+    served = [w.stats["requests"] - b for w, b in zip(remote._workers, served_before, strict=True)]
+    assert min(served) >= len(plan) // 4 and sum(served) == len(plan), served
+    assert all(w.inputs == 0 for w in remote._workers)  # nothing counted as outstanding
+
+
+def test_calls_one_at_a_time_stay_on_the_first_worker(remote: RemoteEncoderEngine, base: BaseSpec) -> None:
+    """With nothing outstanding the first worker takes the call: at low load one worker serves
+    and the others load no models."""
+    before = [w.stats.get("requests", 0) for w in remote._workers]
+    for t in TEXTS:
+        _run(remote.embed(base, None, [t]))
+    after = [w.stats.get("requests", 0) for w in remote._workers]
+    assert after[0] - before[0] == len(TEXTS) and after[1] == before[1]
+
+
+def test_stats_sum_the_workers(remote: RemoteEncoderEngine) -> None:
+    per_worker = [w.stats for w in remote._workers]
+    assert remote.stats()["requests"] == sum(s.get("requests", 0) for s in per_worker)
+
+
+@pytest.mark.parametrize(
+    ("workers", "device", "cores", "want"),
+    [(0, "cpu", 2, (2, 1)), (0, "cpu", 1, (1, 1)), (0, "cpu", 16, (4, 4)), (0, "cpu", 6, (4, 1)),
+     (0, "cuda", 16, (1, 16)), (3, "cpu", 2, (3, 1)), (1, "cpu", 8, (1, 8))],
+)  # fmt: skip
+def test_worker_count_and_threads(workers: int, device: str, cores: int, want: tuple[int, int]) -> None:
+    limits = EngineLimits(encoder_workers=workers, device=device)
+    assert (worker_count(limits, cores), worker_threads(limits, cores)) == want
 
 
 def test_calls_from_two_event_loops_at_once(
@@ -269,31 +300,47 @@ def test_calls_from_two_event_loops_at_once(
 
 
 def test_closed_engine_refuses_calls(base: BaseSpec) -> None:
-    engine = RemoteEncoderEngine(EngineLimits())
+    engine = RemoteEncoderEngine(EngineLimits(encoder_workers=2))
     try:
         assert _run(engine.embed(base, None, ["hello"])).embeddings.shape == (1, 32)
     finally:
         engine.close()
-    assert engine._proc.exitcode == 0  # the child left on its own, not by terminate()
+    # Every worker left on its own, not by terminate().
+    assert [w.proc.exitcode for w in engine._workers] == [0, 0]
     with pytest.raises(Overloaded, match="shutting down"):
         _run(asyncio.wait_for(engine.embed(base, None, ["hello"]), GUARD_S))
     engine.close()  # a second close is harmless
 
 
-def test_killed_child_fails_calls_with_overloaded(base: BaseSpec) -> None:
-    engine = RemoteEncoderEngine(EngineLimits())
+def test_killed_workers_fail_their_calls_with_overloaded(base: BaseSpec) -> None:
+    engine = RemoteEncoderEngine(EngineLimits(encoder_workers=2))
+    first, second = engine._workers
     try:
         _run(engine.embed(base, None, ["warm up"]))
 
         async def in_flight() -> list[BaseException | EncodeResult]:
             calls = [asyncio.ensure_future(engine.embed(base, None, [t])) for t in TEXTS * 5]
-            await asyncio.sleep(0)  # let the batch go out on the pipe
-            engine._proc.kill()
+            await asyncio.sleep(0)  # let the calls go out on both pipes
+            first.proc.kill()
             return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), GUARD_S)
 
         outcomes = _run(in_flight())  # answered before the kill, or Overloaded: never a hang
         assert all(isinstance(o, EncodeResult | Overloaded) for o in outcomes), outcomes
-        engine._proc.join()
+        # The second worker's share was answered in full.
+        assert sum(isinstance(o, EncodeResult) for o in outcomes) >= len(outcomes) // 2
+        first.proc.join()
+        first.reader.join(GUARD_S)  # type: ignore[union-attr]
+
+        # The engine keeps serving on the worker that is left, new calls included.
+        async def after_kill() -> list[EncodeResult]:
+            calls = [engine.embed(base, None, [t]) for t in TEXTS]
+            return await asyncio.wait_for(asyncio.gather(*calls), GUARD_S)
+
+        assert all(r.embeddings.shape == (1, 32) for r in _run(after_kill()))
+
+        second.proc.kill()
+        second.proc.join()
+        second.reader.join(GUARD_S)  # type: ignore[union-attr]
         with pytest.raises(Overloaded, match="stopped"):
             _run(asyncio.wait_for(engine.embed(base, None, ["hello"]), GUARD_S))
         with pytest.raises(Overloaded):
@@ -304,7 +351,7 @@ def test_killed_child_fails_calls_with_overloaded(base: BaseSpec) -> None:
             )
     finally:
         engine.close()
-    assert not engine._proc.is_alive()
+    assert not first.proc.is_alive() and not second.proc.is_alive()
 
 
 # -- ArtifactOpener and Engines --------------------------------------------------------------
@@ -343,4 +390,5 @@ def test_engines_pick_the_engine_by_limits() -> None:
         remote_engines.close()
         local_engines.close()
     encoder = remote_engines.encoder
-    assert isinstance(encoder, RemoteEncoderEngine) and not encoder._proc.is_alive()
+    assert isinstance(encoder, RemoteEncoderEngine)
+    assert not any(w.proc.is_alive() for w in encoder._workers)
