@@ -20,6 +20,11 @@ from torch import Tensor, nn
 from constellation.engine.lora import LoRAContext
 
 
+# Up to this padded length attention runs as plain matmuls and softmax; past it, as the fused
+# kernel (its memory stays linear in the length).
+SHORT_ATTENTION = 128
+
+
 @dataclass(frozen=True, slots=True)
 class Packing:
     """Where each sequence's tokens sit: packed [T] and in the padded [B * L] view."""
@@ -28,6 +33,7 @@ class Packing:
     positions: Tensor  # [T] position of each token in its sequence
     padded: Tensor  # [T] row of each token in the padded [B * L] view
     key_mask: Tensor  # [B, 1, 1, L] True where a key is a real token
+    key_bias: Tensor  # [B, 1, 1, L] 0 where a key is a real token, -inf where it is padding
     batch: int  # B
     longest: int  # L
     dense: bool  # every sequence is `longest` long: the packed rows are the padded view
@@ -41,13 +47,15 @@ class Packing:
         padded = [b * longest + p for b, p in zip(seq, positions, strict=True)]
         n = torch.tensor(lengths)
         mask = (torch.arange(longest)[None, :] < n[:, None])[:, None, None, :]  # [B, 1, 1, L]
+        bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
 
         def dev(t: Tensor) -> Tensor:
             return t.to(device, non_blocking=True)
 
         return cls(
             tokens=dev(torch.tensor([t for x in ids for t in x])), positions=dev(torch.tensor(positions)),
-            padded=dev(torch.tensor(padded)), key_mask=dev(mask), batch=len(ids), longest=longest,
+            padded=dev(torch.tensor(padded)), key_mask=dev(mask), key_bias=dev(bias), batch=len(ids),
+            longest=longest,
             dense=min(lengths) == longest,
         )  # fmt: skip
 
@@ -93,8 +101,15 @@ def _layer(layer: Any, x: Tensor, pk: Packing) -> Tensor:
         return out.view(b, n, heads, head_dim).transpose(1, 2)
 
     q, k, v = padded(sa.query(x)), padded(sa.key(x)), padded(sa.value(x))
-    mask = None if pk.dense else pk.key_mask
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, L, D]
+    if n <= SHORT_ATTENTION:
+        # Plain softmax(q k^T / sqrt(D) + mask) v: for sentence lengths, about twice as fast on
+        # a CPU as the fused kernel, which is built for long sequences.
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(head_dim**-0.5)  # [B, H, L, L]
+        if not pk.dense:
+            scores.add_(pk.key_bias)
+        ctx = torch.matmul(scores.softmax(-1), v)  # [B, H, L, D]
+    else:  # the fused kernel never holds the [B, H, L, L] scores
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=None if pk.dense else pk.key_mask)
     ctx = ctx.transpose(1, 2).reshape(b * n, heads * head_dim)  # [B * L, H*D]
     if not pk.dense:
         ctx = ctx.index_select(0, pk.padded)  # [T, H*D]

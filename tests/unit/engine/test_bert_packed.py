@@ -1,5 +1,5 @@
-"""The packed-token BERT forward equals the padded Hugging Face forward: every pooling mode,
-sequences of different lengths, rows with and without adapters in one batch."""
+"""The packed-token BERT forward equals the padded Hugging Face forward: every pooling mode, both
+attention paths, sequences of different lengths, rows with and without adapters in one batch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from constellation.config import EngineLimits
+from constellation.engine import bert_packed
 from constellation.engine.bert_packed import supports
 from constellation.engine.encoder import EncoderModel
 
@@ -42,3 +43,15 @@ def test_packed_equals_padded_for_every_pooling(models: tuple[EncoderModel, Enco
     got, want = packed.forward(ids, slots), padded.forward(ids, slots)
     assert got.shape == want.shape == (8, packed.model.config.hidden_size)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("short", [bert_packed.SHORT_ATTENTION, 0], ids=["matmul-softmax", "fused-kernel"])
+def test_both_attention_paths_equal_padded(
+    models: tuple[EncoderModel, EncoderModel], short: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bert_packed, "SHORT_ATTENTION", short)
+    packed, padded = models
+    ids = packed.tokenize(TEXTS[::-1] * 3, truncate=False)
+    slots = torch.tensor([-1, 0, 1, -1] * 3)
+    assert packed.packs(ids, slots)
+    torch.testing.assert_close(packed.forward(ids, slots), padded.forward(ids, slots), atol=1e-5, rtol=0)
