@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from constellation.engine.lora import LoRAContext
 
-
 # Up to this padded length attention runs as plain matmuls and softmax; past it, as the fused
 # kernel (its memory stays linear in the length).
 SHORT_ATTENTION = 128
