@@ -86,9 +86,8 @@ class _Worker:
 
 
 class RemoteEncoderEngine:
-    """`EncoderEngine`'s interface (`embed`, `classify`, `stats`, `close`), run in
-    `limits.encoder_workers` child processes started with `spawn` (a fork of a process with
-    torch threads is unsafe)."""
+    """`EncoderEngine`'s interface (`embed`, `classify`, `stats`, `close`), run in `worker_count`
+    child processes started with `spawn` (a fork of a process with torch threads is unsafe)."""
 
     def __init__(self, limits: EngineLimits, cores: int | None = None) -> None:
         import torch
@@ -119,11 +118,13 @@ class RemoteEncoderEngine:
         return ClassifyResult(labels=labels, probs=probs, tokens=tokens, compute_ns=ns)
 
     def stats(self) -> dict[str, float]:
-        """The workers' engine statistics as of their latest replies, summed."""
+        """The workers' engine statistics as of their latest replies, summed (all are counts),
+        and how many workers are serving."""
         total: Counter[str] = Counter()
         with self._lock:
             for w in self._workers:
                 total.update(w.stats)
+            total["workers"] = sum(w.alive for w in self._workers)
         return dict(total)
 
     def close(self) -> None:

@@ -262,7 +262,9 @@ def test_calls_one_at_a_time_stay_on_the_first_worker(remote: RemoteEncoderEngin
 
 def test_stats_sum_the_workers(remote: RemoteEncoderEngine) -> None:
     per_worker = [w.stats for w in remote._workers]
-    assert remote.stats()["requests"] == sum(s.get("requests", 0) for s in per_worker)
+    total = remote.stats()
+    assert total["requests"] == sum(s.get("requests", 0) for s in per_worker)
+    assert total["workers"] == 2
 
 
 @pytest.mark.parametrize(
@@ -337,10 +339,12 @@ def test_killed_workers_fail_their_calls_with_overloaded(base: BaseSpec) -> None
             return await asyncio.wait_for(asyncio.gather(*calls), GUARD_S)
 
         assert all(r.embeddings.shape == (1, 32) for r in _run(after_kill()))
+        assert engine.stats()["workers"] == 1
 
         second.proc.kill()
         second.proc.join()
         second.reader.join(GUARD_S)  # type: ignore[union-attr]
+        assert engine.stats()["workers"] == 0
         with pytest.raises(Overloaded, match="stopped"):
             _run(asyncio.wait_for(engine.embed(base, None, ["hello"]), GUARD_S))
         with pytest.raises(Overloaded):
