@@ -199,8 +199,10 @@ class RemoteEncoderEngine:
             if not any(x.alive for x in self._workers):
                 self._gone = self._gone or _GONE
             orphans = [self._take(c) for c, v in list(self._calls.items()) if v[2] is w]
+            why = self._gone or _GONE  # "shutting down" once close() has begun
         for loop, fut in orphans:
-            loop.call_soon_threadsafe(_settle, [(fut, False, ("Overloaded", _GONE, None, None))])
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, [(fut, False, ("Overloaded", why, None, None))])
 
     def _take(self, call_id: int) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]:
         """Forget an answered call (under `_lock`): its inputs leave its worker's count."""
@@ -223,7 +225,8 @@ class RemoteEncoderEngine:
                         loop, fut = self._take(call_id)
                         by_loop.setdefault(loop, []).append((fut, ok, payload))
             for loop, items in by_loop.items():
-                loop.call_soon_threadsafe(_settle, items)
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                    loop.call_soon_threadsafe(_settle, items)
         self._lost(w)
 
 
