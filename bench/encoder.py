@@ -35,26 +35,22 @@ TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dens
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def _median_s(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def _paired_s(
     a: Callable[[], object], b: Callable[[], object], reps: int, rounds: int
 ) -> tuple[float, float]:
-    """Median seconds of `a` and of `b`, measured in alternating rounds, each keeping its best
-    round: drift on a shared host then hits both sides alike."""
-    best_a = best_b = float("inf")
-    for _ in range(rounds):
-        best_a = min(best_a, _median_s(a, reps))
-        best_b = min(best_b, _median_s(b, reps))
-    return best_a, best_b
+    """Seconds of one call of `a` and of `b`. After a warm-up of each, the calls alternate
+    a, b, a, b, ... (`reps * rounds` of each) and each side keeps its fastest call: on a shared
+    host whose speed drifts from one second to the next, alternating call by call exposes both
+    sides to the same drift, and the fastest call is the least disturbed one (timeit's advice)."""
+    a()
+    b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(reps * rounds):
+        for fn, took in ((a, times[0]), (b, times[1])):
+            t = time.perf_counter()
+            fn()
+            took.append(time.perf_counter() - t)
+    return min(times[0]), min(times[1])
 
 
 def _base_dir(root: Path, tiny: bool) -> Path:
