@@ -261,14 +261,20 @@ class MultiLoRALinear(nn.Module):
     def _grouped(
         self, x: torch.Tensor, y: torch.Tensor, plan: _Plan, A: torch.Tensor, B: torch.Tensor
     ) -> torch.Tensor:
-        """Rows sorted by slot in runs of equal length: one bmm over runs, a copy of A and B per
-        adapter rather than per row; NO_ADAPTER rows, at the end, are skipped."""
+        """Rows sorted by slot in runs of equal length: one bmm over runs, with A and B as views
+        of the slot buffers when the batch's slots are a range, else a copy per adapter (never
+        per row); NO_ADAPTER rows, at the end, are skipped."""
         per_row = x.numel() // (x.shape[0] * self.in_features)  # tokens per mapped row
         g, m = len(plan.slots), plan.run * per_row
         xs = x.reshape(-1, self.in_features)[: g * m].view(g, m, self.in_features)  # [G, M, in]
         ys = y.view(-1, self.out_features)[: g * m].view(g, m, self.out_features)  # [G, M, out]
-        xa = torch.bmm(xs, A.index_select(0, plan.group_slots))  # [G, M, r]
-        ys.baddbmm_(xa, B.index_select(0, plan.group_slots))
+        lo, hi = plan.slots[0], plan.slots[-1]
+        if hi - lo + 1 == g:  # the batch's slots are a range (ascending, as its runs): views
+            A, B = A[lo : hi + 1], B[lo : hi + 1]
+        else:  # a copy of each adapter's A and B
+            A, B = A.index_select(0, plan.group_slots), B.index_select(0, plan.group_slots)
+        xa = torch.bmm(xs, A)  # [G, M, r]
+        ys.baddbmm_(xa, B)
         return y
 
     def _padded(self, x: torch.Tensor, y: torch.Tensor, pad: _Padding, r: int) -> torch.Tensor:

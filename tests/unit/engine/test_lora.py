@@ -12,7 +12,16 @@ from torch import nn
 from constellation.engine.lora import NO_ADAPTER, LoRAContext, MultiLoRALinear, inject_lora
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 6, 8
-MIXES = ["identical", "distinct", "equal_runs", "uniform", "skewed", "with_none", "all_none"]
+MIXES = [
+    "identical",
+    "distinct",
+    "equal_runs",
+    "equal_runs_gaps",
+    "uniform",
+    "skewed",
+    "with_none",
+    "all_none",
+]
 
 
 def _mapping(mix: str, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -23,6 +32,8 @@ def _mapping(mix: str, n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.arange(n, dtype=torch.long) % SLOTS
     if mix == "equal_runs":  # sorted, this is the grouped path: 4 adapters x 3 rows, one none
         return torch.cat([torch.arange(n - 1) % 4, torch.tensor([NO_ADAPTER])])
+    if mix == "equal_runs_gaps":  # grouped too, but slots 0, 2, 5 are no range: A and B copied
+        return torch.cat([torch.tensor([0, 2, 5]).repeat((n - 1) // 3), torch.tensor([NO_ADAPTER])])
     if mix == "uniform":
         return torch.randint(0, SLOTS, (n,), generator=gen)
     if mix == "skewed":
