@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from constellation.engine.lora import LoRAContext
 
-# Up to this padded length attention runs as plain matmuls and softmax; past it, as the fused
-# kernel (its memory stays linear in the length).
+# Up to this padded length attention on a CPU runs as plain matmuls and softmax; past it, and
+# on a GPU, as the fused kernel (its memory stays linear in the length).
 SHORT_ATTENTION = 128
 
 
@@ -100,9 +100,9 @@ def _layer(layer: Any, x: Tensor, pk: Packing) -> Tensor:
         return out.view(b, n, heads, head_dim).transpose(1, 2)
 
     q, k, v = padded(sa.query(x)), padded(sa.key(x)), padded(sa.value(x))
-    if n <= SHORT_ATTENTION:
+    if n <= SHORT_ATTENTION and x.device.type == "cpu":
         # Plain softmax(q k^T / sqrt(D) + mask) v: for sentence lengths, about twice as fast on
-        # a CPU as the fused kernel, which is built for long sequences.
+        # a CPU as the fused kernel, which is built for long sequences (on a GPU it is not).
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(head_dim**-0.5)  # [B, H, L, L]
         if not pk.dense:
             scores.add_(pk.key_bias)
