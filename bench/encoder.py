@@ -35,17 +35,15 @@ TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dens
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def _paired_s(
-    a: Callable[[], object], b: Callable[[], object], reps: int, rounds: int
-) -> tuple[float, float]:
+def _paired_s(a: Callable[[], object], b: Callable[[], object], calls: int) -> tuple[float, float]:
     """Seconds of one call of `a` and of `b`. After a warm-up of each, the calls alternate
-    a, b, a, b, ... (`reps * rounds` of each) and each side keeps its fastest call: on a shared
+    a, b, a, b, ... (`calls` of each) and each side keeps its fastest call: on a shared
     host whose speed drifts from one second to the next, alternating call by call exposes both
     sides to the same drift, and the fastest call is the least disturbed one (timeit's advice)."""
     a()
     b()
     times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(reps * rounds):
+    for _ in range(calls):
         for fn, took in ((a, times[0]), (b, times[1])):
             t = time.perf_counter()
             fn()
@@ -87,7 +85,7 @@ def _batch(model: EncoderModel, n: int, words: int) -> list[list[int]]:
 
 def bench_batch(base: BaseSpec, adapters: list[AdapterSpec], tiny: bool) -> list[tuple[str, float, str]]:
     """(1) multi-LoRA vs base alone and (2) vs PEFT adapter_names=, same batch of 64."""
-    n, reps, rounds = (16, 3, 1) if tiny else (64, 5, 3)
+    n, calls = (16, 3) if tiny else (64, 15)
     rows = []
     for deterministic in (False, True):
         limits = EngineLimits(adapter_slots=len(adapters), deterministic=deterministic)
@@ -95,13 +93,13 @@ def bench_batch(base: BaseSpec, adapters: list[AdapterSpec], tiny: bool) -> list
         ids = _batch(model, n, 8 if tiny else 48)
         slots = torch.tensor(model.adapters.acquire([adapters[i % len(adapters)] for i in range(n)]))
         mixed, alone = partial(model.forward, ids, slots), partial(model.forward, ids, torch.full((n,), -1))
-        lora_s, base_s = _paired_s(mixed, alone, reps, rounds)
+        lora_s, base_s = _paired_s(mixed, alone, calls)
         mode = "deterministic" if deterministic else "default"
         rows.append((f"(1) {len(adapters)} adapters r16 vs base alone [{mode}]", base_s / lora_s, ">= 0.80"))
     peft = _peft_mixed(base, adapters, ids)
     fast = EncoderModel(base, EngineLimits(adapter_slots=len(adapters), deterministic=False), max_rank=16)
     slots = torch.tensor(fast.adapters.acquire([adapters[i % len(adapters)] for i in range(n)]))
-    peft_s, ours_s = _paired_s(peft, lambda: fast.forward(ids, slots), reps, rounds)
+    peft_s, ours_s = _paired_s(peft, lambda: fast.forward(ids, slots), calls)
     rows.append(("(2) ours vs PEFT adapter_names= (speed-up)", peft_s / ours_s, ">= 1.5"))
     return rows
 

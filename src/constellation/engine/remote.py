@@ -293,7 +293,7 @@ def _child_main(conn: Connection, limits: dict[str, Any], switch_interval_ms: fl
 
     tasks: set[asyncio.Task[None]] = set()
 
-    def start(calls: list[tuple[int, str, tuple[Any, ...]]]) -> None:
+    def start(calls: list[Call]) -> None:
         for call in calls:
             task = loop.create_task(serve(*call))
             tasks.add(task)
