@@ -38,6 +38,10 @@ class EngineLimits(BaseModel):
     # engine/remote.py). 0 picks: one per core up to 4 on a CPU, one on a GPU. Each worker
     # loads its own copy of the models it serves, within the byte budgets above (per worker).
     encoder_workers: int = Field(default=0, ge=0)
+    # Encoder linears on a CPU run as oneDNN GEMMs on weights reordered once at load, instead of
+    # the BLAS library's GEMM on the plain weights (see `MultiLoRALinear.prepack`). Still fp32,
+    # and off in deterministic mode, whose per-sequence GEMMs this does not cover.
+    prepacked_linears: bool = True
 
 
 class PriceBook(BaseModel):

@@ -108,7 +108,10 @@ class EncoderModel:
         self.adapters = AdapterCache(
             self.layers, limits.adapter_slots, limits.adapter_host_bytes, name_map=self._layer_name
         )
-        self.nbytes = module_bytes(self.model)
+        if limits.prepacked_linears and not limits.deterministic:
+            for layer in self.layers.values():
+                layer.prepack()
+        self.nbytes = module_bytes(self.model) + sum(x.packed_bytes for x in self.layers.values())
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
 
     def tokenize(self, texts: list[str], *, truncate: bool) -> list[list[int]]:

@@ -192,6 +192,26 @@ class MultiLoRALinear(nn.Module):
         self.scale: torch.Tensor
         # Rank per slot (last = the zero slot): a batch only multiplies up to its largest rank.
         self._rank = [0] * (n_slots + 1)
+        self._packed: torch.Tensor | None = None  # the base weight in oneDNN's layout (`prepack`)
+
+    @torch.no_grad()
+    def prepack(self) -> bool:
+        """Run the base linear from now on as a oneDNN GEMM on a copy of its weight reordered,
+        once, into that library's blocked layout, instead of the BLAS library's GEMM on the plain
+        weight. Both are fp32. Where the BLAS GEMM takes a narrower vector path than the CPU has
+        (MKL on an AMD CPU with AVX-512 uses AVX2), this is about 2.4x faster per GEMM; elsewhere
+        about even. Not used in deterministic mode (its per-sequence bmm stays). False, and
+        nothing changes, off a CPU, for other dtypes, or in a torch built without oneDNN."""
+        w = self.base.weight
+        if w.device.type != "cpu" or w.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+            return False
+        self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach())
+        return True
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of the prepacked weight copy (0 without one)."""
+        return 0 if self._packed is None else self.base.weight.numel() * self.base.weight.element_size()
 
     @torch.no_grad()
     def set_slot(self, slot: int, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
@@ -306,6 +326,8 @@ class MultiLoRALinear(nn.Module):
         return y
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is not None and not self.ctx.deterministic:
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.base.bias, "none", [], "")
         if not (self.ctx.deterministic and x.dim() == 3):
             return self.base(x)
         # One GEMM per sequence with the same shape whatever the batch size: bitwise stable.

@@ -14,6 +14,7 @@ from sentence_transformers import SentenceTransformer
 
 from constellation.config import EngineLimits
 from constellation.engine.encoder import EncoderEngine
+from constellation.engine.pool import module_bytes
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
 
@@ -50,8 +51,9 @@ def _run(coro):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_minilm_equals_sentence_transformers(minilm_path: Path, deterministic: bool) -> None:
-    engine = EncoderEngine(EngineLimits(deterministic=deterministic))
+@pytest.mark.parametrize("prepacked", [True, False], ids=["prepacked", "blas"])
+def test_minilm_equals_sentence_transformers(minilm_path: Path, deterministic: bool, prepacked: bool) -> None:
+    engine = EncoderEngine(EngineLimits(deterministic=deterministic, prepacked_linears=prepacked))
     try:
         res = _run(engine.embed(base_spec(minilm_path, "minilm"), None, TEXTS))
     finally:
@@ -59,9 +61,11 @@ def test_minilm_equals_sentence_transformers(minilm_path: Path, deterministic: b
     want = SentenceTransformer(str(minilm_path), device="cpu").encode(TEXTS)
     assert res.embeddings.dtype == np.float32
     np.testing.assert_allclose(res.embeddings, want, atol=1e-5, rtol=0)
-    assert res.tokens == [
-        len(x) for x in engine.pool.acquire(base_spec(minilm_path, "minilm")).tokenize(TEXTS, truncate=False)
-    ]
+    model = engine.pool.acquire(base_spec(minilm_path, "minilm"))
+    assert res.tokens == [len(x) for x in model.tokenize(TEXTS, truncate=False)]
+    packed = sum(x.packed_bytes for x in model.layers.values())
+    assert (packed > 0) == (prepacked and not deterministic)  # deterministic mode keeps its own GEMMs
+    assert model.nbytes == module_bytes(model.model) + packed  # the copy counts against the budget
 
 
 @pytest.mark.parametrize("mix", MIXES)

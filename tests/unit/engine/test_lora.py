@@ -68,7 +68,7 @@ def _naive(
     return torch.stack(rows).float()
 
 
-def _layer(ranks: list[int], deterministic: bool = False):
+def _layer(ranks: list[int], deterministic: bool = False, prepacked: bool = False):
     gen = torch.Generator().manual_seed(0)
     lin = nn.Linear(IN, OUT)
     ctx = LoRAContext(SLOTS, deterministic=deterministic)
@@ -76,6 +76,8 @@ def _layer(ranks: list[int], deterministic: bool = False):
     adapters = _adapters(ranks, gen)
     for slot, (A, B, scale) in enumerate(adapters):
         layer.set_slot(slot, A, B, scale)
+    if prepacked:
+        assert layer.prepack()
     return layer, ctx, adapters, gen
 
 
@@ -84,8 +86,11 @@ def _layer(ranks: list[int], deterministic: bool = False):
 @pytest.mark.parametrize("shape", ["batch-seq", "packed"])
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("order", ["as-given", "sorted"])
-def test_matches_naive_loop(mix: str, ranks: list[int], shape: str, deterministic: bool, order: str) -> None:
-    layer, ctx, adapters, gen = _layer(ranks, deterministic)
+@pytest.mark.parametrize("prepacked", [False, True], ids=["blas", "prepacked"])
+def test_matches_naive_loop(
+    mix: str, ranks: list[int], shape: str, deterministic: bool, order: str, prepacked: bool
+) -> None:
+    layer, ctx, adapters, gen = _layer(ranks, deterministic, prepacked)
     n, seq = 13, 5
     slots = _mapping(mix, n, gen)
     if order == "sorted":  # the grouped path: rows by slot, NO_ADAPTER last
@@ -102,6 +107,40 @@ def test_matches_naive_loop(mix: str, ranks: list[int], shape: str, deterministi
     with torch.no_grad():
         got = layer(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, IN), (3, 5, IN), (1, IN)], ids=["packed", "batch-seq", "one-row"])
+def test_prepacked_base_equals_plain_linear(bias: bool, shape: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(1)
+    lin = nn.Linear(IN, OUT, bias=bias)
+    layer = MultiLoRALinear(lin, LoRAContext(SLOTS), SLOTS, MAX_RANK)
+    x = torch.randn(shape, generator=gen)
+    assert layer.packed_bytes == 0
+    assert layer.prepack()
+    assert layer.packed_bytes == IN * OUT * 4
+    with torch.no_grad():
+        got = layer(x)
+        want = lin(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_mode_ignores_the_prepacked_weight() -> None:
+    """Its per-sequence bmm is what keeps a row's bits independent of the batch: unchanged."""
+    layer, ctx, _, gen = _layer([4] * SLOTS, deterministic=True)
+    x = torch.randn(4, 5, IN, generator=gen)
+    ctx.set_mapping(torch.tensor([0, NO_ADAPTER, 3, 3]))
+    with torch.no_grad():
+        before = layer(x)
+        assert layer.prepack()
+        assert torch.equal(layer(x), before)
+
+
+def test_prepack_declines_what_it_does_not_cover() -> None:
+    layer = MultiLoRALinear(nn.Linear(IN, OUT).double(), LoRAContext(SLOTS), SLOTS, MAX_RANK)
+    assert not layer.prepack()  # float64: the plain GEMM stays
+    assert layer.packed_bytes == 0
 
 
 def test_sorted_mapping_takes_grouped_path() -> None:
