@@ -205,7 +205,10 @@ class MultiLoRALinear(nn.Module):
         w = self.base.weight
         if w.device.type != "cpu" or w.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
             return False
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach())
+        try:  # a private op (what torch.compile's CPU freezing uses): absent, keep the plain GEMM
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach())
+        except (AttributeError, RuntimeError):
+            return False
         return True
 
     @property
