@@ -90,6 +90,12 @@ def _alone(engine: EncoderEngine, base: BaseSpec, adapter: AdapterSpec | None, t
     return _run(engine.embed(base, adapter, [text]))
 
 
+def _same(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal to the last bits or so: each worker runs on one thread and the in-process engine on
+    all of them, and the prepacked oneDNN GEMM may split a reduction by thread count."""
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
 # -- results ---------------------------------------------------------------------------------
 
 
@@ -103,7 +109,7 @@ def test_embed_equals_in_process(
         want = _alone(local, base, adapter, text)
         assert got.embeddings.dtype == np.float32
         assert got.embeddings.shape == want.embeddings.shape == (1, 32)
-        assert np.array_equal(got.embeddings, want.embeddings)  # same op order, same bits
+        _same(got.embeddings, want.embeddings)
         assert got.tokens == want.tokens and got.tokens[0] > 2
         assert got.compute_ns > 0
 
@@ -124,14 +130,14 @@ def test_several_texts_in_one_request(
     want = _run(local.embed(base, None, TEXTS))
     assert got.embeddings.shape == (len(TEXTS), 32)
     assert got.tokens == want.tokens
-    np.testing.assert_allclose(got.embeddings, want.embeddings, atol=1e-6, rtol=0)
+    _same(got.embeddings, want.embeddings)
 
 
 def test_truncate_crosses(remote: RemoteEncoderEngine, local: EncoderEngine, base: BaseSpec) -> None:
     got = _run(remote.embed(base, None, [LONG], truncate=True))
     want = _run(local.embed(base, None, [LONG], truncate=True))
     assert got.tokens == want.tokens == [64]
-    assert np.array_equal(got.embeddings, want.embeddings)
+    _same(got.embeddings, want.embeddings)
 
 
 def test_classify_equals_in_process(
@@ -191,7 +197,7 @@ def test_engine_still_serves_after_errors(
     with pytest.raises(InvalidInput):
         _run(remote.embed(base, None, []))
     got = _run(remote.embed(base, None, TEXTS[2:3]))
-    assert np.array_equal(got.embeddings, _alone(local, base, None, TEXTS[2]).embeddings)
+    _same(got.embeddings, _alone(local, base, None, TEXTS[2]).embeddings)
 
 
 def test_unpicklable_spec_fails_instead_of_hanging(
