@@ -4,7 +4,8 @@ Each wrapped `nn.Linear` keeps stacked, zero-padded adapter slots; a `LoRAContex
 layers of one base says which slot each row of the batch uses. Rows sorted by slot in equal runs
 share one copy of their adapter's A and B per layer; other mixes gather A and B per row.
 Packed decoder tokens (`set_padded`) are laid out per adapter, zero-padded: one bmm pair on
-views of the batch's slot range.
+views of the batch's slot range. On a CPU the base GEMM can run on a oneDNN-prepacked copy of
+the weight (`MultiLoRALinear.prepack`).
 """
 
 from __future__ import annotations
@@ -199,9 +200,10 @@ class MultiLoRALinear(nn.Module):
         """Run the base linear from now on as a oneDNN GEMM on a copy of its weight reordered,
         once, into that library's blocked layout, instead of the BLAS library's GEMM on the plain
         weight. Both are fp32. Where the BLAS GEMM takes a narrower vector path than the CPU has
-        (MKL on an AMD CPU with AVX-512 uses AVX2), this is about 2.4x faster per GEMM; elsewhere
-        about even. Not used in deterministic mode (its per-sequence bmm stays). False, and
-        nothing changes, off a CPU, for other dtypes, or in a torch built without oneDNN."""
+        (MKL on an AMD CPU with AVX-512 uses AVX2), this measured about 2.4x faster per GEMM at
+        MiniLM's shapes; where MKL already uses the widest vectors expect less (not measured
+        here). Not used in deterministic mode (its per-sequence bmm stays). False, and nothing
+        changes, off a CPU, for other dtypes, or in a torch built without oneDNN."""
         w = self.base.weight
         if w.device.type != "cpu" or w.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
             return False
