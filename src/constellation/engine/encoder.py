@@ -111,7 +111,7 @@ class EncoderModel:
         if limits.prepacked_linears and not limits.deterministic:
             for layer in self.layers.values():
                 layer.prepack()
-        self.nbytes = module_bytes(self.model) + sum(x.packed_bytes for x in self.layers.values())
+        self.nbytes = module_bytes(self.model)  # the prepacked copies included
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
 
     def tokenize(self, texts: list[str], *, truncate: bool) -> list[list[int]]:

@@ -21,9 +21,11 @@ M = TypeVar("M")
 
 
 def module_bytes(module: nn.Module) -> int:
-    """Bytes held by a module's parameters and buffers."""
+    """Bytes held by a module's parameters and buffers, and by the weight copies its layers
+    keep prepacked for the CPU (`packed_bytes`, see `MultiLoRALinear.prepack`)."""
     tensors = [*module.parameters(), *module.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    packed = sum(getattr(m, "packed_bytes", 0) for m in module.modules())
+    return sum(t.numel() * t.element_size() for t in tensors) + packed
 
 
 @dataclass(slots=True)

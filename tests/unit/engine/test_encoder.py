@@ -65,7 +65,8 @@ def test_minilm_equals_sentence_transformers(minilm_path: Path, deterministic: b
     assert res.tokens == [len(x) for x in model.tokenize(TEXTS, truncate=False)]
     packed = sum(x.packed_bytes for x in model.layers.values())
     assert (packed > 0) == (prepacked and not deterministic)  # deterministic mode keeps its own GEMMs
-    assert model.nbytes == module_bytes(model.model) + packed  # the copy counts against the budget
+    plain = sum(t.numel() * t.element_size() for t in [*model.model.parameters(), *model.model.buffers()])
+    assert model.nbytes == module_bytes(model.model) == plain + packed  # the copy counts in the budget
 
 
 @pytest.mark.parametrize("mix", MIXES)
