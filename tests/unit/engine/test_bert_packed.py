@@ -45,6 +45,19 @@ def test_packed_equals_padded_for_every_pooling(models: tuple[EncoderModel, Enco
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_packs_when_the_padding_saved_outweighs_the_packed_lora_cost(
+    models: tuple[EncoderModel, EncoderModel],
+) -> None:
+    packed, padded = models
+    ids = [[7] * 10] * 7 + [[7] * 14]  # 84 tokens, 28 of padding
+    none, one, two = torch.full((8,), -1), torch.tensor([0] * 8), torch.tensor([0, 1] * 4)
+    assert packed.packs(ids, none)  # no adapters: any padding saved
+    assert not packed.packs([[7] * 10] * 8, none)  # nothing to save
+    assert packed.packs(ids, one)  # 28 > 0.17 * 84 + 8
+    assert not packed.packs(ids, two)  # 28 < 0.17 * 84 + 16
+    assert not padded.packs(ids, none)  # a model that cannot pack never does
+
+
 @pytest.mark.parametrize("short", [bert_packed.SHORT_ATTENTION, 0], ids=["matmul-softmax", "fused-kernel"])
 def test_both_attention_paths_equal_padded(
     models: tuple[EncoderModel, EncoderModel], short: int, monkeypatch: pytest.MonkeyPatch
