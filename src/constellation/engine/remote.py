@@ -175,8 +175,9 @@ class RemoteEncoderEngine:
             for call in calls:
                 try:
                     self._send(w, [call])
-                except OSError:
+                except OSError:  # the worker is gone: `_lost` failed every call still on it
                     self._lost(w)
+                    return
                 except Exception as exc:
                     why = f"this request cannot be sent to the encoder engine's process: {exc}"
                     self._fail([call], ("ConstellationError", why, None, None))
