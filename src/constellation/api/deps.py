@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
 from constellation.api.cache import RefreshingCache
 from constellation.errors import Forbidden, Unauthenticated
@@ -80,8 +81,13 @@ def _digest(secret: str) -> str:
 
 async def get_principal(request: Request) -> Principal:
     """The caller of this request, from its API key (cached; a database read on a miss)."""
-    platform: Platform = request.app.state.platform
-    header = request.headers.get("authorization", "")
+    return await principal_of(request.app.state, request.headers.get("authorization", ""))
+
+
+async def principal_of(state: State, header: str) -> Principal:
+    """The caller named by an `Authorization` header value, or Unauthenticated. The app's gate
+    (api/gate.py) calls it before a request's body is read, the routes' dependencies after."""
+    platform: Platform = state.platform
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated(
@@ -97,7 +103,7 @@ async def get_principal(request: Request) -> Principal:
             key = authenticate(s, secret=secret)
             return Principal(tenant_id=key.tenant_id, key_id=key.id, scopes=frozenset(key.scopes))
 
-    cache: KeyCache | None = getattr(request.app.state, "keys", None)
+    cache: KeyCache | None = getattr(state, "keys", None)
     if cache is None:
         return await run_in_threadpool(load)
     hit = cache.lookup(secret)
