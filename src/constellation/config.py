@@ -52,6 +52,21 @@ class PriceBook(BaseModel):
     platform_fee_bps: int = Field(default=1000, ge=0, le=10_000)
 
 
+# Rate limits are per minute and bounded so that bucket arithmetic stays exact in a float.
+MAX_PER_MINUTE = 10**12
+
+
+class RateLimits(BaseModel):
+    """Requests and estimated tokens per minute, per API key and per tenant; 0 = unlimited.
+    A tenant's own limits (`constellation tenants set ID --rpm N --tpm N`) replace the
+    `tenant_*` defaults. Off by default, as in vLLM or LiteLLM: set them for shared servers."""
+
+    key_rpm: int = Field(default=0, ge=0, le=MAX_PER_MINUTE)
+    key_tpm: int = Field(default=0, ge=0, le=MAX_PER_MINUTE)
+    tenant_rpm: int = Field(default=0, ge=0, le=MAX_PER_MINUTE)
+    tenant_tpm: int = Field(default=0, ge=0, le=MAX_PER_MINUTE)
+
+
 class Settings(BaseSettings):
     """Process-wide configuration. Env vars: CONSTELLATION_DATA_DIR, CONSTELLATION_DB_URL, ..."""
 
@@ -64,6 +79,10 @@ class Settings(BaseSettings):
     engine: EngineLimits = Field(default_factory=EngineLimits)
     prices: PriceBook = Field(default_factory=PriceBook)
     metering: bool = True  # False: serve without usage events, prices or charges (benchmarks)
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    # Rate-limit buckets in Redis (e.g. redis://127.0.0.1:6379/0), shared by every server
+    # process that names the same one; unset: in this process's memory.
+    redis_url: str | None = None
     # How long a server thread may hold the GIL while another waits for it (Python's default is
     # 5 ms). The ledger writer waits for it after every statement while the event loop handles
     # requests; at 5 ms that wait, not the database, bounds postings per second.

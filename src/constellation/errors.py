@@ -70,7 +70,14 @@ class TooLarge(ConstellationError):
 class RateLimited(ConstellationError):
     status = 429
     type = "rate_limit_error"
-    code = "quota_exceeded"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, retry_after_s: int = 1, headers: dict[str, str] | None = None, **kw: str | None
+    ) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after_s = retry_after_s
+        self.headers = headers or {}  # e.g. OpenAI's x-ratelimit-* fields
 
 
 class Overloaded(ConstellationError):

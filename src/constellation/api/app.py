@@ -16,6 +16,7 @@ from constellation.api.deps import KeyCache
 from constellation.api.engines import Engines
 from constellation.api.errors import install_error_handlers
 from constellation.api.metrics import Metrics, MetricsMiddleware
+from constellation.api.ratelimit import build_limiter, tenant_loader
 from constellation.api.resolver import Resolver
 from constellation.api.routes import (
     admin,
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engines = Engines(settings.engine)
         app.state.meter = Meter(platform.db, settings.prices) if settings.metering else None
         app.state.finetunes = JobManager(platform)
+        app.state.limiter = build_limiter(settings.rate_limits, settings.redis_url, tenant_loader(platform))
         app.state.ready = True
         try:
             yield
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.meter.close()
 
             app.state.finetunes.close()
+            await app.state.limiter.close()
             platform.close()
 
     app = FastAPI(
@@ -131,7 +134,8 @@ class ForgetCachedRegistry:
         await self.app(scope, receive, send_status)
         if status < 400:
             state = scope["app"].state
-            for cache in (getattr(state, "resolver", None), getattr(state, "keys", None)):
+            caches = ("resolver", "keys", "limiter")  # the limiter caches tenants' own limits
+            for cache in (getattr(state, name, None) for name in caches):
                 if cache is not None:
                     cache.clear()
             if getattr(state, "meter", None) is not None:

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from constellation.errors import ConstellationError, Overloaded
+from constellation.errors import ConstellationError, Overloaded, RateLimited
 
 log = logging.getLogger("constellation.api")
 
@@ -24,8 +24,10 @@ def error_body(
 
 def error_response(exc: ConstellationError) -> JSONResponse:
     headers = {}
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | RateLimited):
         headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, RateLimited):
+        headers.update(exc.headers)
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from constellation.api.deps import Principal
 from constellation.api.engines import Engines
+from constellation.api.ratelimit import RateLimiter
 from constellation.api.resolver import Resolved, Resolver
 from constellation.config import EngineLimits
 from constellation.economy.meter import Bill, Meter, UsageRecord
@@ -74,6 +75,7 @@ class Call:
     meter: Meter | None  # None only when CONSTELLATION_METERING=false (benchmarks)
     limits: EngineLimits
     device_class: str
+    limiter: RateLimiter | None = None  # per-key and per-tenant rate limits (api/ratelimit.py)
     request_id: str = field(default_factory=new_request_id)
     resolved: Resolved = field(init=False)
     _fingerprint: str = field(init=False, default="")
@@ -108,6 +110,8 @@ class Call:
         return None
 
     async def admit(self, caller: Principal, *, est_input_tokens: int, est_output_tokens: int = 0) -> None:
+        if self.limiter is not None:  # rate limits first: a 429 takes no spending hold
+            await self.limiter.admit(caller, tokens=est_input_tokens + est_output_tokens)
         if self.meter is None or self.meter.unlimited(caller.tenant_id):
             return  # no spending floor: nothing to refuse, no database read on the hot path
         estimate = self.meter.quote(
@@ -179,6 +183,7 @@ async def get_call(request: Request) -> Call:
         meter=state.meter,
         limits=state.settings.engine,
         device_class=state.device_class,
+        limiter=getattr(state, "limiter", None),
     )
 
 

@@ -331,15 +331,30 @@ def tenants_set(
     id: Annotated[str, typer.Argument(help="Tenant id.")],
     declared_use: Annotated[str | None, typer.Option(help="commercial | non-commercial")] = None,
     monthly_active_users: Annotated[int | None, typer.Option(help="Declared monthly active users.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute (0 = unlimited).")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Estimated tokens per minute (0 = unlimited).")] = None,
+    default_limits: Annotated[
+        bool, typer.Option("--default-limits", help="Back to the server's default rate limits.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Update a tenant's declarations, e.g. `constellation tenants set acme --declared-use non-commercial`."""
+    """Update a tenant's declarations and rate limits, e.g. `constellation tenants set acme
+    --declared-use non-commercial` or `constellation tenants set acme --rpm 600 --tpm 200000`."""
+    limits: dict[str, int | None] = dict.fromkeys(tenant_repo.RATE_LIMIT_FIELDS) if default_limits else {}
+    limits |= {k: v for k, v in (("requests_per_minute", rpm), ("tokens_per_minute", tpm)) if v is not None}
     with opened_platform() as p, p.db.session() as s:
+        tenant_repo.set_rate_limits(s, tenant_id=id, changes=limits)
         t = acceptances.set_declarations(
             s, tenant_id=id, declared_use=declared_use, monthly_active_users=monthly_active_users
         )
         emit(
-            {"id": t.id, "declared_use": t.declared_use, "monthly_active_users": t.monthly_active_users},
+            {
+                "id": t.id,
+                "declared_use": t.declared_use,
+                "monthly_active_users": t.monthly_active_users,
+                "requests_per_minute": t.requests_per_minute,
+                "tokens_per_minute": t.tokens_per_minute,
+            },
             as_json=as_json,
         )
 

@@ -77,6 +77,9 @@ class Tenant(Base):
     declared_use: Mapped[str] = mapped_column(String(20), default="commercial")
     monthly_active_users: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Rate limits per minute (api/ratelimit.py): None = the server's default, 0 = unlimited.
+    requests_per_minute: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger, default=None)
     __table_args__ = (CheckConstraint(f"declared_use IN {DECLARED_USES}", name="ck_tenant_use"),)
 
 

@@ -7,11 +7,13 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from constellation.config import MAX_PER_MINUTE
 from constellation.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from constellation.registry._common import check_slug
 from constellation.registry.tables import DECLARED_USES, ApiKey, Tenant, utcnow
@@ -47,6 +49,23 @@ def get_tenant(s: Session, *, id: str) -> Tenant:
 
 def list_tenants(s: Session) -> list[Tenant]:
     return list(s.scalars(select(Tenant).order_by(Tenant.id)))
+
+
+RATE_LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute")
+
+
+def set_rate_limits(s: Session, *, tenant_id: str, changes: Mapping[str, int | None]) -> Tenant:
+    """Set the tenant's rate limits named in `changes` (`RATE_LIMIT_FIELDS`): a number per
+    minute (0 = unlimited) or None (back to the server's default); the others stay."""
+    t = get_tenant(s, id=tenant_id)
+    for name, value in changes.items():
+        if name not in RATE_LIMIT_FIELDS:
+            raise InvalidInput(f"unknown rate limit '{name}'; use one of {', '.join(RATE_LIMIT_FIELDS)}")
+        if value is not None and not 0 <= value <= MAX_PER_MINUTE:
+            raise InvalidInput(f"{name} must be 0 (unlimited) to {MAX_PER_MINUTE}, not {value}", param=name)
+        setattr(t, name, value)
+    s.flush()
+    return t
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from constellation.api.deps import Admin, Principal, PrincipalDep, SessionDep
+from constellation.config import MAX_PER_MINUTE
 from constellation.errors import Forbidden
 from constellation.registry import acceptances
 from constellation.registry import tenants as repo
@@ -26,6 +27,12 @@ class TenantIn(BaseModel):
 class DeclarationsIn(BaseModel):
     declared_use: Literal["commercial", "non-commercial"] | None = None
     monthly_active_users: int | None = Field(default=None, ge=0)
+    requests_per_minute: int | None = Field(
+        default=None, ge=0, le=MAX_PER_MINUTE, description="rate limit; 0 = unlimited, null = server default"
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, ge=0, le=MAX_PER_MINUTE, description="rate limit; 0 = unlimited, null = server default"
+    )
 
 
 class AcceptanceIn(BaseModel):
@@ -44,6 +51,8 @@ def tenant_dict(t: Tenant) -> dict[str, Any]:
         "name": t.name,
         "declared_use": t.declared_use,
         "monthly_active_users": t.monthly_active_users,
+        "requests_per_minute": t.requests_per_minute,
+        "tokens_per_minute": t.tokens_per_minute,
         "created_at": t.created_at.isoformat(),
     }
 
@@ -87,7 +96,10 @@ def add_tenant(body: TenantIn, _: Admin, s: SessionDep) -> dict[str, Any]:
 
 @router.patch("/tenants/{id}")
 def set_declarations(id: str, body: DeclarationsIn, _: Admin, s: SessionDep) -> dict[str, Any]:
-    """Update the tenant's declared use and/or monthly active users (fields left out stay)."""
+    """Update the tenant's declared use, monthly active users and rate limits (fields left out
+    stay; a rate limit sent as null goes back to the server's default)."""
+    limits = body.model_dump(include=set(repo.RATE_LIMIT_FIELDS) & body.model_fields_set)
+    repo.set_rate_limits(s, tenant_id=id, changes=limits)
     return tenant_dict(
         acceptances.set_declarations(
             s, tenant_id=id, declared_use=body.declared_use, monthly_active_users=body.monthly_active_users
