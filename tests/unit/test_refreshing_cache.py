@@ -73,3 +73,18 @@ def test_load_caches_a_value_and_a_failed_load_serves_nothing_stale(clock: Clock
     with pytest.raises(KeyError):
         c.load("k", revoked)
     assert c.get("k") is None  # the old value is gone, not served while the next load runs
+
+
+def test_a_load_that_started_before_a_clear_is_not_kept() -> None:
+    """A revocation clears the cache while a request is still reading the key's old row: that
+    read must not be cached, or the revoked key would work for another ttl."""
+    c: RefreshingCache[str, str] = RefreshingCache(ttl_s=60.0)
+
+    def load_then_clear() -> str:
+        c.clear()  # the admin write lands while this load is in flight
+        return "old row"
+
+    assert c.load("k", load_then_clear) == "old row"  # the caller still gets what it read
+    assert c.get("k") is None  # but the next caller reads again
+    assert c.load("k", lambda: "new row") == "new row"
+    assert c.get("k") == "new row"

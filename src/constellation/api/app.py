@@ -123,20 +123,22 @@ class ForgetCachedRegistry:
         if scope["type"] != "http" or scope["method"] == "GET" or not scope["path"].startswith("/api/"):
             await self.app(scope, receive, send)
             return
-        status = 500
 
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+        async def forget_then_send(message: Message) -> None:
+            # SessionDep has committed by now (it ends with the handler, see deps.py): forget,
+            # then let the answer start, so no client sees it before the caches are gone.
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                forget_cached(scope["app"].state)
             await send(message)
 
-        await self.app(scope, receive, send_status)
-        if status < 400:
-            state = scope["app"].state
-            caches = ("resolver", "keys", "limiter")  # the limiter caches tenants' own limits
-            for cache in (getattr(state, name, None) for name in caches):
-                if cache is not None:
-                    cache.clear()
-            if getattr(state, "meter", None) is not None:
-                state.meter.invalidate_prices()
+        await self.app(scope, receive, forget_then_send)
+
+
+def forget_cached(state: Any) -> None:
+    """Drop every short-lived registry cache this process keeps (see ForgetCachedRegistry)."""
+    caches = ("resolver", "keys", "limiter")  # the limiter caches tenants' own limits
+    for cache in (getattr(state, name, None) for name in caches):
+        if cache is not None:
+            cache.clear()
+    if getattr(state, "meter", None) is not None:
+        state.meter.invalidate_prices()

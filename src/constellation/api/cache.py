@@ -2,7 +2,8 @@
 
 An entry is fresh for `ttl_s`. Once stale, the first caller to ask is told to reload it, and
 every other caller keeps the stale value until that reload lands (for at most another `ttl_s`):
-under load an expiry costs one database read, not one per request in flight."""
+under load an expiry costs one database read, not one per request in flight. `clear` wins over
+reloads in flight: what they read may predate the write that cleared the cache, so it is not kept."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class RefreshingCache(Generic[K, V]):
         self.max_entries = max_entries
         self._entries: dict[K, tuple[float, V]] = {}
         self._reloading: set[K] = set()
+        self._generation = 0  # bumped by `clear`
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
@@ -37,17 +39,23 @@ class RefreshingCache(Generic[K, V]):
             return None
 
     def load(self, key: K, fn: Callable[[], V]) -> V:
-        """`fn()`, cached under `key`; if it raises, `key` is forgotten (nothing stale is served)."""
+        """`fn()`, cached under `key` unless `clear` ran meanwhile; if it raises, `key` is
+        forgotten (nothing stale is served)."""
+        generation = self._generation
         try:
             value = fn()
         except BaseException:
             self.drop(key)
             raise
-        self.put(key, value)
+        self.put(key, value, generation=generation)
         return value
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, *, generation: int | None = None) -> None:
+        """Cache `value`; with `generation` (read before loading it), only if no `clear` since."""
         with self._lock:
+            if generation is not None and generation != self._generation:
+                self._reloading.discard(key)
+                return
             if len(self._entries) >= self.max_entries and key not in self._entries:
                 self._entries.clear()
             self._entries[key] = (time.monotonic(), value)
@@ -61,5 +69,6 @@ class RefreshingCache(Generic[K, V]):
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self._entries.clear()
             self._reloading.clear()

@@ -35,7 +35,10 @@ def get_session(platform: PlatformDep) -> Iterator[Session]:
         yield s
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits when the handler returns, before the response is sent,
+# so a client that reads "revoked" or "switched" finds it true on its very next request, and a
+# failed commit is the caller's error rather than a success already on the wire.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 @dataclass(frozen=True, slots=True)
