@@ -113,8 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 class ForgetCachedRegistry:
-    """A successful admin write (new model, terms, limits, declarations...) is visible to the very
-    next request: drop the resolver's, the key cache's and the price book's short-lived caches."""
+    """A successful admin write (new model, terms, limits, declarations, a revoked key...) is
+    visible to the very next request: the write commits, the resolver's, the key cache's and the
+    price book's short-lived caches are dropped, and only then does the response leave."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
