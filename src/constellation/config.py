@@ -6,9 +6,12 @@ Nothing reads the environment after `Settings()` is built; tests construct their
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from constellation.economy.money import MAX_RATE_NANOS
 
 
 class EngineLimits(BaseModel):
@@ -21,6 +24,17 @@ class EngineLimits(BaseModel):
     max_batch_wait_ms: float = Field(default=2.0, ge=0)
     batch_quiet_ms: float = Field(default=1.0, ge=0)
     max_items_per_request: int = Field(default=2048, gt=0)
+    # Checked before tokenising (engine/bounds.py): a longer item is a 400 naming it, or with
+    # `truncate` is cut to a length that still covers the model's max tokens; a request's
+    # items are tokenised in chunks and refused once their tokens pass `max_tokens_per_request`.
+    max_chars_per_item: int = Field(default=100_000, gt=0)
+    max_tokens_per_request: int = Field(default=300_000, gt=0)
+    # After this many tokens, an encoder worker that goes idle gives its freed heap back.
+    trim_after_tokens: int = Field(default=65_536, gt=0)
+    # A dead encoder worker process is respawned after this delay, doubled on each death in a
+    # row (one that never answered) up to `respawn_max_s`.
+    respawn_backoff_s: float = Field(default=0.5, ge=0)
+    respawn_max_s: float = Field(default=30.0, ge=0)
     adapter_slots: int = Field(default=64, gt=0)
     adapter_host_bytes: int = Field(default=2 * 1024**3, gt=0)
     base_model_bytes: int = Field(default=8 * 1024**3, gt=0)
@@ -48,7 +62,9 @@ class PriceBook(BaseModel):
     """Platform-side prices in integer nano-USD; contributors' terms live in the registry."""
 
     # Rate per compute-second of attributed engine time, by device class.
-    infra_nanos_per_second: dict[str, int] = Field(default_factory=lambda: {"cpu": 20_000, "gpu": 600_000})
+    infra_nanos_per_second: dict[str, Annotated[int, Field(ge=0, le=MAX_RATE_NANOS)]] = Field(
+        default_factory=lambda: {"cpu": 20_000, "gpu": 600_000}
+    )
     platform_fee_bps: int = Field(default=1000, ge=0, le=10_000)
 
 
@@ -91,6 +107,12 @@ class Settings(BaseSettings):
     # by default: it checks for a configured provider on every request, and Constellation
     # exports its own Prometheus metrics at /metrics.
     otel: bool = False
+    # Request bodies past these sizes are refused with a 413 before the rest is read: fine-tune
+    # uploads (under /api/finetunes) get the larger one, every other path the smaller.
+    max_body_bytes: int = Field(default=8 * 1024**2, gt=0)
+    max_upload_body_bytes: int = Field(default=128 * 1024**2, gt=0)
+    # One JSON line per HTTP request on the `constellation.access` logger (see api/access_log.py).
+    access_log: bool = True
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

@@ -6,6 +6,7 @@ Routes supply only the engine call; everything billing- and licence-related happ
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -26,7 +27,7 @@ from constellation.api.ratelimit import RateLimiter
 from constellation.api.resolver import Resolved, Resolver
 from constellation.config import EngineLimits
 from constellation.economy.meter import Bill, Meter, UsageRecord
-from constellation.errors import ConstellationError, InvalidInput
+from constellation.errors import InvalidInput
 
 MAX_IDEMPOTENCY_KEY = 255
 # Request ids: a random prefix per process, then a counter -- unique across processes and
@@ -79,6 +80,8 @@ class Call:
     request_id: str = field(default_factory=new_request_id)
     resolved: Resolved = field(init=False)
     _fingerprint: str = field(init=False, default="")
+    _held: bool = field(init=False, default=False)  # `admit` reserved funds under request_id
+    _settled: bool = field(init=False, default=False)
 
     @property
     def idempotency_key(self) -> str | None:
@@ -109,21 +112,42 @@ class Call:
                 return replay
         return None
 
-    async def admit(self, caller: Principal, *, est_input_tokens: int, est_output_tokens: int = 0) -> None:
+    async def admit(
+        self,
+        caller: Principal,
+        *,
+        est_input_tokens: int,
+        est_output_tokens: int = 0,
+        max_input_tokens: int | None = None,
+    ) -> None:
+        """Rate limits (on the estimate), then reserve the request's worst case (`max_input_tokens`,
+        the most it may generate and their compute) against the tenant's balance, or refuse with
+        402; `settle` releases the reservation."""
         if self.limiter is not None:  # rate limits first: a 429 takes no spending hold
             await self.limiter.admit(caller, tokens=est_input_tokens + est_output_tokens)
         if self.meter is None or self.meter.unlimited(caller.tenant_id):
             return  # no spending floor: nothing to refuse, no database read on the hot path
+        name, worst_in = self.resolved.name, max(est_input_tokens, max_input_tokens or 0)
         estimate = self.meter.quote(
-            model_name=self.resolved.name,
-            input_tokens=est_input_tokens,
+            model_name=name,
+            input_tokens=worst_in,
             max_output_tokens=est_output_tokens,
-            compute_ns_estimate=0,
+            compute_ns_estimate=self.meter.compute_estimate(name, worst_in + est_output_tokens),
+            device_class=self.device_class,
         )
-        await run_in_threadpool(self.meter.admit, tenant_id=caller.tenant_id, estimate_nanos=estimate)
+        self._held = await run_in_threadpool(
+            self.meter.admit, tenant_id=caller.tenant_id, estimate_nanos=estimate, hold_id=self.request_id
+        )
 
-    async def settle(self, caller: Principal, outcome: Outcome | None, started: datetime) -> dict[str, Any]:
-        """Record the usage (a failure is recorded, not charged) and return the extension."""
+    async def settle(
+        self, caller: Principal, outcome: Outcome | None, started: datetime, *, status: str | None = None
+    ) -> dict[str, Any]:
+        """Record the usage once, whatever happens after (a failure is recorded, not charged; a
+        cancelled stream is charged for what it produced) and return the extension. A second call
+        records nothing: the first to begin, even if its caller is then cancelled, is the record."""
+        if self._settled:
+            return {"request_id": self.request_id}
+        self._settled = True
         ext: dict[str, Any] = {
             "request_id": self.request_id,
             "compute_ns": outcome.compute_ns if outcome else 0,
@@ -142,13 +166,25 @@ class Call:
             output_tokens=outcome.output_tokens if outcome else 0,
             compute_ns=outcome.compute_ns if outcome else 0,
             device_class=self.device_class,
-            status="succeeded" if outcome else "failed",
+            status=status or ("succeeded" if outcome else "failed"),
             started_at=started,
             finished_at=datetime.now(UTC),
-            response={**outcome.body, "constellation": ext} if outcome else None,
+            response={**outcome.body, "constellation": ext} if outcome and status is None else None,
+            hold=self._held,
         )
         bill: Bill = await self.meter.record(record)
         return {**ext, **bill.as_dict(), "request_id": bill.request_id}
+
+    def settle_later(
+        self, caller: Principal, outcome: Outcome | None, started: datetime, status: str
+    ) -> None:
+        """`settle` from a task of its own: for a request whose own task is being cancelled (a
+        dropped connection), where an `await` would be cancelled again."""
+        if self._settled:
+            return
+        task = asyncio.get_running_loop().create_task(self.settle(caller, outcome, started, status=status))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
     async def run(
         self,
@@ -159,19 +195,36 @@ class Call:
         *,
         est_input_tokens: int,
         est_output_tokens: int = 0,
+        max_input_tokens: int | None = None,
     ) -> dict[str, Any]:
         """The whole non-streaming path for one request."""
         replay = await self.prepare(caller, model, body)
         if replay is not None:
             return replay
-        await self.admit(caller, est_input_tokens=est_input_tokens, est_output_tokens=est_output_tokens)
+        await self.admit(
+            caller,
+            est_input_tokens=est_input_tokens,
+            est_output_tokens=est_output_tokens,
+            max_input_tokens=max_input_tokens,
+        )
         started = datetime.now(UTC)
+        outcome = await self.guarded(caller, started, fn(self))
+        return {**outcome.body, "constellation": await self.settle(caller, outcome, started)}
+
+    async def guarded(self, caller: Principal, started: datetime, work: Awaitable[Outcome]) -> Outcome:
+        """Await the engine call; whatever it raises -- a platform error, a bug, a cancellation --
+        is recorded once as a failure (not charged, its hold released) before it propagates."""
         try:
-            outcome = await fn(self)
-        except ConstellationError:
+            return await work
+        except asyncio.CancelledError:
+            self.settle_later(caller, None, started, "failed")
+            raise
+        except BaseException:
             await self.settle(caller, None, started)
             raise
-        return {**outcome.body, "constellation": await self.settle(caller, outcome, started)}
+
+
+_background: set[asyncio.Task[Any]] = set()  # keeps fire-and-forget settle tasks alive until done
 
 
 async def get_call(request: Request) -> Call:

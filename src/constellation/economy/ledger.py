@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from constellation.economy.money import MAX_BALANCE_NANOS, check_amount, usd
 from constellation.economy.pricing import Leg
 from constellation.economy.tables import LedgerAccount, LedgerLeg, LedgerTransaction, UsageEvent
 from constellation.errors import InvalidInput
@@ -95,7 +96,14 @@ def fund(s: Session, *, tenant_id: str, amount_nanos: int, memo: str = "") -> in
         raise InvalidInput(
             "the amount to fund must be positive, e.g. `constellation tenants fund acme 25.00`"
         )
+    check_amount(amount_nanos, param="amount_nanos")
     acct = tenant_account(tenant_id)
+    if balance(s, account_id=acct) + amount_nanos > MAX_BALANCE_NANOS:
+        raise InvalidInput(
+            f"tenant '{tenant_id}' would then hold more than {usd(MAX_BALANCE_NANOS)} USD, the most a "
+            "balance may hold; add less",
+            param="amount_nanos",
+        )
     post(
         s,
         kind="funding",
@@ -114,8 +122,8 @@ def set_limit(
     get_tenant(s, id=tenant_id)
     if prepaid and spending_limit_nanos is not None:
         raise InvalidInput("choose either prepaid or a spending limit, not both")
-    if spending_limit_nanos is not None and spending_limit_nanos < 0:
-        raise InvalidInput("a spending limit is a non-negative amount")
+    if spending_limit_nanos is not None:
+        check_amount(spending_limit_nanos, param="spending_limit_nanos")
     acc = ensure_account(s, tenant_account(tenant_id))
     floor = 0 if prepaid else (-spending_limit_nanos if spending_limit_nanos is not None else None)
     if floor is not None and acc.balance_nanos < floor:

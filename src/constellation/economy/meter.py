@@ -7,10 +7,9 @@ Call order per request: `replay` -> `quote` + `admit` -> run the model -> `recor
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,17 +17,20 @@ from typing import Any
 from sqlalchemy import select
 
 from constellation.config import PriceBook
+from constellation.economy import holds
 from constellation.economy.ledger import tenant_account
 from constellation.economy.money import usd
 from constellation.economy.pricing import Leg, PriceCache, PriceInputs, Rates, Tariff, load_inputs, tariff
-from constellation.economy.tables import LedgerAccount, UsageEvent
-from constellation.economy.writer import Bill, Posting, PostingWriter, bill_of
+from constellation.economy.tables import USAGE_STATUSES, UsageEvent
+from constellation.economy.writer import PLATFORM_ACCOUNT, Bill, Posting, PostingWriter, bill_of
 from constellation.errors import Conflict, InvalidInput, NotFound, PaymentRequired
 from constellation.registry.contributors import ensure_contributor
 from constellation.registry.db import Database
 
-PLATFORM_ACCOUNT = "platform"
-HOLD_TTL_S = 600.0  # an admitted request that never records stops holding funds after this
+# Worst-case compute for a hold: the highest recent per-token time, times this headroom;
+# before a model's first request, this default per token (a CPU decode step of a small LM).
+COMPUTE_HEADROOM = 2
+DEFAULT_NS_PER_TOKEN = 20_000_000
 FLOOR_TTL_S = 2.0  # how long a tenant seen without a spending floor skips the balance read
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -47,10 +49,12 @@ class UsageRecord:
     output_tokens: int
     compute_ns: int
     device_class: str  # "cpu" | "gpu"
-    status: str  # "succeeded" | "failed"
+    status: str  # "succeeded" | "failed" | "cancelled" (a dropped stream, billed for its output)
     started_at: datetime
     finished_at: datetime
     response: dict[str, Any] | None  # the body to replay for a retry with the same key
+    hold: bool = False  # `Meter.admit` took a hold under this request id: posting it releases it
+    operation: str = "inference"  # or "finetune"
 
 
 _US = timedelta(microseconds=1)
@@ -82,11 +86,11 @@ class Meter:
         self._cache = PriceCache(self._load, ttl_s=price_ttl_s)
         self._rates: dict[str, Rates] = {}
         self._tariffs: dict[tuple[str, str], tuple[PriceInputs, Tariff]] = {}
-        self._holds: dict[str, deque[tuple[int, float]]] = {}
+        self._hold_ids = itertools.count()
+        self._ns_per_token: dict[str, int] = {}  # model -> decaying peak compute per token
         self._unlimited: dict[str, float] = {}  # tenant -> when last seen without a floor
         self._rechecking: set[str] = set()  # tenants whose floor one request is re-reading
 
-        self._lock = threading.Lock()
         self._writer = PostingWriter(db, max_batch=max_batch)
 
     # -- before compute -------------------------------------------------------------------
@@ -141,45 +145,46 @@ class Meter:
         self._rechecking.add(tenant_id)
         return False
 
-    def admit(self, *, tenant_id: str, estimate_nanos: int) -> None:
-        """Refuse (402) before compute when the estimate exceeds what the tenant may still spend;
-        otherwise hold the estimate until `record` for this tenant."""
+    def admit(self, *, tenant_id: str, estimate_nanos: int, hold_id: str | None = None) -> bool:
+        """Reserve the request's worst-case price against the tenant's balance, atomically
+        (one conditional UPDATE, so concurrent requests of any process cannot overrun it), or
+        refuse with 402. Returns True when a hold was taken: `record` of the usage with
+        request id `hold_id` releases it. A tenant without a floor holds nothing."""
+        hold_id = hold_id or f"hold_{next(self._hold_ids)}"
         try:
-            with self._db.session() as s:
-                acc = s.get(LedgerAccount, tenant_account(tenant_id))
-                balance, floor = (acc.balance_nanos, acc.floor_nanos) if acc else (0, None)
+            outcome = holds.reserve(
+                self._db, account_id=tenant_account(tenant_id), hold_id=hold_id, amount_nanos=estimate_nanos
+            )
         finally:
             self._rechecking.discard(tenant_id)
-        if floor is None:
+        if outcome.floor is None:
             self._unlimited[tenant_id] = time.monotonic()
-            return
+            return False
         self._unlimited.pop(tenant_id, None)
-        with self._lock:
-            holds = self._live_holds(tenant_id)
-            held = sum(h for h, _ in holds)
-            available = balance - floor - held
-            if estimate_nanos > available:
-                raise PaymentRequired(
-                    f"tenant '{tenant_id}' can spend {usd(max(available, 0))} USD now "
-                    f"(balance {usd(balance)}, {usd(held)} held by requests in flight) but this request "
-                    f"may cost up to {usd(estimate_nanos)} USD; add funds with "
-                    f"`constellation tenants fund {tenant_id} AMOUNT` or raise its spending limit",
-                    code="insufficient_balance",
-                )
-            holds.append((estimate_nanos, time.monotonic() + HOLD_TTL_S))
+        if not outcome.held and estimate_nanos > 0:
+            available = outcome.balance - outcome.floor - outcome.held_nanos
+            raise PaymentRequired(
+                f"tenant '{tenant_id}' can spend {usd(max(available, 0))} USD now "
+                f"(balance {usd(outcome.balance)}, {usd(outcome.held_nanos)} held by requests in flight) "
+                f"but this request may cost up to {usd(estimate_nanos)} USD; add funds with "
+                f"`constellation tenants fund {tenant_id} AMOUNT` or raise its spending limit",
+                code="insufficient_balance",
+            )
+        return outcome.held
 
-    def _live_holds(self, tenant_id: str) -> deque[tuple[int, float]]:
-        holds = self._holds.setdefault(tenant_id, deque())
-        now = time.monotonic()
-        while holds and holds[0][1] < now:
-            holds.popleft()
-        return holds
+    def compute_estimate(self, model_name: str, tokens: int) -> int:
+        """A worst-case compute time for `tokens` tokens of this model, for holds: the highest
+        recent per-token time seen (decaying), with headroom; a conservative default before any."""
+        per_token = self._ns_per_token.get(model_name, DEFAULT_NS_PER_TOKEN)
+        return max(tokens, 1) * per_token * COMPUTE_HEADROOM
 
-    def _release(self, tenant_id: str) -> None:
-        with self._lock:
-            holds = self._holds.get(tenant_id)
-            if holds:
-                holds.popleft()
+    def _observe(self, u: UsageRecord) -> None:
+        tokens = u.input_tokens + u.output_tokens
+        if tokens <= 0 or u.compute_ns <= 0:
+            return
+        seen = -(-u.compute_ns // tokens)
+        old = self._ns_per_token.get(u.model_name)
+        self._ns_per_token[u.model_name] = seen if old is None else max(seen, old - old // 64)
 
     # -- after compute ----------------------------------------------------------------------
 
@@ -187,21 +192,19 @@ class Meter:
         """Write the usage event and its charge in one group-committed transaction; returns once
         committed. A repeat of a request id or of (tenant, idempotency key) returns the first bill."""
         fut: asyncio.Future[Bill] = asyncio.get_running_loop().create_future()
-        try:
-            self._writer.submit(self._posting(usage, fut))
-            return await fut
-        finally:
-            if usage.tenant_id in self._holds:  # only tenants with a spending floor hold funds
-                self._release(usage.tenant_id)
+        self._observe(usage)
+        self._writer.submit(self._posting(usage, fut))
+        return await fut
 
     def _posting(self, u: UsageRecord, fut: asyncio.Future[Bill]) -> Posting:
         legs: list[Leg]
-        if u.status not in ("succeeded", "failed"):
-            raise InvalidInput(f"usage status must be 'succeeded' or 'failed', not '{u.status}'")
+        if u.status not in USAGE_STATUSES:
+            raise InvalidInput(f"usage status must be one of {USAGE_STATUSES}, not '{u.status}'")
         inputs = self._inputs_for(u)
         succeeded = u.status == "succeeded"
         total, legs = 0, []
-        if succeeded:
+        if succeeded or (u.status == "cancelled" and (u.output_tokens or u.compute_ns)):
+            # a dropped stream pays for what it produced; dropped before any compute, nothing
             total, legs = self._tariff(inputs, u.device_class).price(
                 input_tokens=u.input_tokens, output_tokens=u.output_tokens, compute_ns=u.compute_ns
             )
@@ -224,6 +227,7 @@ class Meter:
                 u.compute_ns,
                 u.device_class,
                 u.status,
+                u.operation,
                 _us(u.started_at),
                 _us(u.finished_at),
             ),
@@ -231,13 +235,14 @@ class Meter:
             fut=fut,
             bill=bill,
             bill_json=bill_json,
+            hold=u.hold,
         )
 
     def _inputs_for(self, u: UsageRecord) -> PriceInputs:
         try:
             return self._cache.get(u.model_name)
         except NotFound:
-            if u.status == "succeeded":
+            if u.status != "failed":
                 raise
             info: dict[str, object] = {
                 "model": u.model_name

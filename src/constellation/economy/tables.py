@@ -29,6 +29,11 @@ from constellation.registry.tables import Base
 
 ACCOUNT_KINDS = ("tenant", "contributor", "external")
 TXN_KINDS = ("charge", "funding", "correction")
+OPERATIONS = ("inference", "finetune")
+USAGE_STATUSES = ("succeeded", "failed", "cancelled")  # cancelled: dropped mid-stream, billed for output
+# Balances and holds stay within +-2**62 nano-USD (4.6 billion USD): on SQLite an addition that
+# overflows 64 bits silently becomes a float; this CHECK makes it a refused write instead.
+BALANCE_BOUND = 2**62
 ROLES = ("tenant", "infra", "base", "adapter", "data", "platform", "funding", "correction")
 # SQLite only makes an INTEGER PRIMARY KEY the rowid; PostgreSQL gets 64 bits.
 TxnId = BigInteger().with_variant(Integer(), "sqlite")
@@ -44,9 +49,30 @@ class LedgerAccount(Base):
     owner_id: Mapped[str] = mapped_column(String(64))
     balance_nanos: Mapped[int] = mapped_column(BigInteger, default=0)
     floor_nanos: Mapped[int | None] = mapped_column(BigInteger)
+    held_nanos: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     __table_args__ = (
         CheckConstraint(f"kind IN {ACCOUNT_KINDS}", name="ck_account_kind"),
         CheckConstraint("floor_nanos IS NULL OR balance_nanos >= floor_nanos", name="ck_account_floor"),
+        CheckConstraint(
+            f"balance_nanos BETWEEN -{BALANCE_BOUND} AND {BALANCE_BOUND} "
+            f"AND held_nanos BETWEEN 0 AND {BALANCE_BOUND}",
+            name="ck_account_bounds",
+        ),
+    )
+
+
+class LedgerHold(Base):
+    """An admitted request's worst-case price, reserved against its account's balance until
+    its charge is posted or `expires_us` passes; `LedgerAccount.held_nanos` is their sum."""
+
+    __tablename__ = "ledger_holds"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)  # the request id
+    account_id: Mapped[str] = mapped_column(String(80))
+    amount_nanos: Mapped[int] = mapped_column(BigInteger)
+    expires_us: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        CheckConstraint("amount_nanos > 0", name="ck_hold_positive"),
+        Index("ix_ledger_holds_account", "account_id", "expires_us"),
     )
 
 
@@ -99,6 +125,7 @@ class UsageEvent(Base):
     compute_ns: Mapped[int] = mapped_column(BigInteger)
     device_class: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(12))
+    operation: Mapped[str] = mapped_column(String(12), default="inference", server_default="inference")
     started_us: Mapped[int] = mapped_column(BigInteger)
     finished_us: Mapped[int] = mapped_column(BigInteger)
     list_price_nanos: Mapped[int] = mapped_column(BigInteger)
@@ -108,8 +135,9 @@ class UsageEvent(Base):
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # kept only under an idempotency key
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_usage_idempotency"),
-        CheckConstraint("status IN ('succeeded', 'failed')", name="ck_usage_status"),
-        CheckConstraint("status = 'succeeded' OR price_nanos = 0", name="ck_usage_failed_free"),
+        CheckConstraint(f"status IN {USAGE_STATUSES}", name="ck_usage_status"),
+        CheckConstraint("status != 'failed' OR price_nanos = 0", name="ck_usage_failed_free"),
+        CheckConstraint(f"operation IN {OPERATIONS}", name="ck_usage_operation"),
         CheckConstraint("price_nanos >= 0 AND price_nanos <= list_price_nanos", name="ck_usage_price"),
         Index("ix_usage_tenant_time", "tenant_id", "finished_us"),
     )

@@ -26,11 +26,12 @@ from typing import Any
 
 from constellation.economy.ledger import next_txn_ids, now_us, tenant_account
 from constellation.economy.money import usd
-from constellation.economy.pricing import Leg, rescale
+from constellation.economy.pricing import Leg
 from constellation.errors import Conflict
 from constellation.registry.db import Database
 
 log = logging.getLogger("constellation.economy")
+PLATFORM_ACCOUNT = "platform"  # a contributor id: the operator's own account
 
 
 @dataclass(slots=True)
@@ -104,13 +105,14 @@ class Posting:
     fut: asyncio.Future[Bill]
     bill: Bill
     bill_json: str
+    hold: bool = False  # release the hold `Meter.admit` took under this request id
 
 
 LEG_COLS = ("txn_id", "n", "account_id", "role", "artifact", "amount_nanos")
 TXN_COLS = ("id", "kind", "tenant_id", "created_us", "memo")
 USAGE_COLS = (
     "request_id", "tenant_id", "idempotency_key", "fingerprint", "model_name", "lineage",
-    "input_tokens", "output_tokens", "compute_ns", "device_class", "status", "started_us",
+    "input_tokens", "output_tokens", "compute_ns", "device_class", "status", "operation", "started_us",
     "finished_us", "list_price_nanos", "price_nanos", "txn_id", "bill", "response",
 )  # fmt: skip
 
@@ -143,6 +145,10 @@ SQLITE = {
     "GROUP BY account_id) d WHERE ledger_accounts.id = d.account_id",
     "accounts": "INSERT INTO ledger_accounts (id, kind, owner_id, balance_nanos) VALUES (?, ?, ?, 0) "
     "ON CONFLICT DO NOTHING",
+    "release": "UPDATE ledger_accounts SET held_nanos = held_nanos - d.total FROM "
+    "(SELECT account_id, SUM(amount_nanos) AS total FROM ledger_holds WHERE id IN ({ids}) "
+    "GROUP BY account_id) d WHERE ledger_accounts.id = d.account_id",
+    "unhold": "DELETE FROM ledger_holds WHERE id IN ({ids})",
 }
 PG = {
     "prior": f"{PRIOR} usage_events u WHERE u.request_id = ANY(%b::text[]) UNION ALL "
@@ -156,6 +162,10 @@ PG = {
     "GROUP BY account_id) d WHERE a.id = d.account_id",
     "accounts": "INSERT INTO ledger_accounts (id, kind, owner_id, balance_nanos) "
     "SELECT * , 0 FROM unnest(%b::text[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING",
+    "release": "UPDATE ledger_accounts a SET held_nanos = a.held_nanos - d.total FROM "
+    "(SELECT account_id, SUM(amount_nanos) AS total FROM ledger_holds WHERE id = ANY(%s) "
+    "GROUP BY account_id) d WHERE a.id = d.account_id",
+    "unhold": "DELETE FROM ledger_holds WHERE id = ANY(%s)",
 }
 
 
@@ -177,6 +187,8 @@ class PostingWriter:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Posting | None] = queue.SimpleQueue()
         self._accounts: set[str] = set()
+        self.postings = 0  # committed charges and usage events, for /metrics
+        self.written_off_nanos = 0
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -230,6 +242,8 @@ class PostingWriter:
             new_accounts = self._insert(cur, fresh)
             self._conn.commit()
             self._accounts.update(new_accounts)
+            self.postings += len(fresh)
+            self.written_off_nanos += sum(p.bill.written_off_nanos for p in fresh)
         finally:
             cur.close()
         return [o.bill if isinstance(o, Posting) else o for o in out]
@@ -281,6 +295,7 @@ class PostingWriter:
         if not postings:
             return []
         opened = self._open_accounts(cur, postings)
+        self._release(cur, [p.request_id for p in postings if p.hold])
         room = self._room(cur, {tenant_account(p.tenant_id) for p in postings if p.list_price > 0})
         splits = [_cap(p, room) for p in postings] if room else [p.legs for p in postings]
         ids = next_txn_ids(cur, sum(1 for s in splits if s), pg=self._pg)
@@ -303,7 +318,7 @@ class PostingWriter:
         """Append one posting's rows: its transaction and legs if charged, its usage event. The
         hot loop of the writer."""
         price, bill_json = p.list_price, p.bill_json
-        if split is not p.legs:  # capped by a balance or limit (or nothing left to charge)
+        if split is not p.legs:  # capped by a balance or limit: the platform wrote off the rest
             price = sum(g.amount_nanos for g in split)
             p.bill, bill_json = bill_of(p.request_id, price, split, p.list_price - price)
         if txn_id is not None:
@@ -333,24 +348,38 @@ class PostingWriter:
                 cur.execute(SQLITE[what] + ", ".join([group] * len(chunk)), list(chain.from_iterable(chunk)))
 
     def _open_accounts(self, cur: Any, postings: list[Posting]) -> list[str]:
-        wanted = {"tenant:" + t for t in {p.tenant_id for p in postings}}
+        wanted = {"tenant:" + t for t in {p.tenant_id for p in postings}} | {
+            "contributor:" + PLATFORM_ACCOUNT
+        }
         wanted |= {"contributor:" + c for c in {g.account for p in postings for g in p.legs}}
         new = sorted(wanted - self._accounts)
         if new:
             self._many(cur, "accounts", [(a, *a.split(":", 1)) for a in new])
         return new
 
+    def _release(self, cur: Any, hold_ids: list[str]) -> None:
+        """Release the holds these postings took at admission, in the transaction that charges them."""
+        if not hold_ids:
+            return
+        if self._pg:
+            cur.execute(PG["release"], (hold_ids,))
+            cur.execute(PG["unhold"], (hold_ids,))
+        else:
+            for what in ("release", "unhold"):
+                cur.execute(SQLITE[what].format(ids=_marks(hold_ids)), hold_ids)
+
     def _room(self, cur: Any, accounts: set[str]) -> dict[str, int]:
-        """How much each floored account may still be charged, locked until commit on PostgreSQL."""
+        """How much each floored account may still be charged without touching what other requests
+        in flight hold, locked until commit on PostgreSQL."""
         if not accounts:
             return {}
         ids = sorted(accounts)
-        cols = "SELECT id, balance_nanos, floor_nanos FROM ledger_accounts"
+        cols = "SELECT id, balance_nanos, floor_nanos, held_nanos FROM ledger_accounts"
         if self._pg:
             cur.execute(f"{cols} WHERE id = ANY(%s) AND floor_nanos IS NOT NULL FOR UPDATE", (ids,))
         else:
             cur.execute(f"{cols} WHERE id IN ({_marks(ids)}) AND floor_nanos IS NOT NULL", ids)
-        return {a: max(0, int(b) - int(f)) for a, b, f in cur.fetchall()}
+        return {a: max(0, int(b) - int(f) - int(h)) for a, b, f, h in cur.fetchall()}
 
 
 Outcome = tuple[asyncio.Future[Bill], Bill | None, BaseException | None]
@@ -390,10 +419,14 @@ def _check_same(p: Posting, fingerprint: str) -> None:
 
 
 def _cap(p: Posting, room: dict[str, int]) -> list[Leg]:
-    """The split actually charged: within a prepaid balance or spending limit, never past it."""
+    """The split actually charged: the tenant pays within its prepaid balance or spending limit,
+    never past it; every contributor still gets its full leg, and what the tenant could not pay
+    is written off against the platform (a `writeoff` leg), which admitted the request."""
     acct = tenant_account(p.tenant_id)
-    if acct not in room:
+    if acct not in room or p.list_price <= room[acct]:
+        if acct in room:
+            room[acct] -= p.list_price
         return p.legs
-    split = rescale(p.legs, min(p.list_price, room[acct]))
-    room[acct] -= sum(g.amount_nanos for g in split)
-    return split
+    short = p.list_price - room[acct]
+    room[acct] = 0
+    return [*p.legs, Leg(PLATFORM_ACCOUNT, "writeoff", None, -short)]

@@ -9,7 +9,6 @@ import asyncio
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +17,8 @@ import torch
 
 from constellation.config import EngineLimits
 from constellation.engine.adapters import AdapterCache
+from constellation.engine.bounds import check_prompt
+from constellation.engine.fairness import FairQueue
 from constellation.engine.kvcache import KVCache
 from constellation.engine.llm import CausalLM, StepInput, load_causal_lm
 from constellation.engine.llm_tokens import LMTokenizer, fit_max_new
@@ -39,11 +40,13 @@ class Prepared:
     prompt_ids: tuple[int, ...]
     params: SamplingParams
     max_new: int
+    tenant: str = ""  # fairness key: waiting sequences are admitted in turn across keys
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """One streamed piece of an answer; the last has `finish_reason` and `compute_ns`."""
+    """One streamed piece of an answer; the last has `finish_reason`. `compute_ns` is the compute
+    attributed to the request so far (what a stream dropped here is billed for)."""
 
     text: str
     token_ids: tuple[int, ...]
@@ -128,7 +131,8 @@ class Runner:
     ) -> None:
         self.model, self.tok, self.kv, self.limits = model, tok, kv, limits
         self.lora, self.adapters = lora, adapters
-        self.waiting: deque[Seq] = deque()
+        # Round-robin across tenants: one tenant's backlog does not delay another's admission.
+        self.waiting: FairQueue[Seq] = FairQueue(lambda s: s.prep.tenant)
         self.running: list[Seq] = []
         self.busy_ns = 0
         self.steps = 0
@@ -161,7 +165,7 @@ class Runner:
             work.append(Work(seq, seq.n_cached, n))
             budget -= n
         while budget > 0 and self.waiting and len(self.running) < self.limits.max_decode_seqs:
-            seq = self.waiting[0]
+            seq = self.waiting.peek()
             if not self._admit(seq):
                 break
             n = min(seq.n_tokens, budget)
@@ -189,7 +193,7 @@ class Runner:
         self.kv.release(seq.table)
         seq.n_cached = 0
         self._unpin(seq)
-        self.waiting.appendleft(seq)
+        self.waiting.push_front(seq)
 
     def _admit(self, seq: Seq) -> bool:
         if self.kv.blocks_for(seq.n_tokens + 1) > self.kv.free_blocks:
@@ -197,7 +201,7 @@ class Runner:
         if not self._pin(seq):
             return False
         self.kv.grow(seq.table, seq.n_tokens)
-        self.waiting.popleft()
+        self.waiting.pop()
         self.running.append(seq)
         self.on_dequeue(seq)
         return True
@@ -223,10 +227,9 @@ class Runner:
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.running if s.cancelled]:
             self._free(seq)
-        for seq in [s for s in self.waiting if s.cancelled]:
+        for seq in self.waiting.remove(lambda s: s.cancelled):
             self._free(seq)
             self.on_dequeue(seq)
-        self.waiting = deque(s for s in self.waiting if not s.cancelled)
 
     def _free(self, seq: Seq) -> None:
         if seq in self.running:
@@ -332,7 +335,7 @@ class Runner:
             finish_reason=reason,
             prompt_tokens=len(seq.prep.prompt_ids),
             completion_tokens=len(seq.out),
-            compute_ns=seq.compute_ns if reason is not None else None,
+            compute_ns=seq.compute_ns,
         )
 
     def abort_all(self, err: BaseException) -> None:
@@ -413,8 +416,10 @@ class DecoderEngine:
         prompt: str | None = None,
         messages: list[dict[str, Any]] | None = None,
         params: SamplingParams,
+        tenant: str = "",
     ) -> Prepared:
-        """Tokenise and validate a request (InvalidInput says what to change)."""
+        """Tokenise and validate a request (InvalidInput says what to change); its text is
+        bounded before it is tokenised. `tenant` is the fairness key of its admission."""
         if base.task != "causal-lm":
             raise InvalidInput(
                 f"model {base.name!r} is a {base.task} model; use /v1/embeddings or /v1/classify for it",
@@ -422,11 +427,12 @@ class DecoderEngine:
             )
         if (prompt is None) == (messages is None):
             raise InvalidInput("send exactly one of prompt or messages")
+        check_prompt(prompt, messages, self.limits)
         tok = self.tokenizer(base)
         ids = tok.encode_prompt(prompt) if prompt is not None else tok.encode_chat(messages or [])
         context = min(tok.config.max_positions, self._kv_tokens(tok))
         max_new = fit_max_new(len(ids), params.max_tokens, context)
-        return Prepared(base, adapter, tuple(ids), params, max_new)
+        return Prepared(base, adapter, tuple(ids), params, max_new, tenant)
 
     def _kv_tokens(self, tok: LMTokenizer) -> int:
         c = tok.config
@@ -539,7 +545,7 @@ class DecoderEngine:
         runner.on_dequeue = self._dequeued
         runner.on_finish = lambda s: self._pool.release(s.prep.base.name)
         self._runners[base.name] = runner
-        runner.waiting.append(seq)
+        runner.waiting.push(seq)
 
     def _evicted(self, runner: Runner) -> None:
         self._runners = {k: r for k, r in self._runners.items() if r is not runner}

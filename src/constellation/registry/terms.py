@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from constellation.economy.money import MAX_RATE_NANOS, check_amount
 from constellation.errors import InvalidInput
 from constellation.registry.contributors import get_contributor
 from constellation.registry.datasets import get_dataset
@@ -29,10 +30,7 @@ def set_term(
     """Create or replace the term (subject, contributor, kind)."""
     if kind not in TERM_KINDS:
         raise InvalidInput(f"unknown term kind '{kind}'; use one of {', '.join(TERM_KINDS)}", param="kind")
-    if amount_nanos < 0:
-        raise InvalidInput(
-            "a term's amount is a non-negative integer number of nano-USD", param="amount_nanos"
-        )
+    check_amount(amount_nanos, param="amount_nanos", maximum=MAX_RATE_NANOS)
     subject = _subject(s, subject_type, subject_name)
     get_contributor(s, id=contributor_id)
     term = s.scalar(

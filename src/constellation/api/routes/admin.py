@@ -10,6 +10,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from constellation.api.deps import Admin, PlatformDep, SessionDep
+from constellation.economy.money import MAX_RATE_NANOS
 from constellation.registry import contributors as contrib_repo
 from constellation.registry import datasets as ds_repo
 from constellation.registry import models as model_repo
@@ -63,7 +64,9 @@ class TermIn(BaseModel):
     subject: str
     contributor: str
     kind: Literal["per_1k_input_tokens", "per_1k_output_tokens", "per_request", "per_compute_second"]
-    amount_nanos: int = Field(ge=0, description="integer nano-USD (1e-9 USD)")
+    amount_nanos: int = Field(
+        ge=0, le=MAX_RATE_NANOS, description="integer nano-USD (1e-9 USD); at most 10**12"
+    )
 
 
 def _model_out(s: Any, m: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Usage, invoices, statements and tenant funds. A tenant key reads its own usage and invoice,
-a `contributor:<id>` key reads that contributor's statement, an admin key reads everything."""
+"""Usage, invoices, statements and tenant funds. A tenant's `inference` key reads its own usage
+and invoice, a `contributor:<id>` key reads that contributor's statement and nothing of its
+tenant's, an admin key reads everything."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
-from constellation.api.deps import Admin, PrincipalDep, SessionDep
+from constellation.api.deps import Admin, InferenceCaller, Principal, PrincipalDep, SessionDep
 from constellation.economy import ledger, reports
+from constellation.economy.money import MAX_AMOUNT_NANOS
 from constellation.errors import Forbidden, InvalidInput
 
 router = APIRouter(prefix="/api", tags=["billing"])
@@ -18,16 +20,18 @@ Format = Literal["json", "csv"]
 
 
 class FundsIn(BaseModel):
-    amount_nanos: int = Field(gt=0, description="Funds to add, in nano-USD (1e-9 USD).")
+    amount_nanos: int = Field(
+        gt=0, le=MAX_AMOUNT_NANOS, description="Funds to add, in nano-USD (1e-9 USD); at most 10**15."
+    )
     memo: str = ""
 
 
 class LimitIn(BaseModel):
     prepaid: bool = False
-    spending_limit_nanos: int | None = Field(default=None, ge=0)
+    spending_limit_nanos: int | None = Field(default=None, ge=0, le=MAX_AMOUNT_NANOS)
 
 
-def _own_tenant(principal: PrincipalDep, tenant: str | None) -> str:
+def _own_tenant(principal: Principal, tenant: str | None) -> str:
     tenant = tenant or principal.tenant_id
     if tenant != principal.tenant_id and not principal.is_admin:
         raise Forbidden(
@@ -51,7 +55,7 @@ def _render(doc: dict[str, Any], fmt: Format) -> Any:
 
 @router.get("/usage")
 def usage(
-    principal: PrincipalDep,
+    principal: InferenceCaller,
     s: SessionDep,
     tenant: str | None = None,
     period: str | None = None,
@@ -65,7 +69,7 @@ def usage(
 
 @router.get("/invoices", response_model=None)
 def invoice(
-    principal: PrincipalDep,
+    principal: InferenceCaller,
     s: SessionDep,
     tenant: str | None = None,
     period: str | None = None,

@@ -8,17 +8,18 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from constellation.api.deps import InferenceCaller
 from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
+from constellation.api.protocol import OpenAIRequest
 from constellation.api.resolver import require_task
 from constellation.errors import InvalidInput
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-class EmbeddingsIn(BaseModel):
+class EmbeddingsIn(OpenAIRequest):
     model: str = Field(description="an embedding model or adapter name from GET /v1/models")
     input: str | list[str] = Field(description="a string or a list of strings to embed")
     encoding_format: Literal["float", "base64"] = "float"
@@ -29,7 +30,7 @@ class EmbeddingsIn(BaseModel):
     dimensions: int | None = Field(default=None, description="not supported; leave unset")
 
 
-class ClassifyIn(BaseModel):
+class ClassifyIn(OpenAIRequest):
     model: str = Field(description="a classification adapter name from GET /v1/models")
     input: str | list[str]
     truncate: bool = False
@@ -65,14 +66,23 @@ async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep)
     async def run(c: Call) -> Outcome:
         res = c.resolved
         require_task(res, "embedding")
-        out = await c.engines.encoder.embed(res.base, res.adapter, texts, truncate=body.truncate)
+        out = await c.engines.encoder.embed(
+            res.base, res.adapter, texts, truncate=body.truncate, tenant=caller.tenant_id
+        )
         data = [
             {"object": "embedding", "index": i, "embedding": _vector(v, body.encoding_format)}
             for i, v in enumerate(out.embeddings)
         ]
         return _outcome(res.name, data, out.tokens, out.compute_ns)
 
-    answer = await call.run(caller, body.model, body.model_dump(), run, est_input_tokens=_estimate(texts))
+    answer = await call.run(
+        caller,
+        body.model,
+        body.model_dump(),
+        run,
+        est_input_tokens=_estimate(texts),
+        max_input_tokens=_worst(texts),
+    )
     return JSONBody(answer)
 
 
@@ -88,14 +98,23 @@ async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> 
             raise InvalidInput(
                 f"'{res.name}' has no classification head; use a classification adapter", param="model"
             )
-        out = await c.engines.encoder.classify(res.base, res.adapter, texts, truncate=body.truncate)
+        out = await c.engines.encoder.classify(
+            res.base, res.adapter, texts, truncate=body.truncate, tenant=caller.tenant_id
+        )
         data = [
             {"index": i, "label": label, "probs": probs}
             for i, (label, probs) in enumerate(zip(out.labels, out.probs, strict=True))
         ]
         return _outcome(res.name, data, out.tokens, out.compute_ns)
 
-    return await call.run(caller, body.model, body.model_dump(), run, est_input_tokens=_estimate(texts))
+    return await call.run(
+        caller,
+        body.model,
+        body.model_dump(),
+        run,
+        est_input_tokens=_estimate(texts),
+        max_input_tokens=_worst(texts),
+    )
 
 
 def _outcome(model: str, data: list[dict[str, Any]], tokens: list[int], compute_ns: int) -> Outcome:
@@ -103,6 +122,16 @@ def _outcome(model: str, data: list[dict[str, Any]], tokens: list[int], compute_
     n = int(sum(tokens))
     body = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": n, "total_tokens": n}}
     return Outcome(body=body, input_tokens=n, output_tokens=0, compute_ns=compute_ns)
+
+
+# No encoder served here reads more positions per item; bounds the worst case of a truncated item.
+ENCODER_MAX_POSITIONS = 8192
+
+
+def _worst(texts: list[str]) -> int:
+    """At most one token per character (WordPiece) plus the two special tokens: what a spending
+    hold reserves for."""
+    return sum(min(len(t), ENCODER_MAX_POSITIONS) + 2 for t in texts)
 
 
 def _estimate(texts: list[str]) -> int:

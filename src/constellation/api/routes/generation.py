@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,27 +21,41 @@ from pydantic import BaseModel, Field
 
 from constellation.api.deps import InferenceCaller, Principal
 from constellation.api.pipeline import Call, CallDep, Outcome
+from constellation.api.protocol import OpenAIRequest
 from constellation.api.resolver import require_task
 from constellation.engine.decoder import Delta, Prepared
 from constellation.engine.sampling import SamplingParams
 from constellation.errors import ConstellationError, InvalidInput
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+log = logging.getLogger("constellation.api")
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class Sampling(BaseModel):
+MAX_TOKENS_BOUND = 1_000_000  # far above any context here; bounds the arithmetic on it
+
+
+class Sampling(OpenAIRequest):
     model: str = Field(description="a causal-lm model or adapter name from GET /v1/models")
-    max_tokens: int | None = Field(default=None, description="cap on generated tokens (default: what fits)")
-    temperature: float = Field(default=1.0, description="0 = greedy")
-    top_p: float = 1.0
-    top_k: int = Field(default=0, description="extension: keep the k most likely tokens (0 = off)")
-    seed: int | None = Field(default=None, description="same seed, same answer, whatever shares the batch")
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_TOKENS_BOUND, description="cap on generated tokens (default: what fits)"
+    )
+    temperature: float = Field(default=1.0, ge=0, le=2, description="0 = greedy")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(
+        default=0, ge=0, le=2**31 - 1, description="extension: keep the k most likely tokens (0 = off)"
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=-(2**63),
+        le=2**64 - 1,
+        description="a 64-bit integer; same seed, same answer, whatever shares the batch",
+    )
     stop: str | list[str] | None = None
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -73,7 +88,7 @@ class ChatMessage(BaseModel):
 
 class ChatIn(Sampling):
     messages: list[ChatMessage]
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
 
 
 def _text_of(content: str | list[dict[str, Any]] | None) -> str:
@@ -147,13 +162,8 @@ def _usage(last: Delta) -> dict[str, int]:
     }
 
 
-async def _collect(call: Call, prepared: Prepared, shape: Shape) -> Outcome:
-    texts: list[str] = []
-    last: Delta | None = None
-    async for d in call.engines.decoder.generate(prepared):
-        texts.append(d.text)
-        last = d
-    assert last is not None and last.finish_reason is not None
+def _outcome(shape: Shape, texts: list[str], last: Delta) -> Outcome:
+    assert last.finish_reason is not None
     return Outcome(
         body=shape.full("".join(texts), last.finish_reason, _usage(last)),
         input_tokens=last.prompt_tokens,
@@ -162,33 +172,57 @@ async def _collect(call: Call, prepared: Prepared, shape: Shape) -> Outcome:
     )
 
 
+def _produced(prepared: Prepared, last: Delta | None) -> Outcome:
+    """What a dropped stream had produced when it was dropped: billed as `cancelled`."""
+    return Outcome(
+        body={},
+        input_tokens=len(prepared.prompt_ids) if last else 0,
+        output_tokens=last.completion_tokens if last else 0,
+        compute_ns=(last.compute_ns or 0) if last else 0,
+    )
+
+
+async def _collect(call: Call, prepared: Prepared, shape: Shape) -> Outcome:
+    texts: list[str] = []
+    last: Delta | None = None
+    async for d in call.engines.decoder.generate(prepared):
+        texts.append(d.text)
+        last = d
+    assert last is not None
+    return _outcome(shape, texts, last)
+
+
 def _sse(obj: dict[str, Any] | str) -> bytes:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n".encode()
+
+
+def _sse_error(exc: BaseException) -> bytes:
+    if not isinstance(exc, ConstellationError):
+        log.error("stream failed", exc_info=exc)
+        exc = ConstellationError("internal error while generating; it has been logged")
+    return _sse({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
 
 
 async def _stream(
     call: Call, caller: Principal, prepared: Prepared, shape: Shape, include_usage: bool
 ) -> AsyncIterator[bytes]:
+    """The SSE body. Settled exactly once: succeeded (committed before the last chunk leaves),
+    failed (an engine error: not charged), or cancelled (the client went away: charged for the
+    tokens produced until then and their compute)."""
     started = datetime.now(UTC)
     texts: list[str] = []
+    last: Delta | None = None
     gen = call.engines.decoder.generate(prepared)
-    settled = False
     try:
         yield _sse(shape.chunk("", None, first=True))
         async for d in gen:
             texts.append(d.text)
+            last = d
             if d.finish_reason is None:
                 if d.text:
                     yield _sse(shape.chunk(d.text, None))
                 continue
-            outcome = Outcome(
-                body=shape.full("".join(texts), d.finish_reason, _usage(d)),
-                input_tokens=d.prompt_tokens,
-                output_tokens=d.completion_tokens,
-                compute_ns=d.compute_ns or 0,
-            )
-            ext = await call.settle(caller, outcome, started)  # committed before the last chunk leaves
-            settled = True
+            ext = await call.settle(caller, _outcome(shape, texts, d), started)
             final = shape.chunk(d.text, d.finish_reason)
             if include_usage:
                 yield _sse(final)
@@ -198,22 +232,12 @@ async def _stream(
             else:
                 yield _sse({**final, "constellation": ext})
         yield _sse("[DONE]")
-    except ConstellationError as exc:
-        if not settled:
-            await call.settle(caller, None, started)
-        yield _sse(
-            {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
-        )
+    except Exception as exc:  # after the headers: the error travels as an event
+        await call.settle(caller, None, started)
+        yield _sse_error(exc)
     finally:
         await gen.aclose()  # type: ignore[attr-defined]  # an async generator: frees the sequence at once
-        if not settled:  # disconnected mid-stream: recorded as failed, not charged
-            _background.add(
-                task := asyncio.get_running_loop().create_task(call.settle(caller, None, started))
-            )
-            task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task[Any]] = set()  # keeps fire-and-forget settle tasks alive until done
+        call.settle_later(caller, _produced(prepared, last), started, "cancelled")  # if not yet settled
 
 
 async def _generate(
@@ -240,7 +264,13 @@ async def _generate(
     require_task(res, "causal-lm")
     params = body.params(max_tokens)
     prepared = await asyncio.to_thread(
-        call.engines.decoder.prepare, res.base, res.adapter, prompt=prompt, messages=messages, params=params
+        call.engines.decoder.prepare,
+        res.base,
+        res.adapter,
+        prompt=prompt,
+        messages=messages,
+        params=params,
+        tenant=caller.tenant_id,
     )
     await call.admit(caller, est_input_tokens=len(prepared.prompt_ids), est_output_tokens=prepared.max_new)
     if body.stream:
@@ -251,11 +281,7 @@ async def _generate(
             headers={"Cache-Control": "no-cache", "X-Request-Id": call.request_id},
         )
     started = datetime.now(UTC)
-    try:
-        outcome = await _collect(call, prepared, shape)
-    except ConstellationError:
-        await call.settle(caller, None, started)
-        raise
+    outcome = await call.guarded(caller, started, _collect(call, prepared, shape))
     return {**outcome.body, "constellation": await call.settle(caller, outcome, started)}
 
 
