@@ -15,6 +15,7 @@ from constellation import __version__
 from constellation.api.deps import KeyCache
 from constellation.api.engines import Engines
 from constellation.api.errors import install_error_handlers
+from constellation.api.gate import Gate
 from constellation.api.metrics import Metrics, MetricsMiddleware
 from constellation.api.ratelimit import build_limiter, tenant_loader
 from constellation.api.resolver import Resolver
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.device_class = "gpu" if settings.engine.device.startswith("cuda") else "cpu"
     app.add_middleware(ForgetCachedRegistry)
+    app.add_middleware(Gate, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     install_error_handlers(app)
