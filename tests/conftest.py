@@ -1,6 +1,6 @@
 """Shared fixtures: a migrated database on SQLite and on PostgreSQL (every registry test runs
 on both), a platform on top, and tiny tenants/keys. With CI=true an unreachable PostgreSQL
-fails the run instead of skipping."""
+(or Redis) fails the run instead of skipping."""
 
 from __future__ import annotations
 
@@ -51,6 +51,26 @@ def pg_url(pg_available: bool) -> Iterator[str]:
     with admin.connect() as c:
         c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
+
+
+REDIS_URL = os.environ.get("CONSTELLATION_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis for the shared rate-limit buckets; skipped if unreachable, a failure with CI=true."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}, and CI=true requires it")
+        pytest.skip("Redis not reachable (set CI=true to make this a failure)")
+    finally:
+        client.close()
+    return REDIS_URL
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

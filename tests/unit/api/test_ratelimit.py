@@ -4,9 +4,7 @@ under concurrency (asyncio and threads), and the Redis store shared by two limit
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,7 +14,6 @@ from constellation.api.ratelimit import Buckets, MemoryBuckets, RateLimiter, Red
 from constellation.config import RateLimits
 from constellation.errors import RateLimited
 
-REDIS_URL = os.environ.get("CONSTELLATION_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 KEY = Principal(tenant_id="acme", key_id="k1", scopes=frozenset({"inference"}))
 
 pytestmark = pytest.mark.anyio
@@ -105,23 +102,6 @@ def test_threads_taking_at_once_pass_exactly_the_limit() -> None:
     with ThreadPoolExecutor(8) as pool:
         verdicts = list(pool.map(lambda _: buckets.take_now(take).allowed, range(1000)))
     assert sum(verdicts) == 100
-
-
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    """Redis at CONSTELLATION_TEST_REDIS_URL; skipped if unreachable, a failure with CI=true."""
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        await client.ping()
-    except Exception:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}, and CI=true requires it")
-        pytest.skip("Redis not reachable (set CI=true to make this a failure)")
-    finally:
-        await client.aclose()
-    yield REDIS_URL
 
 
 async def test_redis_buckets_are_shared_by_two_limiters(redis_url: str) -> None:
