@@ -1,9 +1,10 @@
 """Micro-batching across concurrent encoder requests: one worker thread, many callers.
 
-Rows (one per input text) queue up; each pick takes the oldest row's base and the rows nearest
-its length, within max batch tokens and the adapter slots, after at most max wait. A pick then
-runs as one or more steps (forwards) of rows of similar length, so short rows are not padded
-to the longest one's length when a second forward costs less than that padding.
+Rows (one per input text) queue up per base, and within a base per tenant; each pick takes the
+next base in turn and its rows in deficit round-robin order over tenants (engine/fairness.py),
+within max batch tokens and the adapter slots, after at most max wait. A pick then runs as one
+or more steps (forwards) of rows of similar length, so short rows are not padded to the longest
+one's length when a second forward costs less than that padding.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -21,6 +23,8 @@ from constellation.config import EngineLimits
 from constellation.engine.adapters import ClassifierHead
 from constellation.engine.attribution import split_ns
 from constellation.engine.encoder import EncoderModel, Kind
+from constellation.engine.fairness import FairQueue
+from constellation.engine.memory import MemoryTrimmer
 from constellation.engine.pool import ModelPool
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import Overloaded
@@ -28,6 +32,9 @@ from constellation.errors import Overloaded
 # What one more forward costs, in padded tokens' worth of compute (MiniLM on 2 CPU cores: a
 # forward's fixed cost is a few milliseconds, a token about 0.16 ms).
 STEP_COST_TOKENS = 48
+# A busy tenant yields its turn after this share of a batch's tokens, so up to this many
+# tenants' rows share each batch and a newcomer's row runs in the next batch at the latest.
+FLOWS_PER_BATCH = 4
 
 
 @dataclass(eq=False, slots=True)
@@ -44,6 +51,7 @@ class Job:
     left: int = 0
     compute_ns: int = 0
     head: ClassifierHead | None = None
+    tenant: str = ""  # fairness key: rows are taken in turn across keys
 
     def __post_init__(self) -> None:
         self.pooled = [None] * len(self.ids)
@@ -58,6 +66,70 @@ class Row:
     queued_ns: int
 
 
+class Pending:
+    """Queued rows: a fair queue per base (flows by tenant), the bases taken in turn."""
+
+    def __init__(self, limits: EngineLimits) -> None:
+        self._limits = limits
+        self._quantum = max(1, limits.max_batch_tokens // FLOWS_PER_BATCH)
+        self._bases: OrderedDict[str, FairQueue[Row]] = OrderedDict()
+        self.rows = 0
+        self.tokens = 0
+        self.first_ns = 0  # arrival of the first row since the queue was last empty
+        self.last_ns = 0  # arrival of the latest row
+
+    def push(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        if not self.rows:
+            self.first_ns = rows[0].queued_ns
+        self.last_ns = rows[-1].queued_ns
+        base = rows[0].job.base.name
+        queue = self._bases.get(base)
+        if queue is None:
+            queue = self._bases[base] = FairQueue(lambda r: r.job.tenant, lambda r: r.length, self._quantum)
+        for r in rows:
+            queue.push(r)
+        self.rows += len(rows)
+        self.tokens += sum(r.length for r in rows)
+
+    def pick(self) -> list[Row]:
+        """The next base's rows in turn across tenants, within max batch tokens and the slots."""
+        name, queue = next(iter(self._bases.items()))
+        rows: list[Row] = []
+        adapters: set[str] = set()
+        longest = 0
+        while queue and self._fits(queue.peek(), len(rows), longest, adapters):
+            r = queue.pop()
+            rows.append(r)
+            longest = max(longest, r.length)
+            if r.job.adapter is not None:
+                adapters.add(r.job.adapter.name)
+        self._bases.move_to_end(name)  # the next pick serves the next base
+        if not queue:
+            del self._bases[name]
+        self._taken(rows)
+        return rows
+
+    def remove(self, jobs: set[Job]) -> None:
+        for name, queue in list(self._bases.items()):
+            self._taken(queue.remove(lambda r: r.job in jobs))
+            if not queue:
+                del self._bases[name]
+
+    def _fits(self, r: Row, n_rows: int, longest: int, adapters: set[str]) -> bool:
+        """Whether `r` joins a pick of `n_rows` rows: a slot for its adapter, and the pick padded
+        to its longest row within max batch tokens (a first row always joins)."""
+        name = r.job.adapter.name if r.job.adapter else None
+        if name is not None and name not in adapters and len(adapters) >= self._limits.adapter_slots:
+            return False
+        return not n_rows or (n_rows + 1) * max(longest, r.length) <= self._limits.max_batch_tokens
+
+    def _taken(self, rows: list[Row]) -> None:
+        self.rows -= len(rows)
+        self.tokens -= sum(r.length for r in rows)
+
+
 class MicroBatcher:
     """`submit(job)` from any thread; the worker runs `schedule() -> run() -> deliver`."""
 
@@ -65,7 +137,8 @@ class MicroBatcher:
         self._limits = limits
         self._pool = pool
         self._cond = threading.Condition()
-        self._pending: list[Row] = []
+        self._pending = Pending(limits)
+        self._trimmer = MemoryTrimmer(limits.trim_after_tokens)
         self._closed = False
         self.stats: dict[str, float] = dict.fromkeys(
             ("busy_ns", "steps", "rows", "tokens", "padded_tokens", "requests"), 0.0
@@ -78,14 +151,18 @@ class MicroBatcher:
         with self._cond:
             if self._closed:
                 raise Overloaded("the encoder engine is shutting down; retry on another replica")
-            if len(self._pending) + len(job.ids) > self._limits.max_queue * 64:
-                raise Overloaded(f"{len(self._pending)} inputs are queued; retry shortly")
-            self._pending += [Row(job, i, n, now) for i, n in enumerate(lengths)]
+            if self._pending.rows + len(job.ids) > self._limits.max_queue * 64:
+                raise Overloaded(f"{self._pending.rows} inputs are queued; retry shortly")
+            self._pending.push([Row(job, i, n, now) for i, n in enumerate(lengths)])
             self._cond.notify()
+
+    @property
+    def trims(self) -> int:
+        return self._trimmer.trims
 
     def queue_depth(self) -> int:
         with self._cond:
-            return len(self._pending)
+            return self._pending.rows
 
     def close(self) -> None:
         with self._cond:
@@ -102,48 +179,25 @@ class MicroBatcher:
                 self._run(rows)
             except BaseException as exc:  # fail the pick's requests, keep serving the rest
                 self._fail({r.job for r in rows}, exc)
+            self._trimmer.processed(sum(r.length for r in rows), idle=not self.queue_depth())
 
     def _schedule(self) -> list[Row] | None:
         """Wait for work, up to max wait for a fuller batch, then pick the step's rows."""
         with self._cond:
-            while not self._pending and not self._closed:
+            while not self._pending.rows and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return None
-            deadline = self._pending[0].queued_ns + int(self._limits.max_batch_wait_ms * 1e6)
+            deadline = self._pending.first_ns + int(self._limits.max_batch_wait_ms * 1e6)
             quiet_ns = int(self._limits.batch_quiet_ms * 1e6)
-            while sum(r.length for r in self._pending) < self._limits.max_batch_tokens:
+            while self._pending.tokens < self._limits.max_batch_tokens:
                 # Until full, or max wait after the first row, or once requests stop arriving.
-                until = min(deadline, self._pending[-1].queued_ns + quiet_ns)
+                until = min(deadline, self._pending.last_ns + quiet_ns)
                 wait = (until - time.monotonic_ns()) / 1e9
                 if wait <= 0 or self._closed:
                     break
                 self._cond.wait(wait)
-            rows = self._pick(self._pending)
-            taken = set(map(id, rows))
-            self._pending = [r for r in self._pending if id(r) not in taken]
-            return rows
-
-    def _pick(self, pending: list[Row]) -> list[Row]:
-        """The oldest row plus rows of its base nearest its length, within tokens and slots."""
-        first = pending[0]
-        same = [r for r in pending if r.job.base.name == first.job.base.name]
-        same.sort(key=lambda r: (abs(r.length - first.length), r.queued_ns))
-        rows: list[Row] = []
-        adapters: set[str] = set()
-        longest = 0
-        for r in same:
-            name = r.job.adapter.name if r.job.adapter else None
-            new_adapter = name is not None and name not in adapters
-            if new_adapter and len(adapters) >= self._limits.adapter_slots:
-                continue
-            if rows and (len(rows) + 1) * max(longest, r.length) > self._limits.max_batch_tokens:
-                continue
-            rows.append(r)
-            longest = max(longest, r.length)
-            if name is not None:
-                adapters.add(name)
-        return rows
+            return self._pending.pick()
 
     def _run(self, rows: list[Row]) -> None:
         """Run a pick: in one step when the model can pack tokens (little padding to save), else
@@ -205,7 +259,7 @@ class MicroBatcher:
 
     def _fail(self, jobs: set[Job], exc: BaseException) -> None:
         with self._cond:
-            self._pending = [r for r in self._pending if r.job not in jobs]
+            self._pending.remove(jobs)
         for job in jobs:
             _deliver(job, None, exc)
 

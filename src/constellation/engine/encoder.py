@@ -21,6 +21,7 @@ from transformers import AutoModel, AutoTokenizer
 from constellation.config import EngineLimits
 from constellation.engine import bert_packed
 from constellation.engine.adapters import AdapterCache, ClassifierHead
+from constellation.engine.bounds import check_items, cut_for_tokens, tokenize_bounded
 from constellation.engine.lora import NO_ADAPTER, LoRAContext, inject_lora
 from constellation.engine.pool import ModelPool, module_bytes
 from constellation.engine.spec import AdapterSpec, BaseSpec
@@ -118,26 +119,34 @@ class EncoderModel:
                 layer.prepack()
         self.nbytes = module_bytes(self.model)  # the prepacked copies included
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self.max_request_tokens = limits.max_tokens_per_request
 
     def tokenize(self, texts: list[str], *, truncate: bool) -> list[list[int]]:
-        """Token ids per text (with special tokens); too long is an error unless `truncate`."""
+        """Token ids per text (with special tokens); too long is an error unless `truncate`, which
+        cuts the text before tokenising it, and the request's tokens are bounded on the way."""
+        if truncate:
+            texts = [cut_for_tokens(t, self.max_length) for t in texts]
+        fit = lambda i, row: self._fit(i, row, truncate)  # noqa: E731
+        return tokenize_bounded(texts, self._encode, self.max_request_tokens, fit=fit)
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
         if self._fast is not None and len(texts) == 1:  # the common request: no thread pool hop
-            ids = [self._fast.encode(texts[0], add_special_tokens=True).ids]
-        elif self._fast is not None:
-            ids = [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=True)]
-        else:
-            ids = [list(x) for x in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
-        for i, row in enumerate(ids):
-            if len(row) > self.max_length:
-                if not truncate:
-                    raise InvalidInput(
-                        f"input[{i}] has {len(row)} tokens but model {self.name!r} accepts at most "
-                        f"{self.max_length}; shorten it or pass truncate: true",
-                        param="input",
-                    )
-                # Keep the final [SEP]-style token, as the tokenizer's own truncation does.
-                ids[i] = row[: self.max_length - 1] + row[-1:]
-        return ids
+            return [self._fast.encode(texts[0], add_special_tokens=True).ids]
+        if self._fast is not None:
+            return [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=True)]
+        return [list(x) for x in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+    def _fit(self, i: int, row: list[int], truncate: bool) -> list[int]:
+        if len(row) <= self.max_length:
+            return row
+        if not truncate:
+            raise InvalidInput(
+                f"input[{i}] has {len(row)} tokens but model {self.name!r} accepts at most "
+                f"{self.max_length}; shorten it or pass truncate: true",
+                param="input",
+            )
+        # Keep the final [SEP]-style token, as the tokenizer's own truncation does.
+        return row[: self.max_length - 1] + row[-1:]
 
     def padded_length(self, n_tokens: int) -> int:
         """Length a sequence runs at: its own bucket in deterministic mode (same alone or batched)."""
@@ -252,15 +261,28 @@ class EncoderEngine:
         self._batcher = MicroBatcher(limits, self.pool)
 
     async def embed(
-        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], *, truncate: bool = False
+        self,
+        base: BaseSpec,
+        adapter: AdapterSpec | None,
+        texts: list[str],
+        *,
+        truncate: bool = False,
+        tenant: str = "",
     ) -> EncodeResult:
-        out, tokens, ns = await self._run(base, adapter, texts, truncate, "embed")
+        """`tenant` is the fairness key: rows are batched in turn across keys (engine/fairness.py)."""
+        out, tokens, ns = await self._run(base, adapter, texts, truncate, "embed", tenant)
         return EncodeResult(embeddings=out.numpy().astype(np.float32), tokens=tokens, compute_ns=ns)
 
     async def classify(
-        self, base: BaseSpec, adapter: AdapterSpec, texts: list[str], *, truncate: bool = False
+        self,
+        base: BaseSpec,
+        adapter: AdapterSpec,
+        texts: list[str],
+        *,
+        truncate: bool = False,
+        tenant: str = "",
     ) -> ClassifyResult:
-        out, tokens, ns = await self._run(base, adapter, texts, truncate, "classify")
+        out, tokens, ns = await self._run(base, adapter, texts, truncate, "classify", tenant)
         head = await asyncio.to_thread(self._head_labels, base, adapter)
         probs = [dict(zip(head, map(float, row), strict=True)) for row in out.tolist()]
         labels = [head[i] for i in out.argmax(dim=1).tolist()]
@@ -271,16 +293,27 @@ class EncoderEngine:
         s["queue_depth"] = float(self._batcher.queue_depth())
         s["base_loads"] = float(self.pool.loads)
         s["base_evictions"] = float(self.pool.evictions)
+        s["memory_trims"] = float(self._batcher.trims)
         return s
+
+    def unready(self) -> str | None:
+        """Why this engine cannot serve (never, in process: its worker is a thread of ours)."""
+        return None
 
     def close(self) -> None:
         self._batcher.close()
         self.pool.close()
 
     async def _run(
-        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
+        self,
+        base: BaseSpec,
+        adapter: AdapterSpec | None,
+        texts: list[str],
+        truncate: bool,
+        kind: Kind,
+        tenant: str,
     ) -> tuple[torch.Tensor, list[int], int]:
-        self._validate(texts)
+        texts = check_items(texts, self.limits, truncate=truncate)
         prepared = self._prepare_inline(base, adapter, texts, truncate, kind)
         if prepared is None:
             prepared = await asyncio.to_thread(self._prepare, base, adapter, texts, truncate, kind)
@@ -288,24 +321,10 @@ class EncoderEngine:
         from constellation.engine.batcher import Job
 
         loop = asyncio.get_running_loop()
-        job = Job(base, adapter, kind, ids, loop, loop.create_future())
+        job = Job(base, adapter, kind, ids, loop, loop.create_future(), tenant=tenant)
         self._batcher.submit(job, lengths)
         out, ns = await job.future
         return out, [len(x) for x in ids], ns
-
-    def _validate(self, texts: list[str]) -> None:
-        if not texts:
-            raise InvalidInput("input is empty; send at least one string", param="input")
-        if len(texts) > self.limits.max_items_per_request:
-            raise InvalidInput(
-                f"input has {len(texts)} items; send at most {self.limits.max_items_per_request} per request",
-                param="input",
-            )
-        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t]
-        if empty:
-            raise InvalidInput(
-                f"input[{empty[0]}] is empty; every input must be a non-empty string", param="input"
-            )
 
     def _prepare(
         self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind

@@ -41,10 +41,10 @@ def test_new_requests_join_between_decode_steps(families) -> None:
     finally:
         engine_side.close()
     seqs = [Seq(p, lambda d: None, TextStream(runner.tok, ()), make_generator(0)) for p in preps]
-    runner.waiting.append(seqs[0])
+    runner.waiting.push(seqs[0])
     runner.step()  # prefill of the first
     runner.step()  # first decode
-    runner.waiting.append(seqs[1])
+    runner.waiting.push(seqs[1])
     work = runner.schedule()
     assert [(w.seq, w.n) for w in work] == [(seqs[0], 1), (seqs[1], len(preps[1].prompt_ids))]
 
