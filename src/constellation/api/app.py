@@ -12,11 +12,12 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from constellation import __version__
+from constellation.api.access_log import AccessLog
 from constellation.api.deps import KeyCache
 from constellation.api.engines import Engines
 from constellation.api.errors import install_error_handlers
 from constellation.api.gate import Gate
-from constellation.api.metrics import Metrics, MetricsMiddleware
+from constellation.api.metrics import Metrics
 from constellation.api.ratelimit import build_limiter, tenant_loader
 from constellation.api.resolver import Resolver
 from constellation.api.routes import (
@@ -90,11 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.mount_assets(app)
     app.state.settings = settings
     app.state.metrics = metrics
+    metrics.watch(app.state)
     app.state.ready = False
     app.state.device_class = "gpu" if settings.engine.device.startswith("cuda") else "cpu"
     app.add_middleware(ForgetCachedRegistry)
     app.add_middleware(Gate, settings=settings)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLog, metrics=metrics, enabled=settings.access_log)  # outermost
 
     install_error_handlers(app)
     for router in (

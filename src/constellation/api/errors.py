@@ -68,11 +68,16 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(msg, type_, code=str(exc.status_code)), exc.status_code)
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
+def internal_error() -> JSONResponse:
+    """The answer to a bug: OpenAI's shape, no internals (they go to the log)."""
     return JSONResponse(
         error_body("internal error; it has been logged", "server_error", code="internal_error"), 500
     )
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return internal_error()
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -173,6 +173,7 @@ class Call:
             hold=self._held,
         )
         bill: Bill = await self.meter.record(record)
+        self.request.state.billed = record, bill  # for the access log line (api/access_log.py)
         return {**ext, **bill.as_dict(), "request_id": bill.request_id}
 
     def settle_later(
@@ -231,6 +232,7 @@ async def get_call(request: Request) -> Call:
     state = request.app.state
     return Call(
         request=request,
+        request_id=request.state.request_id,  # the HTTP request's (api/access_log.py), one per call
         engines=state.engines,
         resolver=state.resolver,
         meter=state.meter,

@@ -27,6 +27,7 @@ def serve(
     """
     import uvicorn
 
+    from constellation.api.access_log import configure_logging
     from constellation.api.app import create_app
 
     settings = Settings()
@@ -39,6 +40,11 @@ def serve(
         raise fail(exc.message) from None
     finally:
         db.close()
+    configure_logging(log_level)  # JSON lines; ours replace uvicorn's access log
     uvicorn.run(
-        create_app(settings), host=host or settings.host, port=port or settings.port, log_level=log_level
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=log_level,
+        access_log=not settings.access_log,
     )

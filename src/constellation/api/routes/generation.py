@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from constellation.api.deps import InferenceCaller, Principal
+from constellation.api.metrics import timed
 from constellation.api.pipeline import Call, CallDep, Outcome
 from constellation.api.protocol import OpenAIRequest
 from constellation.api.resolver import require_task
@@ -185,7 +186,7 @@ def _produced(prepared: Prepared, last: Delta | None) -> Outcome:
 async def _collect(call: Call, prepared: Prepared, shape: Shape) -> Outcome:
     texts: list[str] = []
     last: Delta | None = None
-    async for d in call.engines.decoder.generate(prepared):
+    async for d in timed(call.engines.decoder.generate(prepared), call.request.app.state.metrics):
         texts.append(d.text)
         last = d
     assert last is not None
@@ -212,7 +213,7 @@ async def _stream(
     started = datetime.now(UTC)
     texts: list[str] = []
     last: Delta | None = None
-    gen = call.engines.decoder.generate(prepared)
+    gen = timed(call.engines.decoder.generate(prepared), call.request.app.state.metrics)
     try:
         yield _sse(shape.chunk("", None, first=True))
         async for d in gen:

@@ -33,10 +33,5 @@ def readyz(request: Request) -> dict[str, str] | Response:
 
 @router.get("/metrics")
 def metrics(request: Request) -> Response:
-    """Prometheus text exposition."""
-    m = request.app.state.metrics
-    engines = getattr(request.app.state, "engines", None)
-    for name, stats in (engines.stats() if engines else {}).items():
-        for stat, value in stats.items():
-            m.engine.labels(name, stat).set(value)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition (engine and ledger counters are read now: api/metrics.py)."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
