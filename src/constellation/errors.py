@@ -90,6 +90,12 @@ class Overloaded(ConstellationError):
         self.retry_after_s = retry_after_s
 
 
+class EngineUnavailable(Overloaded):
+    """An engine worker died under this request or is being restarted: retry it shortly."""
+
+    code = "engine_unavailable"
+
+
 class IntegrityError(ConstellationError):
     """Stored bytes do not match their recorded sha256, or a ledger invariant is broken."""
 

@@ -52,6 +52,10 @@ class Engines:
             out["decoder"] = self._decoder.stats()
         return out
 
+    def unready(self) -> str | None:
+        """Why the engines started so far cannot serve in full (a worker is down), or None."""
+        return self._encoder.unready() if self._encoder is not None else None
+
     def close(self) -> None:
         for engine in (self._encoder, self._decoder):
             if engine is not None:

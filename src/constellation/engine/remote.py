@@ -13,10 +13,15 @@ across threads waits at a barrier after every op for its slowest thread, and the
 one the server's own process just took the core from. Each call goes to the worker with the
 fewest inputs outstanding.
 
+A worker that dies (killed, out of memory) fails the calls it had with `EngineUnavailable` (503,
+retry) and is respawned after a backoff (`respawn_backoff_s`, doubled while respawned workers
+die before answering); meanwhile the others serve, and `unready()` says a worker is down.
+
 Protocol (one `multiprocessing` pipe each way per worker, pickled; each side writes once per
 turn of its event loop, not once per request: under load that is one write for dozens of
 requests):
-  parent -> child  a list of `(call_id, op, args)`; op is "embed" or "classify"; `None` closes.
+  parent -> child  a list of `(call_id, op, args)`; op is "embed" or "classify", args are
+                   `(base, adapter, texts, truncate, tenant)`; `None` closes.
   child -> parent  a list of `(call_id, ok, payload)`, then the child's engine stats.
 Errors cross as `(class name, message, param, code)` and are raised again in the parent as the
 same `ConstellationError` class, so the HTTP mapping does not change.
@@ -36,13 +41,15 @@ from typing import Any
 
 from constellation import errors
 from constellation.config import EngineLimits
+from constellation.engine.bounds import check_items
 from constellation.engine.encoder import ClassifyResult, EncodeResult
 from constellation.engine.spec import AdapterSpec, BaseSpec
-from constellation.errors import ConstellationError, Overloaded
+from constellation.errors import ConstellationError, EngineUnavailable, Overloaded
 
 Call = tuple[int, str, tuple[Any, ...]]
 Reply = tuple[int, bool, Any]
-_GONE = "the encoder engine process stopped; restart the server (see its log for the cause)"
+_LOST = "an encoder worker process stopped under this request and is being restarted; retry it"
+_DOWN = "every encoder worker process is restarting (see the server log for the cause); retry shortly"
 
 
 # Past a few workers, more threads per worker serve better than more copies of every model.
@@ -62,6 +69,12 @@ def worker_threads(limits: EngineLimits, cores: int) -> int:
     return max(1, cores // worker_count(limits, cores))
 
 
+def respawn_delay(limits: EngineLimits, deaths: int) -> float:
+    """Seconds before respawning a worker after its `deaths`-th death in a row (1, 2, ...): the
+    backoff doubles while respawned workers die before answering, up to `respawn_max_s`."""
+    return float(min(limits.respawn_max_s, limits.respawn_backoff_s * 2 ** max(0, deaths - 1)))
+
+
 class _Worker:
     """One child process and the parent's side of its pipe."""
 
@@ -77,6 +90,8 @@ class _Worker:
         )
         self.proc.start()
         child.close()
+        self.index = index
+        self.answered = False  # has replied at least once (resets the respawn backoff)
         self.outbox: list[Call] = []  # calls of this loop turn
         self.inputs = 0  # texts sent and not yet answered
         self.stats: dict[str, float] = {}
@@ -94,37 +109,73 @@ class RemoteEncoderEngine:
 
         self.limits = limits
         cores = cores or torch.get_num_threads()
-        threads = worker_threads(limits, cores)
-        self._workers = [_Worker(i, limits, threads) for i in range(worker_count(limits, cores))]
+        self._threads = worker_threads(limits, cores)
+        self._workers = [_Worker(i, limits, self._threads) for i in range(worker_count(limits, cores))]
         # call id -> (its loop, its future, its worker, its number of inputs)
         self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], _Worker, int]] = {}
         self._ids = itertools.count()
-        self._lock = threading.Lock()  # guards `_calls`, each worker's outbox, inputs, stats; `_gone`
+        # guards `_calls`, `_workers`, each worker's outbox, inputs, stats; `_gone`, `_deaths`
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a worker died or came back
         self._gone: str | None = None
+        self._closing = threading.Event()  # wakes respawners out of their backoff
+        self._respawners: list[threading.Thread] = []
+        self._deaths = [0] * len(self._workers)  # per worker index, deaths in a row
+        self._retired: Counter[str] = Counter()  # dead workers' counters, so totals never drop
+        self.respawns = 0
         for w in self._workers:
-            w.reader = threading.Thread(target=self._read, args=(w,), name="encoder-replies", daemon=True)
-            w.reader.start()
+            self._start_reader(w)
 
     async def embed(
-        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], *, truncate: bool = False
+        self,
+        base: BaseSpec,
+        adapter: AdapterSpec | None,
+        texts: list[str],
+        *,
+        truncate: bool = False,
+        tenant: str = "",
     ) -> EncodeResult:
-        out, tokens, ns = await self._call("embed", (base, adapter, texts, truncate), len(texts))
+        texts = check_items(texts, self.limits, truncate=truncate)  # before pickling a huge string
+        out, tokens, ns = await self._call("embed", (base, adapter, texts, truncate, tenant), len(texts))
         return EncodeResult(embeddings=out, tokens=tokens, compute_ns=ns)
 
     async def classify(
-        self, base: BaseSpec, adapter: AdapterSpec, texts: list[str], *, truncate: bool = False
+        self,
+        base: BaseSpec,
+        adapter: AdapterSpec,
+        texts: list[str],
+        *,
+        truncate: bool = False,
+        tenant: str = "",
     ) -> ClassifyResult:
-        labels, probs, tokens, ns = await self._call("classify", (base, adapter, texts, truncate), len(texts))
+        texts = check_items(texts, self.limits, truncate=truncate)
+        args = (base, adapter, texts, truncate, tenant)
+        labels, probs, tokens, ns = await self._call("classify", args, len(texts))
         return ClassifyResult(labels=labels, probs=probs, tokens=tokens, compute_ns=ns)
+
+    def unready(self) -> str | None:
+        """Why this engine cannot serve in full (a worker is down), or None when it can."""
+        with self._lock:
+            down = [w.index for w in self._workers if not w.alive]
+        if not down:
+            return None
+        return f"encoder worker(s) {down} of {len(self._workers)} stopped and are being restarted"
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until every worker is up (True), or `timeout` seconds pass (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: all(w.alive for w in self._workers), timeout)
 
     def stats(self) -> dict[str, float]:
         """The workers' engine statistics as of their latest replies, summed (all are counts),
         and how many workers are serving."""
         total: Counter[str] = Counter()
         with self._lock:
+            total.update(self._retired)
             for w in self._workers:
                 total.update(w.stats)
             total["workers"] = sum(w.alive for w in self._workers)
+            total["respawns"] = self.respawns
         return dict(total)
 
     def close(self) -> None:
@@ -134,6 +185,9 @@ class RemoteEncoderEngine:
                 for w in self._workers:
                     with contextlib.suppress(OSError), w.send_lock:
                         w.conn.send(None)
+        self._closing.set()
+        for t in self._respawners:
+            t.join(timeout=60)
         for w in self._workers:
             w.proc.join(timeout=30)
             if w.proc.is_alive():
@@ -149,7 +203,10 @@ class RemoteEncoderEngine:
         with self._lock:
             if self._gone is not None:
                 raise Overloaded(self._gone)
-            w = min((x for x in self._workers if x.alive), key=lambda x: x.inputs)  # first least loaded
+            alive = [x for x in self._workers if x.alive]
+            if not alive:
+                raise EngineUnavailable(_DOWN, retry_after_s=max(1, round(self.limits.respawn_backoff_s)))
+            w = min(alive, key=lambda x: x.inputs)  # the first least loaded
             call_id = next(self._ids)
             self._calls[call_id] = (loop, fut, w, inputs)
             w.inputs += inputs
@@ -193,17 +250,57 @@ class RemoteEncoderEngine:
         _settle([(fut, False, error) for _, fut in lost])
 
     def _lost(self, w: _Worker) -> None:
-        """A worker is gone (it died, or its pipe broke): its calls fail with Overloaded, the
-        others keep serving; with none left, every call does."""
+        """A worker is gone (it died, or its pipe broke): its calls fail with EngineUnavailable,
+        the others keep serving, and it is respawned after a backoff (unless closing)."""
         with self._lock:
-            w.alive = False
-            if not any(x.alive for x in self._workers):
-                self._gone = self._gone or _GONE
+            first, w.alive = w.alive, False
             orphans = [self._take(c) for c, v in list(self._calls.items()) if v[2] is w]
-            why = self._gone or _GONE  # "shutting down" once close() has begun
+            closing = self._gone is not None
+            error = (
+                ("Overloaded", self._gone, None, None)
+                if closing
+                else ("EngineUnavailable", _LOST, None, None)
+            )
+            if first and not closing:
+                self._deaths[w.index] += 1
+                t = threading.Thread(target=self._respawn, args=(w,), name="encoder-respawn", daemon=True)
+                self._respawners = [*(x for x in self._respawners if x.is_alive()), t]
+                t.start()
+            self._changed.notify_all()
         for loop, fut in orphans:
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(_settle, [(fut, False, ("Overloaded", why, None, None))])
+                loop.call_soon_threadsafe(_settle, [(fut, False, error)])
+
+    def _respawn(self, dead: _Worker) -> None:
+        """Replace a dead worker after its backoff; give up quietly if the engine closes first."""
+        dead.proc.join(timeout=5)  # reap it
+        if self._closing.wait(respawn_delay(self.limits, self._deaths[dead.index])):
+            return
+        try:
+            fresh = _Worker(dead.index, self.limits, self._threads)
+        except Exception:  # cannot start a process now: try again, later
+            with self._lock:
+                dead.alive = True  # so that `_lost` schedules the next try
+            self._lost(dead)
+            return
+        with self._lock:
+            installed = self._gone is None
+            if installed:
+                self._retired.update({k: v for k, v in dead.stats.items() if k != "queue_depth"})
+                self._workers[dead.index] = fresh
+                self.respawns += 1
+                self._changed.notify_all()
+        if not installed:
+            with contextlib.suppress(OSError):
+                fresh.conn.send(None)
+            fresh.proc.join(timeout=30)
+            return
+        self._start_reader(fresh)
+        dead.conn.close()
+
+    def _start_reader(self, w: _Worker) -> None:
+        w.reader = threading.Thread(target=self._read, args=(w,), name="encoder-replies", daemon=True)
+        w.reader.start()
 
     def _take(self, call_id: int) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]:
         """Forget an answered call (under `_lock`): its inputs leave its worker's count."""
@@ -221,6 +318,8 @@ class RemoteEncoderEngine:
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
             with self._lock:
                 w.stats = stats
+                if not w.answered:
+                    w.answered, self._deaths[w.index] = True, 0
                 for call_id, ok, payload in replies:
                     if call_id in self._calls:
                         loop, fut = self._take(call_id)
@@ -281,11 +380,12 @@ def _child_main(conn: Connection, limits: dict[str, Any], switch_interval_ms: fl
 
     async def serve(call_id: int, op: str, args: tuple[Any, ...]) -> None:
         try:
+            base, adapter, texts, truncate, tenant = args
             if op == "embed":
-                r = await engine.embed(args[0], args[1], args[2], truncate=args[3])
+                r = await engine.embed(base, adapter, texts, truncate=truncate, tenant=tenant)
                 reply((call_id, True, (r.embeddings, r.tokens, r.compute_ns)))
             else:
-                c = await engine.classify(args[0], args[1], args[2], truncate=args[3])
+                c = await engine.classify(base, adapter, texts, truncate=truncate, tenant=tenant)
                 reply((call_id, True, (c.labels, c.probs, c.tokens, c.compute_ns)))
         except ConstellationError as exc:
             reply((call_id, False, (type(exc).__name__, exc.message, exc.param, exc.code)))

@@ -1,6 +1,6 @@
 """RemoteEncoderEngine (the encoder engine in spawned worker processes) against the in-process
 EncoderEngine: same embeddings, classes and errors across the pipe, many concurrent calls spread
-over two workers, shutdown and dead workers; the worker count; ArtifactOpener (the picklable
+over two workers, shutdown, dead workers respawned; the worker count; ArtifactOpener (the picklable
 `resolve`); Engines' choice of engine."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from constellation.api.engines import Engines
 from constellation.artifacts.store import ArtifactOpener, ArtifactStore
 from constellation.config import EngineLimits
 from constellation.engine.encoder import EncoderEngine, EncodeResult
-from constellation.engine.remote import RemoteEncoderEngine, worker_count, worker_threads
+from constellation.engine.remote import RemoteEncoderEngine, respawn_delay, worker_count, worker_threads
 from constellation.engine.spec import AdapterSpec, BaseSpec
-from constellation.errors import ConstellationError, InvalidInput, NotFound, Overloaded
+from constellation.errors import ConstellationError, EngineUnavailable, InvalidInput, NotFound, Overloaded
 
 from .conftest import make_adapter
 
@@ -320,8 +320,15 @@ def test_closed_engine_refuses_calls(base: BaseSpec) -> None:
     engine.close()  # a second close is harmless
 
 
-def test_killed_workers_fail_their_calls_with_overloaded(base: BaseSpec) -> None:
-    engine = RemoteEncoderEngine(EngineLimits(encoder_workers=2))
+def _kill(worker) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 a worker and wait until the engine has seen it go (its reader has stopped)."""
+    worker.proc.kill()
+    worker.proc.join()
+    worker.reader.join(GUARD_S)
+
+
+def test_a_killed_worker_fails_its_calls_and_is_respawned(base: BaseSpec) -> None:
+    engine = RemoteEncoderEngine(EngineLimits(encoder_workers=2, respawn_backoff_s=0))
     first, second = engine._workers
     try:
         _run(engine.embed(base, None, ["warm up"]))
@@ -332,36 +339,56 @@ def test_killed_workers_fail_their_calls_with_overloaded(base: BaseSpec) -> None
             first.proc.kill()
             return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), GUARD_S)
 
-        outcomes = _run(in_flight())  # answered before the kill, or Overloaded: never a hang
-        assert all(isinstance(o, EncodeResult | Overloaded) for o in outcomes), outcomes
-        # The second worker's share was answered in full.
-        assert sum(isinstance(o, EncodeResult) for o in outcomes) >= len(outcomes) // 2
+        outcomes = _run(in_flight())  # answered before the kill, or a 503 to retry: never a hang
+        assert all(isinstance(o, EncodeResult | EngineUnavailable) for o in outcomes), outcomes
+        assert all(o.status == 503 and o.retry_after_s >= 1 for o in outcomes if isinstance(o, Exception))
+        assert sum(isinstance(o, EncodeResult) for o in outcomes) >= len(outcomes) // 2  # second's share
         first.proc.join()
-        first.reader.join(GUARD_S)  # type: ignore[union-attr]
 
-        # The engine keeps serving on the worker that is left, new calls included.
-        async def after_kill() -> list[EncodeResult]:
-            calls = [engine.embed(base, None, [t]) for t in TEXTS]
+        # A new process takes the dead one's place by itself, and both serve again.
+        assert engine.wait_ready(GUARD_S)
+        fresh = engine._workers[0]
+        assert fresh is not first and fresh.proc.is_alive() and engine._workers[1] is second
+
+        async def after() -> list[EncodeResult]:
+            calls = [engine.embed(base, None, [t]) for t in TEXTS * 4]
             return await asyncio.wait_for(asyncio.gather(*calls), GUARD_S)
 
-        assert all(r.embeddings.shape == (1, 32) for r in _run(after_kill()))
-        assert engine.stats()["workers"] == 1
-
-        second.proc.kill()
-        second.proc.join()
-        second.reader.join(GUARD_S)  # type: ignore[union-attr]
-        assert engine.stats()["workers"] == 0
-        with pytest.raises(Overloaded, match="stopped"):
-            _run(asyncio.wait_for(engine.embed(base, None, ["hello"]), GUARD_S))
-        with pytest.raises(Overloaded):
-            _run(
-                asyncio.wait_for(
-                    engine.classify(base, AdapterSpec("x", "tiny", base.resolve), ["x"]), GUARD_S
-                )
-            )
+        assert all(r.embeddings.shape == (1, 32) for r in _run(after()))
+        assert fresh.stats.get("requests", 0) > 0  # the new worker answered some of them
+        stats = engine.stats()
+        assert (stats["workers"], stats["respawns"]) == (2, 1)
+        assert engine.unready() is None
     finally:
         engine.close()
-    assert not first.proc.is_alive() and not second.proc.is_alive()
+    assert not any(w.proc.is_alive() for w in [first, *engine._workers])
+
+
+def test_a_worker_down_makes_the_engines_unready_and_close_ends_the_backoff(base: BaseSpec) -> None:
+    engines = Engines(EngineLimits(encoder_process=True, encoder_workers=2, respawn_backoff_s=600))
+    engine = engines.encoder
+    assert isinstance(engine, RemoteEncoderEngine)
+    first, second = engine._workers
+    try:
+        assert engines.unready() is None
+        _kill(first)
+        assert "[0] of 2" in (engines.unready() or "")  # /readyz answers 503 with this
+        assert _run(engine.embed(base, None, ["still served"])).embeddings.shape == (1, 32)
+        _kill(second)
+        with pytest.raises(EngineUnavailable, match="restarting") as exc:
+            _run(asyncio.wait_for(engine.embed(base, None, ["hello"]), GUARD_S))
+        assert exc.value.status == 503
+        assert engine.stats()["workers"] == 0
+    finally:
+        engines.close()  # wakes the respawners out of their ten-minute backoff
+    assert all(not t.is_alive() for t in engine._respawners)
+    with pytest.raises(Overloaded, match="shutting down"):
+        _run(engine.embed(base, None, ["hello"]))
+
+
+@pytest.mark.parametrize(("deaths", "want"), [(1, 0.5), (2, 1.0), (3, 2.0), (8, 30.0)])
+def test_respawn_backoff_doubles_up_to_its_maximum(deaths: int, want: float) -> None:
+    assert respawn_delay(EngineLimits(respawn_backoff_s=0.5, respawn_max_s=30), deaths) == want
 
 
 # -- ArtifactOpener and Engines --------------------------------------------------------------

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from constellation.api.errors import error_response
+from constellation.errors import EngineUnavailable
 from constellation.registry.db import DatabaseUnavailable
 
 router = APIRouter(tags=["health"])
@@ -20,7 +21,7 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=None)
 def readyz(request: Request) -> dict[str, str] | Response:
-    """The process can serve: started, and its database answers."""
+    """The process can serve: started, its database answers, and no engine worker is down."""
     if not request.app.state.ready:
         return error_response(DatabaseUnavailable("starting up; retry shortly"))
     try:
@@ -28,6 +29,10 @@ def readyz(request: Request) -> dict[str, str] | Response:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
         return error_response(DatabaseUnavailable(f"database unreachable: {type(exc).__name__}"))
+    engines = getattr(request.app.state, "engines", None)
+    why = engines.unready() if engines is not None else None
+    if why is not None:
+        return error_response(EngineUnavailable(f"{why}; retry shortly"))
     return {"status": "ready"}
 
 
