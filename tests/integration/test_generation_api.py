@@ -9,60 +9,12 @@ from pathlib import Path
 import pytest
 from tests.integration.conftest import Api
 
-from constellation.engine.llm_toy import save_random_adapter, save_random_lm
-
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'test.db'}"
-
-
-@pytest.fixture(scope="module")
-def lm_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("lm")
-    base = save_random_lm(root / "tiny-llama", "llama", seed=3)
-    return base, save_random_adapter(base, root / "tiny-llama-pirate", rank=4, seed=5)
-
-
-@pytest.fixture
-async def served(api: Api, lm_dirs: tuple[Path, Path], minilm_path: Path) -> Api:
-    base, adapter = lm_dirs
-    h = api.admin
-    await api.client.post(
-        "/api/contributors", headers=h, json={"id": "lab", "name": "Lab", "kind": "organisation"}
-    )
-    for body in (
-        {
-            "name": "tiny-llama",
-            "path": str(base),
-            "task": "causal-lm",
-            "author": "lab",
-            "license": "apache-2.0",
-        },
-        {
-            "name": "minilm",
-            "path": str(minilm_path),
-            "task": "embedding",
-            "author": "lab",
-            "license": "apache-2.0",
-        },
-    ):
-        assert (await api.client.post("/api/models", headers=h, json=body)).status_code == 201
-    r = await api.client.post(
-        "/api/adapters",
-        headers=h,
-        json={
-            "name": "pirate",
-            "path": str(adapter),
-            "base": "tiny-llama",
-            "author": "lab",
-            "license": "mit",
-        },
-    )
-    assert r.status_code == 201, r.text
-    return api
 
 
 def _events(text: str) -> list[dict]:

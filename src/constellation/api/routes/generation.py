@@ -200,7 +200,7 @@ def _sse(obj: dict[str, Any] | str) -> bytes:
 def _sse_error(exc: BaseException) -> bytes:
     if not isinstance(exc, ConstellationError):
         log.error("stream failed", exc_info=exc)
-        exc = ConstellationError("internal error while generating; it has been logged")
+        exc = ConstellationError("internal error while generating; it has been logged", code="internal_error")
     return _sse({"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}})
 
 
