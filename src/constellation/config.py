@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # uploads (under /api/finetunes) get the larger one, every other path the smaller.
     max_body_bytes: int = Field(default=8 * 1024**2, gt=0)
     max_upload_body_bytes: int = Field(default=128 * 1024**2, gt=0)
+    # Bytes of uploaded JSONL one tenant's queued and running fine-tuning jobs may hold on disk
+    # at once (finetune/uploads.py); each job's files are deleted when it ends.
+    finetune_upload_bytes: int = Field(default=64 * 1024**2, gt=0)
     # One JSON line per HTTP request on the `constellation.access` logger (see api/access_log.py).
     access_log: bool = True
 

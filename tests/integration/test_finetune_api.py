@@ -1,5 +1,7 @@
 """The fine-tuning job API on a tiny random BERT: upload JSONL, poll to success, classify with
-the new private adapter; bad data is a 400 with line numbers and registers nothing; cancel works."""
+the new private adapter; bad data is a 400 with line numbers and registers nothing; cancel works.
+A tenant credits only the contributors it owns, every field is checked before a job is queued,
+uploads are deleted whatever happens and capped per tenant, and a clash reveals no private model."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import pytest
 import torch
 from tests.integration.conftest import Api
 from transformers import BertConfig, BertModel
+
+from constellation.registry import models, tenants
 
 pytestmark = pytest.mark.anyio
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -47,9 +51,23 @@ def jsonl(n: int) -> str:
 
 
 async def _setup(api: Api, tiny_bert: Path) -> dict[str, str]:
+    """The tiny base (by contributor `lab`) and a key of tenant `acme`, which owns `acme-ml`."""
     r = await api.register(tiny_bert, name="tiny", author="lab")
     assert r.status_code == 201, r.text
-    return api.key("acme")
+    h = api.key("acme")
+    await _link(api, "acme", "acme-ml")
+    return h
+
+
+async def _link(api: Api, tenant: str, contributor: str) -> None:
+    c = {"id": contributor, "name": contributor, "kind": "organisation"}
+    await api.client.post("/api/contributors", headers=api.admin, json=c)
+    r = await api.client.put(f"/api/tenants/{tenant}/contributors/{contributor}", headers=api.admin)
+    assert r.status_code == 200, r.text
+
+
+def _uploads_left(api: Api) -> list[Path]:
+    return list((api.platform.settings.data_dir / "tmp").glob("upload-*"))
 
 
 async def _start(api: Api, h: dict[str, str], name: str, content: str, **over: object) -> httpx.Response:
@@ -59,7 +77,7 @@ async def _start(api: Api, h: dict[str, str], name: str, content: str, **over: o
         "task": "classification",
         "name": name,
         "license": "mit",
-        "data": [{"filename": f"{name}.jsonl", "content": content}],
+        "data": [{"filename": "train.jsonl", "content": content}],
         **over,
     }
     return await api.client.post("/api/finetunes", headers=h, json=body)
@@ -83,6 +101,8 @@ async def test_finetune_job_to_private_adapter(api: Api, tiny_bert: Path) -> Non
     assert job["result"]["labels"] == ["bug", "refund"] and "accuracy" in str(job["result"]["metrics"])
     model = (await api.client.get("/api/models/intent", headers=api.admin)).json()
     assert model["visibility"] == "private" and model["owner_tenant"] == "acme"
+    assert model["author"] == "acme-ml"  # the tenant's only contributor, by default
+    assert _uploads_left(api) == []  # the upload lives on as a data set, not as a file
     assert model["lineage"]["datasets"][0]["weight"] == 40
     out = await api.client.post(
         "/v1/classify", headers=h, json={"model": "intent", "input": "refund order 3"}
@@ -105,6 +125,7 @@ async def test_malformed_data_is_400_with_line_numbers_and_registers_nothing(
     assert "21" in msg and "22" in msg
     assert (await api.client.get("/api/datasets", headers=api.admin)).json() == []
     assert (await api.client.get("/api/models/broken", headers=api.admin)).status_code == 404
+    assert _uploads_left(api) == []
 
 
 async def test_cancel_registers_nothing(api: Api, tiny_bert: Path) -> None:
@@ -122,3 +143,103 @@ async def test_public_adapter_needs_admin(api: Api, tiny_bert: Path) -> None:
     h = await _setup(api, tiny_bert)
     r = await _start(api, h, "pub", jsonl(10), visibility="public")
     assert r.status_code == 403
+
+
+async def test_a_tenant_credits_only_contributors_it_owns(api: Api, tiny_bert: Path) -> None:
+    h = await _setup(api, tiny_bert)
+    someone_elses = await _start(api, h, "a1", jsonl(10), author="lab")
+    assert someone_elses.status_code == 403, someone_elses.text
+    err = someone_elses.json()["error"]
+    assert (err["code"], err["param"]) == ("contributor_not_owned", "author")
+    assert "constellation tenants link acme --contributor lab" in err["message"]
+    unknown = await _start(api, h, "a2", jsonl(10), data_provider="made-up-org")
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "data_provider"
+    contributors = (await api.client.get("/api/contributors", headers=api.admin)).json()
+    assert "made-up-org" not in {c["id"] for c in contributors}  # nothing created on the fly
+    unlinked = await _start(api, api.key("newco"), "a3", jsonl(10))
+    assert unlinked.status_code == 403 and unlinked.json()["error"]["code"] == "no_contributor"
+    assert (await api.client.get("/api/finetunes", headers=api.admin)).json() == []
+    assert _uploads_left(api) == []
+
+
+async def test_link_routes(api: Api) -> None:
+    api.key("acme")
+    await _link(api, "acme", "acme-ml")
+    again = await api.client.put("/api/tenants/acme/contributors/acme-ml", headers=api.admin)
+    assert again.json()["created"] is False
+    listed = await api.client.get("/api/tenants/acme/contributors", headers=api.key("acme"))
+    assert [r["contributor"] for r in listed.json()] == ["acme-ml"]
+    nobody = await api.client.put("/api/tenants/acme/contributors/nobody", headers=api.admin)
+    assert nobody.status_code == 404
+    gone = await api.client.delete("/api/tenants/acme/contributors/acme-ml", headers=api.admin)
+    assert gone.status_code == 204
+    assert (await api.client.get("/api/tenants/acme/contributors", headers=api.admin)).json() == []
+
+
+@pytest.mark.parametrize(
+    ("over", "param"),
+    [
+        ({"name": "Bad Name!"}, "name"),
+        ({"name": "x" * 200}, "name"),
+        ({"license": "no-such-licence"}, None),
+        ({"rank": 0}, "rank"),
+        ({"epochs": 10**6}, "epochs"),
+        ({"seed": 2**80}, "seed"),
+        ({"data": [{"filename": "..", "content": "{}"}]}, "data.0.filename"),
+        ({"data": [{"filename": "../../etc/x.jsonl", "content": "{}"}]}, "data.0.filename"),
+        ({"data": [{"filename": ".hidden", "content": "{}"}]}, "data.0.filename"),
+    ],
+)
+async def test_every_field_is_checked_before_a_job_is_queued(
+    api: Api, tiny_bert: Path, over: dict, param: str | None
+) -> None:
+    h = await _setup(api, tiny_bert)
+    over = dict(over)
+    r = await _start(api, h, over.pop("name", "ok-name"), jsonl(10), **over)
+    assert r.status_code in (400, 404), r.text
+    if param is not None:
+        assert r.json()["error"]["param"] == param
+    assert (await api.client.get("/api/finetunes", headers=h)).json() == []  # nothing trained
+    assert _uploads_left(api) == []
+
+
+async def test_uploads_are_capped_per_tenant(api: Api, tiny_bert: Path) -> None:
+    h = await _setup(api, tiny_bert)
+    data = jsonl(30)
+    api.app.state.finetunes.uploads.cap = int(len(data) * 1.5)
+    first = await _start(api, h, "first", data, epochs=50)  # holds its upload while it runs
+    assert first.status_code == 202, first.text
+    second = await _start(api, h, "second", data)
+    assert second.status_code == 413 and "cancel" in second.json()["error"]["message"]
+    other = api.key("other")
+    await _link(api, "other", "other-ml")
+    elsewhere = await _start(api, other, "third", data, epochs=1)
+    assert elsewhere.status_code == 202, elsewhere.text  # another tenant's cap is its own
+    await api.client.post(f"/api/finetunes/{first.json()['id']}/cancel", headers=h)
+    await _wait(api, h, first.json()["id"])
+    await _wait(api, other, elsewhere.json()["id"])
+    assert _uploads_left(api) == []
+    assert (await _start(api, h, "second", data, epochs=1)).status_code == 202  # released
+
+
+async def test_a_name_clash_reveals_no_private_model(api: Api, tiny_bert: Path) -> None:
+    """`secret` is another tenant's private base: naming it as the new adapter reads exactly like
+    naming a public model, and as the base to train on exactly like naming a missing one."""
+    h = await _setup(api, tiny_bert)
+    with api.platform.db.session() as s:
+        tiny = models.get_model(s, name="tiny")
+        tenants.add_tenant(s, id="rival", name="rival")
+        models.add_model(
+            s, name="secret", kind="base", task="embedding", artifact_digest=tiny.artifact_digest,
+            licence_id="mit", author_id="lab", visibility="private", owner_tenant_id="rival",
+        )  # fmt: skip
+    public = (await _start(api, h, "tiny", jsonl(10))).json()["error"]
+    private = (await _start(api, h, "secret", jsonl(10))).json()["error"]
+    assert private["message"] == public["message"].replace("tiny", "secret")
+    assert private["code"] == "name_taken" and "embedding" not in private["message"]
+    as_base = await _start(api, h, "mine", jsonl(10), base="secret")
+    missing = await _start(api, h, "mine", jsonl(10), base="nowhere")
+    assert as_base.status_code == missing.status_code == 404
+    assert as_base.json()["error"]["message"] == missing.json()["error"]["message"].replace(
+        "nowhere", "secret"
+    )

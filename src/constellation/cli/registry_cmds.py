@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from constellation.cli._common import JsonOpt, console, emit, opened_platform, split_csv
-from constellation.registry import acceptances, service
+from constellation.registry import acceptances, ownership, service
 from constellation.registry import contributors as contrib_repo
 from constellation.registry import datasets as ds_repo
 from constellation.registry import licences as lic_repo
@@ -417,6 +417,42 @@ def tenants_list(as_json: JsonOpt = False) -> None:
             as_json=as_json,
             columns=["id", "name", "declared_use", "monthly_active_users"],
         )
+
+
+ContributorOpt = Annotated[str, typer.Option("--contributor", help="A registered contributor id.")]
+
+
+@tenants.command("link")
+def tenants_link(
+    id: Annotated[str, typer.Argument(help="Tenant id.")],
+    contributor: ContributorOpt,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record that the tenant owns a contributor identity: its keys may then credit it as author
+    or data provider of their fine-tunes (and no contributor it does not own)."""
+    with opened_platform() as p, p.db.session() as s:
+        row, created = ownership.link(s, tenant_id=id, contributor_id=contributor)
+        emit({**ownership.link_dict(row), "created": created}, as_json=as_json)
+
+
+@tenants.command("unlink")
+def tenants_unlink(
+    id: Annotated[str, typer.Argument(help="Tenant id.")], contributor: ContributorOpt
+) -> None:
+    """Remove a link; adapters already trained keep their author."""
+    with opened_platform() as p, p.db.session() as s:
+        ownership.unlink(s, tenant_id=id, contributor_id=contributor)
+    console.print(f"tenant {id} no longer owns contributor {contributor}")
+
+
+@tenants.command("contributors")
+def tenants_contributors(
+    id: Annotated[str, typer.Argument(help="Tenant id.")], as_json: JsonOpt = False
+) -> None:
+    """List the contributor identities the tenant owns."""
+    with opened_platform() as p, p.db.session() as s:
+        rows = [ownership.link_dict(r) for r in ownership.links(s, tenant_id=id)]
+        emit(rows, as_json=as_json, columns=["contributor", "created_at"])
 
 
 @keys.command("create")

@@ -1,5 +1,6 @@
 """Background fine-tuning jobs for `POST /api/finetunes`: one worker thread (training takes the
 machine's cores), status and progress readable at any time, cancellable while queued or running.
+A job's uploaded files are deleted when it ends, however it ends.
 
 Jobs live in this process's memory: a restart forgets them, and since registration happens only
 at the very end of a run, an interrupted job leaves nothing registered."""
@@ -16,6 +17,7 @@ from typing import Any
 from constellation.errors import ConstellationError, NotFound
 from constellation.finetune.service import FinetuneSpec, run_finetune
 from constellation.finetune.trainer import Progress, TrainingCancelled
+from constellation.finetune.uploads import UploadQuota, Uploads
 from constellation.platform import Platform
 
 
@@ -31,6 +33,7 @@ class Job:
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    uploads: Uploads | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,12 +55,14 @@ class Job:
 class JobManager:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
+        self.uploads = UploadQuota(platform.settings.finetune_upload_bytes)
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finetune")
 
-    def submit(self, spec: FinetuneSpec, *, tenant_id: str) -> Job:
-        job = Job(id=f"ft_{uuid.uuid4().hex[:16]}", spec=spec, tenant_id=tenant_id)
+    def submit(self, spec: FinetuneSpec, *, tenant_id: str, uploads: Uploads | None = None) -> Job:
+        """Queue a run; the job owns `uploads` from now on and deletes them when it ends."""
+        job = Job(id=f"ft_{uuid.uuid4().hex[:16]}", spec=spec, tenant_id=tenant_id, uploads=uploads)
         with self._lock:
             self._jobs[job.id] = job
         self._pool.submit(self._run, job)
@@ -83,6 +88,13 @@ class JobManager:
         return job
 
     def _run(self, job: Job) -> None:
+        try:
+            self._train(job)
+        finally:
+            if job.uploads is not None:
+                job.uploads.discard()
+
+    def _train(self, job: Job) -> None:
         if job.cancel.is_set():
             job.status, job.finished_at = "cancelled", time.time()
             return
@@ -113,3 +125,6 @@ class JobManager:
         for job in self.list():
             job.cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for job in self.list():  # queued jobs the shutdown dropped never ran to clean up
+            if job.uploads is not None:
+                job.uploads.discard()

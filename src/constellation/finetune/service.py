@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from constellation.errors import InvalidInput
+from constellation.errors import Conflict, InvalidInput
 from constellation.finetune.data import Dataset, FinetuneTask, combined_examples, load_many
 from constellation.finetune.trainer import LoraConfig, Progress, TrainResult, train_lora
 from constellation.platform import Platform
-from constellation.registry import contributors, models, service
+from constellation.registry import contributors, models, ownership, service
 from constellation.registry import datasets as ds_repo
+from constellation.registry._common import check_slug
 from constellation.registry.effective import check_derived_licence
 from constellation.registry.licences import get_licence
 from constellation.registry.tables import Dataset as DatasetRow
@@ -29,7 +31,9 @@ BASE_TASK = {"classification": "embedding", "causal-lm": "causal-lm"}
 
 @dataclass(slots=True)
 class FinetuneSpec:
-    """Everything one run needs; `data_license` defaults to `license`."""
+    """Everything one run needs; `data_license` defaults to `license`. `acting_tenant` None is an
+    operator (admin key, CLI): any base, any contributor, unknown ones created. A tenant sees
+    only its visible bases and names only the contributors it owns."""
 
     base: str
     task: FinetuneTask
@@ -43,6 +47,7 @@ class FinetuneSpec:
     config: LoraConfig = field(default_factory=LoraConfig)
     visibility: str = "public"
     owner_tenant: str | None = None
+    acting_tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,28 +79,61 @@ def _dataset_names(spec: FinetuneSpec, sets: list[Dataset]) -> list[str]:
 
 def preflight(s: Session, spec: FinetuneSpec, sets: list[Dataset]) -> None:
     """Every check that can fail without training, so a bad request costs nothing."""
-    base = models.get_model(s, name=spec.base)
+    check_slug(spec.name, what="name")
+    base = _base(s, spec)
+    _check_name_free(s, spec.name)
+    get_licence(s, id=spec.license)
+    data_licence = get_licence(s, id=spec.data_license or spec.license)
+    _check_contributors(s, spec)
+    existing = [ds_repo.find_dataset_by_sha(s, sha256=d.sha256) for d in sets]
+    names = _dataset_names(spec, sets)
+    for e, n in zip(existing, names, strict=True):
+        if e is None:
+            _check_dataset_name_free(s, n)
+    rows = [e or DatasetRow(name=n, licence_id=data_licence.id) for e, n in zip(existing, names, strict=True)]
+    check_derived_licence(s, name=spec.name, licence_id=spec.license, base=base, datasets=rows)
+    s.rollback()  # preflight only looks; contributors are created again at registration
+
+
+def _base(s: Session, spec: FinetuneSpec) -> models.Model:
+    """The base to train on, as the acting tenant sees it (another's private model is missing)."""
+    if spec.acting_tenant is None:
+        base = models.get_model(s, name=spec.base)
+    else:
+        base = models.get_visible_model(s, name=spec.base, tenant_id=spec.acting_tenant)
     want = BASE_TASK[spec.task]
     if base.kind != "base" or base.task != want:
         raise InvalidInput(
             f"a {spec.task} adapter needs a {want} base model; '{spec.base}' is a {base.task} {base.kind}",
             param="base",
         )
-    if s.query(models.Model.id).filter(models.Model.name == spec.name).first() is not None:
-        raise InvalidInput(
-            f"a model named '{spec.name}' already exists; pick another --name", param="name", code="duplicate"
+    return base
+
+
+def _check_name_free(s: Session, name: str) -> None:
+    """Names are global, so a clash says only that the name is taken: never whose model, or
+    what kind, since it may be another tenant's private one."""
+    if s.scalar(select(models.Model.id).where(models.Model.name == name)) is not None:
+        raise Conflict(f"the name '{name}' is taken; pick another name", param="name", code="name_taken")
+
+
+def _check_dataset_name_free(s: Session, name: str) -> None:
+    check_slug(name, what="data set name")
+    if s.scalar(select(DatasetRow.id).where(DatasetRow.name == name)) is not None:
+        raise Conflict(
+            f"the data set name '{name}' (adapter name + file name) is taken; rename the file or the adapter",
+            param="name",
+            code="name_taken",
         )
-    get_licence(s, id=spec.license)
-    data_licence = get_licence(s, id=spec.data_license or spec.license)
-    for cid in (spec.author, spec.data_provider):
-        contributors.ensure_contributor(s, id=cid, name=cid, kind="organisation")
-    existing = [ds_repo.find_dataset_by_sha(s, sha256=d.sha256) for d in sets]
-    rows = [
-        e or DatasetRow(name=n, licence_id=data_licence.id)
-        for e, n in zip(existing, _dataset_names(spec, sets), strict=True)
-    ]
-    check_derived_licence(s, name=spec.name, licence_id=spec.license, base=base, datasets=rows)
-    s.rollback()  # preflight only looks; contributors are created again at registration
+
+
+def _check_contributors(s: Session, spec: FinetuneSpec) -> None:
+    """An operator may credit anyone (unknown ids are created); a tenant only what it owns."""
+    for cid, param in ((spec.author, "author"), (spec.data_provider, "data_provider")):
+        if spec.acting_tenant is None:
+            contributors.ensure_contributor(s, id=cid, name=cid, kind="organisation")
+        else:
+            ownership.check_may_name(s, tenant_id=spec.acting_tenant, contributor_id=cid, param=param)
 
 
 def register(
@@ -103,8 +141,7 @@ def register(
 ) -> FinetuneOutcome:
     """Record data sets (reusing any with the same sha256), the adapter and its lineage."""
     with platform.db.session() as s:
-        for cid in (spec.author, spec.data_provider):
-            contributors.ensure_contributor(s, id=cid, name=cid, kind="organisation")
+        _check_contributors(s, spec)  # links may have changed while it trained
         linked: list[tuple[str, int]] = []
         recorded = []
         for d, name in zip(sets, _dataset_names(spec, sets), strict=True):

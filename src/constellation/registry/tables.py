@@ -178,3 +178,15 @@ class Acceptance(Base):
     accepted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (CheckConstraint("via IN ('api', 'cli')", name="ck_acceptance_via"),)
+
+
+class TenantContributor(Base):
+    """A contributor identity a tenant owns, linked by an admin: the tenant's keys may name it as
+    the author or data provider of what they fine-tune, and no other contributor."""
+
+    __tablename__ = "tenant_contributors"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    contributor_id: Mapped[str] = mapped_column(
+        ForeignKey("contributors.id", ondelete="CASCADE"), primary_key=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

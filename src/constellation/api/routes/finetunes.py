@@ -1,13 +1,13 @@
 """Fine-tuning jobs over HTTP: `POST /api/finetunes` starts one in the background, `GET` shows
 status, progress and metrics, `POST /api/finetunes/{id}/cancel` stops it (nothing registered).
 
-A tenant key fine-tunes private adapters for its own tenant from uploaded JSONL; an admin key
-may also train public adapters and read data files already on the server."""
+A tenant key fine-tunes private adapters for its own tenant from uploaded JSONL, credited to
+contributors its tenant owns (`constellation tenants link`); an admin key may also train public
+adapters, credit anyone and read data files already on the server. Everything is checked before
+a job is queued; uploads live in a temporary folder until the job ends."""
 
 from __future__ import annotations
 
-import re
-import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,13 +15,15 @@ from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 
 from constellation.api.deps import InferenceCaller, PlatformDep, Principal
-from constellation.errors import Forbidden, InvalidInput, TooLarge
+from constellation.errors import Forbidden, InvalidInput
+from constellation.finetune import uploads
 from constellation.finetune.jobs import JobManager
 from constellation.finetune.service import FinetuneSpec, validate
 from constellation.finetune.trainer import LoraConfig
+from constellation.platform import Platform
+from constellation.registry import ownership
 
 router = APIRouter(prefix="/api/finetunes", tags=["finetunes"])
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 
 
 class DataFile(BaseModel):
@@ -37,14 +39,18 @@ class FinetuneIn(BaseModel):
     data: list[DataFile] = Field(default_factory=list, description="uploaded JSONL files")
     data_paths: list[str] = Field(default_factory=list, description="admin only: JSONL files on the server")
     data_license: str | None = Field(default=None, description="licence of the data (default: license)")
-    author: str | None = Field(default=None, description="contributor id (default: your tenant id)")
-    data_provider: str | None = Field(default=None, description="contributor id (default: your tenant id)")
+    author: str | None = Field(
+        default=None, description="a contributor id your tenant owns (default: its only one)"
+    )
+    data_provider: str | None = Field(
+        default=None, description="a contributor id your tenant owns (default: its only one)"
+    )
     visibility: Literal["public", "private"] = "private"
-    rank: int = 8
-    alpha: int = 16
-    epochs: int = 8
-    learning_rate: float = 1e-3
-    seed: int = 0
+    rank: int = Field(default=8, ge=1, le=256)
+    alpha: int = Field(default=16, ge=1, le=4096)
+    epochs: int = Field(default=8, ge=1, le=100)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
 
 
 def _jobs(request: Request) -> JobManager:
@@ -52,24 +58,20 @@ def _jobs(request: Request) -> JobManager:
     return jobs
 
 
-def _save_uploads(root: Path, files: list[DataFile]) -> list[Path]:
-    if sum(len(f.content) for f in files) > MAX_UPLOAD_BYTES:
-        raise TooLarge(
-            f"uploaded data exceeds {MAX_UPLOAD_BYTES // 2**20} MiB; split it or ask an admin to "
-            "place it on the server and use data_paths"
+def _credited(body: FinetuneIn, caller: Principal, platform: Platform) -> tuple[str, str]:
+    """(author, data_provider): as named, else the caller's own contributor -- for an admin key
+    its tenant id (created if new), for a tenant key the one contributor its tenant owns."""
+    if caller.is_admin:
+        return body.author or caller.tenant_id, body.data_provider or caller.tenant_id
+    with platform.db.session() as s:
+        author = body.author or ownership.default_contributor(s, tenant_id=caller.tenant_id, param="author")
+        provider = body.data_provider or ownership.default_contributor(
+            s, tenant_id=caller.tenant_id, param="data_provider"
         )
-    folder = root / "uploads" / uuid.uuid4().hex[:12]
-    folder.mkdir(parents=True)
-    out = []
-    for f in files:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(f.filename).name) or "data.jsonl"
-        path = folder / safe
-        path.write_text(f.content)
-        out.append(path)
-    return out
+    return author, provider
 
 
-def _spec(body: FinetuneIn, caller: Principal, data_dir: Path) -> FinetuneSpec:
+def _spec(body: FinetuneIn, caller: Principal, platform: Platform) -> FinetuneSpec:
     if body.data_paths and not caller.is_admin:
         raise Forbidden(
             "data_paths reads files on the server and needs an admin key; upload the JSONL in 'data'",
@@ -82,22 +84,24 @@ def _spec(body: FinetuneIn, caller: Principal, data_dir: Path) -> FinetuneSpec:
         )
     if not body.data and not body.data_paths:
         raise InvalidInput("send at least one JSONL file in 'data' ({filename, content})", param="data")
-    paths = [Path(p) for p in body.data_paths] + _save_uploads(data_dir, body.data)
+    uploads.check_filenames([f.filename for f in body.data])
     config = LoraConfig(
         rank=body.rank, alpha=body.alpha, epochs=body.epochs, lr=body.learning_rate, seed=body.seed
     )
+    author, provider = _credited(body, caller, platform)
     return FinetuneSpec(
         base=body.base,
         task=body.task,
-        data=paths,
+        data=[Path(p) for p in body.data_paths],
         name=body.name,
-        author=body.author or caller.tenant_id,
-        data_provider=body.data_provider or caller.tenant_id,
+        author=author,
+        data_provider=provider,
         license=body.license,
         data_license=body.data_license,
         config=config,
         visibility=body.visibility,
         owner_tenant=caller.tenant_id if body.visibility == "private" else None,
+        acting_tenant=None if caller.is_admin else caller.tenant_id,
     )
 
 
@@ -109,10 +113,20 @@ def _scope(caller: Principal) -> str | None:
 def start(
     body: FinetuneIn, caller: InferenceCaller, platform: PlatformDep, request: Request
 ) -> dict[str, Any]:
-    """Start a LoRA fine-tuning job; poll `GET /api/finetunes/{id}` for progress and metrics."""
-    spec = _spec(body, caller, platform.settings.data_dir)
-    validate(platform, spec)  # bad data or names are a 400 now, not a failed job later
-    return _jobs(request).submit(spec, tenant_id=caller.tenant_id).as_dict()
+    """Start a LoRA fine-tuning job; poll `GET /api/finetunes/{id}` for progress and metrics.
+    Bad data, names, licences or contributors are refused now, not reported by a failed job."""
+    jobs = _jobs(request)
+    spec = _spec(body, caller, platform)
+    files = [(f.filename, f.content) for f in body.data]
+    saved = uploads.save(platform.settings.data_dir, jobs.uploads, tenant_id=caller.tenant_id, files=files)
+    try:
+        spec.data += saved.paths
+        validate(platform, spec)
+        job = jobs.submit(spec, tenant_id=caller.tenant_id, uploads=saved)
+    except BaseException:
+        saved.discard()
+        raise
+    return job.as_dict()
 
 
 @router.get("")

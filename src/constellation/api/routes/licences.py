@@ -1,4 +1,4 @@
-"""The licence catalog: read it, add custom licences (admin)."""
+"""The licence catalog: read it (an `inference` or admin key), add custom licences (admin)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, status
 from sqlalchemy import select
 
-from constellation.api.deps import Admin, PrincipalDep, SessionDep
+from constellation.api.deps import Admin, InferenceCaller, SessionDep
 from constellation.registry import licences as repo
 from constellation.registry.tables import Licence
 
@@ -15,13 +15,13 @@ router = APIRouter(prefix="/api/licences", tags=["licences"])
 
 
 @router.get("")
-def list_licences(_: PrincipalDep, s: SessionDep) -> list[dict[str, Any]]:
+def list_licences(_: InferenceCaller, s: SessionDep) -> list[dict[str, Any]]:
     """Every licence with its machine-readable terms."""
     return [repo.licence_dict(lic) for lic in s.scalars(select(Licence).order_by(Licence.id))]
 
 
 @router.get("/{id}")
-def get_licence(id: str, _: PrincipalDep, s: SessionDep) -> dict[str, Any]:
+def get_licence(id: str, _: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     """One licence."""
     return repo.licence_dict(repo.find_licence(s, id=id))
 

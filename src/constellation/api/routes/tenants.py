@@ -1,4 +1,5 @@
-"""Tenants and their API keys (admin). A key's secret is returned once, at creation."""
+"""Tenants, their API keys and the contributor identities they own (admin). A key's secret is
+returned once, at creation."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
-from constellation.api.deps import Admin, Principal, PrincipalDep, SessionDep
+from constellation.api.deps import Admin, InferenceCaller, Principal, SessionDep
 from constellation.config import MAX_PER_MINUTE
 from constellation.errors import Forbidden
-from constellation.registry import acceptances
+from constellation.registry import acceptances, ownership
 from constellation.registry import tenants as repo
 from constellation.registry.tables import ApiKey, Tenant
 
@@ -118,16 +119,17 @@ def _self_or_admin(principal: Principal, tenant_id: str) -> None:
 
 @router.get("/tenants/{id}/acceptances")
 def list_acceptances(
-    id: str, principal: PrincipalDep, s: SessionDep, include_withdrawn: bool = False
+    id: str, principal: InferenceCaller, s: SessionDep, include_withdrawn: bool = False
 ) -> list[dict[str, Any]]:
-    """The licences whose use restrictions this tenant has accepted (its own keys or admin)."""
+    """The licences whose use restrictions this tenant has accepted (its own `inference` keys
+    or admin)."""
     _self_or_admin(principal, id)
     rows = acceptances.list_acceptances(s, tenant_id=id, include_withdrawn=include_withdrawn)
     return [acceptances.acceptance_dict(a) for a in rows]
 
 
 @router.post("/tenants/{id}/acceptances", status_code=status.HTTP_201_CREATED)
-def accept(id: str, body: AcceptanceIn, principal: PrincipalDep, s: SessionDep) -> dict[str, Any]:
+def accept(id: str, body: AcceptanceIn, principal: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     """Accept a licence's flow-down use restrictions, recorded with the time and the accepting
     key's id; models under that licence become usable. Accepting again returns the first record."""
     _self_or_admin(principal, id)
@@ -136,7 +138,7 @@ def accept(id: str, body: AcceptanceIn, principal: PrincipalDep, s: SessionDep) 
 
 
 @router.delete("/tenants/{id}/acceptances/{license}")
-def withdraw(id: str, license: str, principal: PrincipalDep, s: SessionDep) -> dict[str, Any]:
+def withdraw(id: str, license: str, principal: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     """Withdraw an acceptance; models needing it are refused from the next request on."""
     _self_or_admin(principal, id)
     return acceptances.acceptance_dict(acceptances.withdraw(s, tenant_id=id, licence_id=license))
@@ -159,3 +161,26 @@ def create_key(body: KeyIn, _: Admin, s: SessionDep) -> dict[str, Any]:
 def revoke_key(key_id: str, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Revoke a key; requests with it get 401 from now on."""
     return key_dict(repo.revoke_key(s, key_id=key_id))
+
+
+@router.get("/tenants/{id}/contributors")
+def list_contributor_links(id: str, principal: InferenceCaller, s: SessionDep) -> list[dict[str, Any]]:
+    """The contributor identities this tenant owns: the ones its keys may credit as author or data
+    provider of a fine-tune (its own `inference` keys or admin)."""
+    _self_or_admin(principal, id)
+    return [ownership.link_dict(row) for row in ownership.links(s, tenant_id=id)]
+
+
+@router.put("/tenants/{id}/contributors/{contributor}")
+def link_contributor(id: str, contributor: str, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """Record that the tenant owns a registered contributor (admin); linking again changes
+    nothing (`created: false`)."""
+    row, created = ownership.link(s, tenant_id=id, contributor_id=contributor)
+    return {**ownership.link_dict(row), "created": created}
+
+
+@router.delete("/tenants/{id}/contributors/{contributor}", status_code=status.HTTP_204_NO_CONTENT)
+def unlink_contributor(id: str, contributor: str, _: Admin, s: SessionDep) -> None:
+    """Remove a link (admin): the tenant's fine-tunes may no longer credit that contributor;
+    adapters already trained keep their author."""
+    ownership.unlink(s, tenant_id=id, contributor_id=contributor)
