@@ -116,6 +116,15 @@ class Meter:
         body["constellation"] = {**(body.get("constellation") or {}), **Bill.from_dict(row.bill).as_dict()}
         return body
 
+    def quote_training(self, *, seconds: float, device_class: str = "cpu") -> int:
+        """The most a fine-tuning job of at most `seconds` should cost, in nano-USD (for `admit`)."""
+        compiled = tariff((), self._rate(device_class))
+        return compiled.price(input_tokens=0, output_tokens=0, compute_ns=int(seconds * 1e9))[0]
+
+    def record_blocking(self, usage: UsageRecord) -> Bill:
+        """`record` from a thread without an event loop (a fine-tuning job's)."""
+        return asyncio.run(self.record(usage))
+
     def quote(
         self,
         *,
@@ -239,14 +248,15 @@ class Meter:
         )
 
     def _inputs_for(self, u: UsageRecord) -> PriceInputs:
+        if u.operation == "finetune":  # training is compute: infrastructure and the platform fee
+            info: dict[str, object] = {"model": u.model_name, "operation": "finetune"}
+            return PriceInputs(f"finetune:{u.model_name}", (), info, json.dumps(info))
         try:
             return self._cache.get(u.model_name)
         except NotFound:
             if u.status != "failed":
                 raise
-            info: dict[str, object] = {
-                "model": u.model_name
-            }  # a failed request for a model that does not exist
+            info = {"model": u.model_name}  # a failed request for a model that does not exist
             return PriceInputs(u.model_name, (), info, json.dumps(info))
 
     # -- plumbing -------------------------------------------------------------------------

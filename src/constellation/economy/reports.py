@@ -44,6 +44,7 @@ def _legs(s: Session, *, account: str, start: int, end: int) -> list[Any]:
     """This account's charge legs in the period, with their request's model and tenant."""
     q = (
         select(LedgerLeg, UsageEvent.request_id, UsageEvent.model_name, UsageEvent.tenant_id)
+        .add_columns(UsageEvent.operation)
         .join(LedgerTransaction, LedgerTransaction.id == LedgerLeg.txn_id)
         .join(UsageEvent, UsageEvent.txn_id == LedgerTransaction.id)
         .where(
@@ -78,7 +79,9 @@ def invoice(s: Session, *, tenant_id: str, period: str | None = None) -> dict[st
     """What a tenant owes for the month: lines by model and by artifact (who was paid for what)."""
     period, start, end = period_bounds(period)
     own = _legs(s, account=tenant_account(tenant_id), start=start, end=end)
-    by_model = _group((((m,), -leg.amount_nanos, rid) for leg, rid, m, _ in own), ("model",))
+    by_model = _group(
+        (((m, op), -leg.amount_nanos, rid) for leg, rid, m, _, op in own), ("model", "operation")
+    )
     txns = [leg.txn_id for leg, *_ in own]
     splits = _split_legs(s, txns)
     by_artifact = _group(
@@ -86,7 +89,7 @@ def invoice(s: Session, *, tenant_id: str, period: str | None = None) -> dict[st
         ("role", "artifact", "contributor"),
     )
     total = sum(ln["amount_nanos"] for ln in by_model)
-    models = sorted({m for *_, m, _ in own})
+    models = sorted({m for _, _, m, _, op in own if op == "inference"})
     return {
         "object": "invoice",
         "tenant": tenant_id,
@@ -127,7 +130,9 @@ def statement(s: Session, *, contributor_id: str, period: str | None = None) -> 
         "total_nanos": total,
         "total_usd": usd(total),
         "requests": len({rid for _, rid, *_ in own}),
-        "lines_by_model": _group((((m,), leg.amount_nanos, rid) for leg, rid, m, _ in own), ("model",)),
+        "lines_by_model": _group(
+            (((m, op), leg.amount_nanos, rid) for leg, rid, m, _, op in own), ("model", "operation")
+        ),
         "lines_by_artifact": _group(
             (((leg.role, leg.artifact), leg.amount_nanos, rid) for leg, rid, *_ in own), ("role", "artifact")
         ),

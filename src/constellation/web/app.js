@@ -573,7 +573,7 @@ async function loadUsage() {
     ["Period (UTC)", invoice.period],
     ["Tenant", invoice.tenant],
   ]);
-  fillTable("invoice-models", invoice.lines_by_model, (l) => h("tr", {}, td(l.model), td(String(l.requests), "num"), money(l.amount_nanos)));
+  fillTable("invoice-models", invoice.lines_by_model, (l) => h("tr", {}, td(l.operation === "finetune" ? `${l.model} (fine-tuning)` : l.model), td(String(l.requests), "num"), money(l.amount_nanos)));
   fillTable("invoice-artifacts", invoice.lines_by_artifact, (l) =>
     h("tr", {}, td(l.contributor), td(l.role), td(l.artifact), td(String(l.requests), "num"), money(l.amount_nanos)),
   );
