@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     # Bytes of uploaded JSONL one tenant's queued and running fine-tuning jobs may hold on disk
     # at once (finetune/uploads.py); each job's files are deleted when it ends.
     finetune_upload_bytes: int = Field(default=64 * 1024**2, gt=0)
+    # A fine-tuning job is admitted against its tenant's spending limit for this much compute,
+    # and stopped (status cancelled, billed for it) if it runs longer.
+    finetune_max_seconds: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
     # One JSON line per HTTP request on the `constellation.access` logger (see api/access_log.py).
     access_log: bool = True
 

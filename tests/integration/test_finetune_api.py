@@ -16,6 +16,7 @@ import torch
 from tests.integration.conftest import Api
 from transformers import BertConfig, BertModel
 
+from constellation.economy import holds, ledger
 from constellation.registry import models, tenants
 
 pytestmark = pytest.mark.anyio
@@ -243,3 +244,44 @@ async def test_a_name_clash_reveals_no_private_model(api: Api, tiny_bert: Path) 
     assert as_base.json()["error"]["message"] == missing.json()["error"]["message"].replace(
         "nowhere", "secret"
     )
+
+
+async def test_a_job_is_billed_for_its_compute_and_shows_on_the_invoice(api: Api, tiny_bert: Path) -> None:
+    h = await _setup(api, tiny_bert)
+    r = await _start(api, h, "billed", jsonl(10), epochs=1)
+    assert r.status_code == 202, r.text
+    job = await _wait(api, h, r.json()["id"])
+    assert job["status"] == "succeeded" and job["price_nanos"] > 0
+    inv = (await api.client.get("/api/invoices", headers=h)).json()
+    [line] = [ln for ln in inv["lines_by_model"] if ln["operation"] == "finetune"]
+    assert line["model"] == "billed" and line["request_ids"] == [job["id"]]
+    assert line["amount_nanos"] == job["price_nanos"] == inv["total_nanos"]
+    roles = {ln["role"] for ln in inv["lines_by_artifact"]}
+    assert roles == {"infra", "platform"}  # compute and the platform fee; no model terms
+    with api.platform.db.session() as s:
+        assert ledger.verify(s) == []
+        assert ledger.balances(s)  # the charge landed in the ledger
+    assert holds.held(api.platform.db, account_id="tenant:acme") == 0
+
+
+async def test_a_job_is_admitted_against_the_spending_limit(api: Api, tiny_bert: Path) -> None:
+    h = await _setup(api, tiny_bert)
+    with api.platform.db.session() as s:
+        ledger.set_limit(s, tenant_id="acme", prepaid=True)
+        ledger.fund(s, tenant_id="acme", amount_nanos=1_000)  # far less than an hour of compute
+    r = await _start(api, h, "unpaid", jsonl(10), epochs=1)
+    assert r.status_code == 402, r.text
+    assert r.json()["error"]["code"] == "insufficient_balance"
+    assert _uploads_left(api) == []
+    assert (await api.client.get("/api/finetunes", headers=h)).json() == []
+
+
+async def test_a_job_past_its_time_limit_is_stopped_and_billed(api: Api, tiny_bert: Path) -> None:
+    h = await _setup(api, tiny_bert)
+    api.app.state.finetunes.max_s = 0.05
+    r = await _start(api, h, "slow", jsonl(40), epochs=50)
+    assert r.status_code == 202, r.text
+    job = await _wait(api, h, r.json()["id"])
+    assert job["status"] == "cancelled" and "finetune_max_seconds" in job["error"]
+    assert job["price_nanos"] > 0
+    assert (await api.client.get("/api/models/slow", headers=api.admin)).status_code == 404

@@ -65,18 +65,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keys = KeyCache()
         app.state.engines = Engines(settings.engine)
         app.state.meter = Meter(platform.db, settings.prices) if settings.metering else None
-        app.state.finetunes = JobManager(platform)
+        app.state.finetunes = JobManager(platform, app.state.meter)
         app.state.limiter = build_limiter(settings.rate_limits, settings.redis_url, tenant_loader(platform))
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            app.state.finetunes.close()  # before the meter: a stopped job is billed as it ends
             app.state.engines.close()
             if app.state.meter is not None:
                 app.state.meter.close()
-
-            app.state.finetunes.close()
             await app.state.limiter.close()
             platform.close()
 
