@@ -4,6 +4,7 @@ two app instances share."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,13 @@ async def test_a_tenant_past_its_requests_per_minute_gets_429_on_every_key(serve
     assert_limited(await embed(served, two), "tenant 'acme' (3 requests per minute)")
     assert_limited(await embed(served, one), "tenant 'acme'")
     assert (await embed(served, served.key("globex"))).status_code == 200
+
+
+@pytest.mark.parametrize("settings", [{"tenant_rpm": 5}], indirect=True)
+async def test_concurrent_requests_pass_exactly_the_limit(served: Api) -> None:
+    h = served.key("acme")
+    answers = await asyncio.gather(*(embed(served, h, f"text {i}") for i in range(20)))
+    assert sorted(r.status_code for r in answers) == [200] * 5 + [429] * 15
 
 
 @pytest.mark.parametrize("settings", [{"tenant_tpm": 100}], indirect=True)

@@ -182,6 +182,8 @@ class RateLimiter:
         if tenant is None:
             load = partial(self._limits_of, caller.tenant_id)
             tenant = await run_in_threadpool(self._tenants.load, caller.tenant_id, load)
+        if not (d.key_rpm or d.key_tpm or tenant.rpm or tenant.tpm):
+            return  # unlimited: no bucket to touch
         takes = [
             t
             for t in (
@@ -192,8 +194,6 @@ class RateLimiter:
             )
             if t.per_minute > 0
         ]
-        if not takes:
-            return
         _refuse_oversized(takes)
         try:
             verdict = await self.buckets.take(takes)
