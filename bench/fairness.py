@@ -110,33 +110,39 @@ async def _quiet(client: httpx.AsyncClient, key: str, n: int, interval_s: float)
     return list(await asyncio.gather(*tasks))
 
 
-async def _noisy(client: httpx.AsyncClient, key: str, items: int, stop: asyncio.Event) -> int:
-    """Large requests back to back until `stop`; returns the inputs embedded."""
-    texts, done = sentences(items), 0
-    while not stop.is_set():
+async def _noisy(client: httpx.AsyncClient, key: str, items: int, done: list[int]) -> None:
+    """Large requests back to back until cancelled; appends each answered request's inputs."""
+    texts = sentences(items)
+    while True:
         await _embed(client, key, texts)
-        done += items
-    return done
+        done.append(items)
 
 
 async def _measure(url: str, keys: dict[str, str], sizes: Sizes) -> tuple[list[float], list[float], float]:
     """The quiet tenant's latencies idle and loaded, and the noisy tenant's inputs per second."""
     limits = httpx.Limits(max_connections=sizes.noisy_clients + 64)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        await _embed(client, keys["quiet"], sentences(1))  # loads the model
-        await _embed(client, keys["noisy"], sentences(sizes.noisy_items))
+        # Concurrent calls reach every encoder worker, and each loads the model on its first.
+        big = sentences(sizes.noisy_items)
+        await asyncio.gather(*(_embed(client, keys["noisy"], big) for _ in range(sizes.noisy_clients)))
+        await _embed(client, keys["quiet"], sentences(1))
         idle = await _quiet(client, keys["quiet"], sizes.idle_samples, sizes.interval_s)
-        stop = asyncio.Event()
+        done: list[int] = []
         start = time.perf_counter()
         noisy = [
-            asyncio.create_task(_noisy(client, keys["noisy"], sizes.noisy_items, stop))
+            asyncio.create_task(_noisy(client, keys["noisy"], sizes.noisy_items, done))
             for _ in range(sizes.noisy_clients)
         ]
         await asyncio.sleep(2 * sizes.interval_s)  # the noisy backlog builds up first
         loaded = await _quiet(client, keys["quiet"], sizes.loaded_samples, sizes.interval_s)
-        stop.set()
-        embedded = sum(await asyncio.gather(*noisy))
-        return idle, loaded, embedded / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        failed = [t.exception() for t in noisy if t.done()]
+        for t in noisy:  # the requests still in flight are dropped, not waited for
+            t.cancel()
+        await asyncio.gather(*noisy, return_exceptions=True)
+        if failed:
+            raise RuntimeError(f"a noisy request failed: {failed[0]}")
+        return idle, loaded, sum(done) / elapsed
 
 
 def _pct(xs: list[float], q: float) -> float:
