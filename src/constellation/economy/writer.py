@@ -225,6 +225,7 @@ class PostingWriter:
         except Exception as exc:
             self._conn.rollback()
             if len(batch) == 1:
+                self._release_alone(batch[0])
                 _wake([(batch[0].fut, None, exc)])
                 return
             log.warning("ledger batch of %d failed (%s); retrying one by one", len(batch), exc)
@@ -239,6 +240,8 @@ class PostingWriter:
             if not self._pg:  # take the write lock now: ids are allocated from MAX(id)
                 cur.execute("BEGIN IMMEDIATE")
             out, fresh = self._dedup(batch, self._prior(cur, batch))
+            # Every hold of the batch, a duplicate's too: only fresh postings are written.
+            self._release(cur, [p.request_id for p in batch if p.hold])
             new_accounts = self._insert(cur, fresh)
             self._conn.commit()
             self._accounts.update(new_accounts)
@@ -295,7 +298,6 @@ class PostingWriter:
         if not postings:
             return []
         opened = self._open_accounts(cur, postings)
-        self._release(cur, [p.request_id for p in postings if p.hold])
         room = self._room(cur, {tenant_account(p.tenant_id) for p in postings if p.list_price > 0})
         splits = [_cap(p, room) for p in postings] if room else [p.legs for p in postings]
         ids = next_txn_ids(cur, sum(1 for s in splits if s), pg=self._pg)
@@ -356,6 +358,20 @@ class PostingWriter:
         if new:
             self._many(cur, "accounts", [(a, *a.split(":", 1)) for a in new])
         return new
+
+    def _release_alone(self, p: Posting) -> None:
+        """A posting that cannot be written (a reused idempotency key, say) still frees its hold."""
+        if not p.hold:
+            return
+        cur = self._conn.cursor()
+        try:
+            self._release(cur, [p.request_id])
+            self._conn.commit()
+        except Exception as exc:  # the hold expires by itself (holds.HOLD_TTL_S)
+            self._conn.rollback()
+            log.warning("could not release the hold of %s (%s); it will expire", p.request_id, exc)
+        finally:
+            cur.close()
 
     def _release(self, cur: Any, hold_ids: list[str]) -> None:
         """Release the holds these postings took at admission, in the transaction that charges them."""
