@@ -134,3 +134,17 @@ async def test_two_app_instances_share_buckets_in_redis(
             assert_limited(await c.post("/v1/embeddings", headers=h, json=body), "(2 requests per minute)")
         for c in clients:
             await c.aclose()
+
+
+@pytest.mark.parametrize("settings", [{"tenant_tpm": 40}], indirect=True)
+async def test_generation_counts_max_tokens_against_tokens_per_minute(
+    api: Api, lm_dirs: tuple[Path, Path]
+) -> None:
+    r = await api.register(lm_dirs[0], name="tiny-llama", task="causal-lm", author="lab")
+    assert r.status_code == 201, r.text
+    h, req = api.key("acme"), {"model": "tiny-llama", "prompt": "hi", "temperature": 0}
+    assert (
+        await api.client.post("/v1/completions", headers=h, json={**req, "max_tokens": 4})
+    ).status_code == 200
+    r = await api.client.post("/v1/completions", headers=h, json={**req, "max_tokens": 60})
+    assert_limited(r, "tokens exceed the limit of tenant 'acme' (40 tokens per minute)")
