@@ -123,8 +123,8 @@ async def _measure(url: str, keys: dict[str, str], sizes: Sizes) -> tuple[list[f
     limits = httpx.Limits(max_connections=sizes.noisy_clients + 64)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         # Concurrent calls reach every encoder worker, and each loads the model on its first.
-        big = sentences(sizes.noisy_items)
-        await asyncio.gather(*(_embed(client, keys["noisy"], big) for _ in range(sizes.noisy_clients)))
+        small = sentences(8)
+        await asyncio.gather(*(_embed(client, keys["noisy"], small) for _ in range(sizes.noisy_clients)))
         await _embed(client, keys["quiet"], sentences(1))
         idle = await _quiet(client, keys["quiet"], sizes.idle_samples, sizes.interval_s)
         done: list[int] = []
