@@ -43,6 +43,12 @@ async def _platform_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def _describe(err: dict[str, Any]) -> tuple[str, str | None]:
+    if err.get("type") == "json_invalid":  # its loc is the byte offset, not a field
+        detail = (err.get("ctx") or {}).get("error", "")
+        return (
+            f"the request body is not valid JSON ({detail} at byte {err['loc'][-1]}); send a JSON object",
+            None,
+        )
     loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
     param = ".".join(loc) or None
     msg = err.get("msg", "invalid value")
