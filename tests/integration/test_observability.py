@@ -129,6 +129,7 @@ async def test_streamed_generation_observes_ttft_and_inter_token_latency(api: Ap
 
 def test_engine_and_ledger_counters_are_read_at_scrape_time() -> None:
     stats = {"adapter_hits": 7.0, "adapter_misses": 2.0, "adapter_evictions": 1.0, "novel_stat": 3.0}
+    stats["queue_wait_ns"] = 1.5e9
     engines = SimpleNamespace(stats=lambda: {"encoder": stats})
     writer = SimpleNamespace(postings=5, written_off_nanos=250_000_000)
     metrics = Metrics()
@@ -141,6 +142,7 @@ def test_engine_and_ledger_counters_are_read_at_scrape_time() -> None:
     assert m[("constellation_adapter_cache_misses_total", enc)] == 2
     assert m[("constellation_adapter_cache_evictions_total", enc)] == 1
     assert m[("constellation_engine_stat", labels(engine="encoder", stat="novel_stat"))] == 3
+    assert m[("constellation_engine_queue_wait_seconds_total", enc)] == 1.5
     assert m[("constellation_ledger_postings_total", labels())] == 5
     assert m[("constellation_ledger_written_off_usd_total", labels())] == 0.25
     stats["adapter_hits"] = 9.0  # read again at the next scrape, not copied at registration

@@ -98,6 +98,11 @@ ENGINE_STATS: dict[str, tuple[str, bool, str]] = {
     "tokens_out": ("constellation_engine_output_tokens", True, "Tokens generated"),
     "busy_ns": ("constellation_engine_busy_seconds", True, "Seconds the engine spent computing"),
     "queue_depth": ("constellation_engine_queue_depth", False, "Requests waiting for the engine"),
+    "queue_wait_ns": (
+        "constellation_engine_queue_wait_seconds",
+        True,
+        "Seconds requests spent queued before their first step, summed: / requests is the mean",
+    ),
     "queued": ("constellation_engine_queue_depth", False, "Requests waiting for the engine"),
     "running": ("constellation_engine_running_sequences", False, "Sequences in the running batch"),
     "bases": ("constellation_engine_loaded_bases", False, "Base models loaded"),
