@@ -54,7 +54,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, stamped)
         except Exception:
-            log.exception("unhandled error in request %s", request_id)
+            log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
             if not started:  # answer in OpenAI's shape, with the id; else the client sees a cut
                 await internal_error()(scope, receive, stamped)
         finally:
