@@ -16,9 +16,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The dashboard's charting library (Apache ECharts), installed by name from npm at the version
+# web/package-lock.json pins and served by the app itself (no CDN). Without npm the dashboard
+# still runs, its pictures replaced by a message saying how to install it.
+WEB := src/constellation/web
+CHARTS := $(WEB)/node_modules/echarts/dist/echarts.min.js
 
-run: $(STAMP)
+$(CHARTS): $(WEB)/package.json $(WEB)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix $(WEB) --ignore-scripts --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the dashboard will run without its charts (install Node.js 20 and npm)"; fi
+
+install: $(STAMP) $(CHARTS)
+
+run: $(STAMP) $(CHARTS)
 	$(BIN)/constellation demo
 	$(BIN)/constellation serve
 
@@ -33,7 +44,7 @@ typecheck: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-pytest: $(STAMP) chromium
+pytest: $(STAMP) chromium $(CHARTS)
 	$(BIN)/pytest -q
 
 

@@ -61,7 +61,6 @@ LICENCE = {"id": "scope-test", "name": "Scope test", "commercial_use": True}
 
 TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/openapi.json"): Case("/openapi.json", PUBLIC),
-    ("GET", "/redoc"): Case("/redoc", PUBLIC),
     ("MOUNT", "/docs-assets"): Case("/docs-assets/swagger-ui.css", PUBLIC),
     ("GET", "/healthz"): Case("/healthz", PUBLIC),
     ("GET", "/readyz"): Case("/readyz", PUBLIC),
@@ -82,6 +81,8 @@ TABLE: dict[tuple[str, str], Case] = {
     # The tenant's own records: its inference keys or admin.
     ("GET", "/api/usage"): Case("/api/usage", INFERENCE),
     ("GET", "/api/invoices"): Case("/api/invoices", INFERENCE),
+    ("GET", "/api/usage/daily"): Case("/api/usage/daily", INFERENCE),
+    ("GET", "/api/lineage"): Case("/api/lineage", INFERENCE),
     ("GET", "/api/tenants/{id}/acceptances"): Case("/api/tenants/acme/acceptances", INFERENCE),
     ("POST", "/api/tenants/{id}/acceptances"): Case(
         "/api/tenants/acme/acceptances", INFERENCE, 201, {"license": "openrail-m"}
@@ -98,6 +99,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("POST", "/api/finetunes/{job_id}/cancel"): Case("/api/finetunes/ft_nope/cancel", INFERENCE, 404),
     # A contributor's statement: that contributor's key or admin.
     ("GET", "/api/statements"): Case("/api/statements?contributor=acme-data", STATEMENT),
+    ("GET", "/api/statements/daily"): Case("/api/statements/daily?contributor=acme-data", STATEMENT),
     # Everything else is the operator's.
     ("GET", "/api/models"): Case("/api/models", ADMIN),
     ("GET", "/api/models/{name}"): Case("/api/models/pub", ADMIN),

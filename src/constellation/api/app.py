@@ -28,6 +28,7 @@ from constellation.api.routes import (
     finetunes,
     generation,
     health,
+    insights,
     licences,
     models,
     tenants,
@@ -84,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None,
+        docs_url=None,  # docs.py serves /docs without a CDN; ReDoc would need one, so it is off
+        redoc_url=None,
         **_telemetry(settings),
     )
     docs.mount_assets(app)
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generation.router,
         admin.router,
         billing.router,
+        insights.router,
         finetunes.router,
         licences.router,
         tenants.router,

@@ -3,8 +3,8 @@
 "use strict";
 
 const KEY_STORE = "constellation.key";
-const TABS = ["models", "playground", "usage", "statements", "admin"];
-const state = { key: null, me: null, models: [], loaded: new Set(), streaming: null };
+const TABS = ["models", "lineage", "playground", "usage", "statements", "admin"];
+const state = { key: null, me: null, models: [], loaded: new Set(), streaming: null, usageSeries: null };
 
 const byId = (id) => document.getElementById(id);
 
@@ -207,6 +207,7 @@ const tabButton = (name) => document.querySelector(`[data-tab="${name}"]`);
 
 const LOADERS = {
   models: loadModels,
+  lineage: () => loadLineage(),
   playground: async () => {
     if (!state.models.length) await loadModels();
   },
@@ -223,6 +224,7 @@ async function selectTab(name) {
     tabButton(t).setAttribute("aria-selected", String(t === name));
   }
   history.replaceState(null, "", `#${name}`);
+  resizeCharts();
   if (!state.loaded.has(name)) {
     state.loaded.add(name);
     await guarded(LOADERS[name]);
@@ -347,8 +349,12 @@ function fillModelSelect() {
     ),
   );
   if (current && state.models.some((m) => m.id === current)) select.value = current;
+  else if (usable()) select.value = usable().id;
   onModelChange();
 }
+
+/** The first model the playground can run that this tenant's declarations permit. */
+const usable = () => state.models.find((m) => (m.constellation || {}).permitted !== false && TASK_UI[(m.constellation || {}).task]);
 
 const selectedModel = () => state.models.find((m) => m.id === byId("play-model").value);
 
@@ -550,6 +556,8 @@ function showExtension(ext, usage) {
   fillTable("play-split", ext.split || [], (leg) =>
     h("tr", {}, td(leg.account), td(leg.role), td(leg.artifact), money(leg.amount_nanos)),
   );
+  byId("play-ext").hidden = false; // before drawing: a chart in a hidden box has no size
+  drawSplitBar(byId("play-split-chart"), ext.split || [], "this request");
   byId("play-notices").replaceChildren(...(ext.notices || []).map((n) => h("li", { text: n })));
   byId("play-ext").hidden = false;
 }
@@ -566,7 +574,13 @@ async function loadUsage() {
   const input = byId("usage-period");
   if (!input.value) input.value = thisMonth();
   const q = `period=${encodeURIComponent(input.value)}`;
-  const [invoice, usage] = await Promise.all([api(`/api/invoices?${q}`), api(`/api/usage?${q}&limit=50`)]);
+  const [invoice, usage, daily] = await Promise.all([
+    api(`/api/invoices?${q}`),
+    api(`/api/usage?${q}&limit=50`),
+    api(`/api/usage/daily?${q}`),
+  ]);
+  state.usageSeries = daily;
+  drawUsage();
   cards("invoice-summary", [
     ["Total this month", usd(invoice.total_nanos)],
     ["Requests", String(invoice.requests)],
@@ -604,7 +618,12 @@ async function loadStatement() {
   if (!contributor) throw new Error("enter a contributor id");
   const input = byId("statement-period");
   if (!input.value) input.value = thisMonth();
-  const doc = await api(`/api/statements?contributor=${encodeURIComponent(contributor)}&period=${encodeURIComponent(input.value)}`);
+  const q = `contributor=${encodeURIComponent(contributor)}&period=${encodeURIComponent(input.value)}`;
+  const [doc, daily] = await Promise.all([api(`/api/statements?${q}`), api(`/api/statements/daily?${q}`)]);
+  drawEarningsChart(byId("statement-chart"), daily);
+  byId("statement-series-total").textContent =
+    `Sum of the days: ${usd(daily.totals.amount_nanos)} from ${daily.totals.requests} request${daily.totals.requests === 1 ? "" : "s"}, ` +
+    "the statement's total.";
   cards("statement-summary", [
     ["Earned this month", usd(doc.total_nanos)],
     ["Requests", String(doc.requests)],
@@ -615,6 +634,16 @@ async function loadStatement() {
   fillTable("statement-artifacts", doc.lines_by_artifact, (l) =>
     h("tr", {}, td(l.role), td(l.artifact), td(String(l.requests), "num"), money(l.amount_nanos)),
   );
+}
+
+function drawUsage() {
+  const daily = state.usageSeries;
+  if (!daily) return;
+  drawUsageChart(byId("usage-chart"), daily, byId("usage-metric").value);
+  const t = daily.totals;
+  byId("usage-series-total").textContent =
+    `Sum of the days: ${usd(t.spend_nanos)} for ${t.billed_requests} billed request${t.billed_requests === 1 ? "" : "s"} ` +
+    `(the invoice's total) out of ${t.requests} (${t.failed} failed); ${t.input_tokens} tokens in, ${t.output_tokens} out.`;
 }
 
 /** Fetch a CSV with the key (a plain link cannot send the Authorization header) and save it. */
@@ -674,6 +703,12 @@ function wire() {
   });
   byId("usage-refresh").addEventListener("click", () => guarded(loadUsage));
   byId("usage-period").addEventListener("change", () => guarded(loadUsage));
+  byId("usage-metric").addEventListener("change", drawUsage);
+  byId("lineage-refresh").addEventListener("click", () => guarded(loadLineage));
+  byId("lineage-find-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    guarded(async () => findInLineage(byId("lineage-find").value));
+  });
   byId("invoice-csv").addEventListener("click", () =>
     guarded(() => downloadCsv(`/api/invoices?format=csv&period=${encodeURIComponent(byId("usage-period").value || thisMonth())}`)),
   );

@@ -31,7 +31,8 @@ class LimitIn(BaseModel):
     spending_limit_nanos: int | None = Field(default=None, ge=0, le=MAX_AMOUNT_NANOS)
 
 
-def _own_tenant(principal: Principal, tenant: str | None) -> str:
+def own_tenant(principal: Principal, tenant: str | None) -> str:
+    """The tenant whose records this key may read: its own (the default) or, for admin, any."""
     tenant = tenant or principal.tenant_id
     if tenant != principal.tenant_id and not principal.is_admin:
         raise Forbidden(
@@ -40,6 +41,17 @@ def _own_tenant(principal: Principal, tenant: str | None) -> str:
             code="insufficient_scope",
         )
     return tenant
+
+
+def own_contributor(principal: Principal, contributor: str) -> str:
+    """`contributor`, if this key may read its statement: its `contributor:<id>` scope or admin."""
+    if contributor not in principal.contributor_ids() and not principal.is_admin:
+        raise Forbidden(
+            f"this key cannot read contributor '{contributor}'s statement; "
+            f"use a key with scope 'contributor:{contributor}' or an admin key",
+            code="insufficient_scope",
+        )
+    return contributor
 
 
 def _render(doc: dict[str, Any], fmt: Format) -> Any:
@@ -64,7 +76,7 @@ def usage(
     """Recent usage events (newest first) of your tenant for a UTC month (`period=YYYY-MM`)."""
     if not 1 <= limit <= 10_000:
         raise InvalidInput("limit must be between 1 and 10000", param="limit")
-    return reports.usage_events(s, tenant_id=_own_tenant(principal, tenant), period=period, limit=limit)
+    return reports.usage_events(s, tenant_id=own_tenant(principal, tenant), period=period, limit=limit)
 
 
 @router.get("/invoices", response_model=None)
@@ -77,7 +89,7 @@ def invoice(
 ) -> Any:
     """Your tenant's invoice for a UTC month, lines by model and by artifact, each with its
     request ids; `format=csv` for a spreadsheet."""
-    doc = reports.invoice(s, tenant_id=_own_tenant(principal, tenant), period=period)
+    doc = reports.invoice(s, tenant_id=own_tenant(principal, tenant), period=period)
     return _render(doc, format)
 
 
@@ -91,12 +103,7 @@ def statement(
 ) -> Any:
     """A contributor's earnings for a UTC month, lines by model and by artifact, each with its
     request ids. Needs a `contributor:<id>` key for that contributor, or an admin key."""
-    if contributor not in principal.contributor_ids() and not principal.is_admin:
-        raise Forbidden(
-            f"this key cannot read contributor '{contributor}'s statement; "
-            f"use a key with scope 'contributor:{contributor}' or an admin key",
-            code="insufficient_scope",
-        )
+    own_contributor(principal, contributor)
     return _render(reports.statement(s, contributor_id=contributor, period=period), format)
 
 

@@ -34,11 +34,23 @@ CSP = (
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
 
+# Third-party scripts, installed into web/node_modules by `make install` (npm ci, pinned by
+# web/package-lock.json) and served from here: the dashboard loads nothing from elsewhere.
+LIBRARIES = {"lib/echarts.min.js": "node_modules/echarts/dist/echarts.min.js"}
+
+
 def _asset(path: str) -> Path:
-    """The file under WEB_DIR that `path` names; NotFound for anything else (no `..` escapes)."""
+    """The file under WEB_DIR that `path` names; NotFound for anything else (no `..` escapes,
+    nothing of node_modules but the LIBRARIES)."""
     root = WEB_DIR.resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or not target.is_file() or target.suffix not in CONTENT_TYPES:
+    target = (root / LIBRARIES.get(path, path)).resolve()
+    if path in LIBRARIES and not target.is_file():
+        raise NotFound(
+            f"the dashboard's charting library is not installed ({LIBRARIES[path]}); "
+            "run `make install` (npm ci --prefix src/constellation/web) and reload"
+        )
+    servable = target.is_relative_to(root) and target.is_file() and target.suffix in CONTENT_TYPES
+    if "node_modules" in Path(path).parts or not servable:
         raise NotFound(f"no dashboard asset '{path}'; the dashboard lives at /")
     return target
 
