@@ -285,3 +285,34 @@ async def test_a_job_past_its_time_limit_is_stopped_and_billed(api: Api, tiny_be
     assert job["status"] == "cancelled" and "finetune_max_seconds" in job["error"]
     assert job["price_nanos"] > 0
     assert (await api.client.get("/api/models/slow", headers=api.admin)).status_code == 404
+
+
+async def test_an_upload_reuses_only_data_sets_the_tenant_may_see(
+    api: Api, tiny_bert: Path, tmp_path: Path
+) -> None:
+    """Bytes matching another tenant's data set register a new one of the caller's own, so a job
+    neither confirms that the data is on the platform nor names it; its own and an operator's
+    (public) data sets are reused."""
+    h = await _setup(api, tiny_bert)
+    data = jsonl(10)
+    acme = await _wait(api, h, (await _start(api, h, "acme-secret", data, epochs=1)).json()["id"])
+    [theirs] = acme["result"]["datasets"]
+    rival = api.key("rival")
+    await _link(api, "rival", "rival-ml")
+    probe = await _wait(api, rival, (await _start(api, rival, "probe", data, epochs=1)).json()["id"])
+    assert probe["status"] == "succeeded", probe
+    [mine] = probe["result"]["datasets"]
+    assert (mine["name"], mine["created"], mine["sha256"]) == ("probe-train", True, theirs["sha256"])
+    assert theirs["name"] not in json.dumps(probe)
+    listed = {d["name"]: d for d in (await api.client.get("/api/datasets", headers=api.admin)).json()}
+    assert (listed["probe-train"]["owner_tenant"], listed["probe-train"]["provider"]) == ("rival", "rival-ml")
+    assert listed[theirs["name"]]["owner_tenant"] == "acme"
+    again = await _wait(api, h, (await _start(api, h, "acme-again", data, epochs=1)).json()["id"])
+    assert again["result"]["datasets"] == [{**theirs, "created": False}]  # its own is reused
+
+    public = tmp_path / "public.jsonl"
+    public.write_text(jsonl(12))
+    body = {"name": "ops-intents", "path": str(public), "license": "mit", "provider": "lab"}
+    assert (await api.client.post("/api/datasets", headers=api.admin, json=body)).status_code == 201
+    job = await _wait(api, rival, (await _start(api, rival, "on-ops", jsonl(12), epochs=1)).json()["id"])
+    assert [(d["name"], d["created"]) for d in job["result"]["datasets"]] == [("ops-intents", False)]

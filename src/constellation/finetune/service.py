@@ -85,7 +85,7 @@ def preflight(s: Session, spec: FinetuneSpec, sets: list[Dataset]) -> None:
     get_licence(s, id=spec.license)
     data_licence = get_licence(s, id=spec.data_license or spec.license)
     _check_contributors(s, spec)
-    existing = [ds_repo.find_dataset_by_sha(s, sha256=d.sha256) for d in sets]
+    existing = [_reusable(s, spec, d) for d in sets]
     names = _dataset_names(spec, sets)
     for e, n in zip(existing, names, strict=True):
         if e is None:
@@ -93,6 +93,12 @@ def preflight(s: Session, spec: FinetuneSpec, sets: list[Dataset]) -> None:
     rows = [e or DatasetRow(name=n, licence_id=data_licence.id) for e, n in zip(existing, names, strict=True)]
     check_derived_licence(s, name=spec.name, licence_id=spec.license, base=base, datasets=rows)
     s.rollback()  # preflight only looks; contributors are created again at registration
+
+
+def _reusable(s: Session, spec: FinetuneSpec, d: Dataset) -> DatasetRow | None:
+    """An upload matching a data set the caller may see reuses it; one matching another tenant's
+    is registered afresh, so the job neither confirms nor names that tenant's data."""
+    return ds_repo.find_reusable_dataset(s, sha256=d.sha256, owner_tenant_id=spec.acting_tenant)
 
 
 def _base(s: Session, spec: FinetuneSpec) -> models.Model:
@@ -139,7 +145,8 @@ def _check_contributors(s: Session, spec: FinetuneSpec) -> None:
 def register(
     platform: Platform, spec: FinetuneSpec, sets: list[Dataset], out_dir: Path, result: TrainResult
 ) -> FinetuneOutcome:
-    """Record data sets (reusing any with the same sha256), the adapter and its lineage."""
+    """Record data sets (reusing any the caller may see with the same sha256), the adapter and its
+    lineage; a tenant's new data sets are its own."""
     with platform.db.session() as s:
         _check_contributors(s, spec)  # links may have changed while it trained
         linked: list[tuple[str, int]] = []
@@ -153,6 +160,7 @@ def register(
                 licence=spec.data_license or spec.license,
                 provider=spec.data_provider,
                 example_count=d.n_examples,
+                owner_tenant=spec.acting_tenant,
             )
             linked.append((row.name, row.example_count))
             recorded.append(

@@ -1,11 +1,12 @@
 """Data sets that adapters and fine-tunes were trained on: content hash, example count,
-licence and provider. A file registered twice (same sha256) is reused, not duplicated."""
+licence, provider and owner. A file registered twice (same sha256) is reused, not duplicated, where
+its registrant may see the first: its own or an operator's (public); a tenant's is its alone."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from constellation.errors import Conflict, InvalidInput, NotFound
@@ -24,6 +25,7 @@ def add_dataset(
     example_count: int,
     licence_id: str,
     provider_id: str,
+    owner_tenant_id: str | None = None,
 ) -> Dataset:
     check_slug(name, what="data set name")
     if example_count <= 0:
@@ -39,14 +41,19 @@ def add_dataset(
         example_count=example_count,
         licence_id=licence_id,
         provider_id=provider_id,
+        owner_tenant_id=owner_tenant_id,
     )
     s.add(d)
     s.flush()
     return d
 
 
-def find_dataset_by_sha(s: Session, *, sha256: str) -> Dataset | None:
-    return s.scalar(select(Dataset).where(Dataset.sha256 == sha256))
+def find_reusable_dataset(s: Session, *, sha256: str, owner_tenant_id: str | None) -> Dataset | None:
+    """The data set with these bytes that `owner_tenant_id` (None: an operator) may reuse: its own
+    first, else an operator's; never another tenant's, whose existence and name stay private."""
+    mine_or_public = or_(Dataset.owner_tenant_id == owner_tenant_id, Dataset.owner_tenant_id.is_(None))
+    q = select(Dataset).where(Dataset.sha256 == sha256, mine_or_public)
+    return s.scalar(q.order_by(Dataset.owner_tenant_id.is_(None), Dataset.id).limit(1))
 
 
 def get_dataset(s: Session, *, name: str) -> Dataset:
@@ -68,5 +75,6 @@ def dataset_dict(d: Dataset) -> dict[str, Any]:
         "license": d.licence_id,
         "provider": d.provider_id,
         "artifact": d.artifact_digest,
+        "owner_tenant": d.owner_tenant_id,
         "created_at": d.created_at.isoformat(),
     }

@@ -190,11 +190,13 @@ def register_dataset(
     licence: str,
     provider: str,
     example_count: int | None = None,
+    owner_tenant: str | None = None,
 ) -> tuple[Dataset, bool]:
-    """Import a JSONL data set; returns (row, created). The same bytes registered again are reused."""
+    """Import a JSONL data set; returns (row, created). The same bytes registered again are reused
+    where `owner_tenant` (None: an operator) may see them; otherwise it gets a data set of its own."""
     art = store.import_dataset_file(src)
     sha = art.files[next(iter(art.files))]
-    existing = ds_repo.find_dataset_by_sha(s, sha256=sha)
+    existing = ds_repo.find_reusable_dataset(s, sha256=sha, owner_tenant_id=owner_tenant)
     if existing is not None:
         return existing, False
     _record_artifact(s, art)
@@ -207,5 +209,6 @@ def register_dataset(
         example_count=count,
         licence_id=licence,
         provider_id=provider,
+        owner_tenant_id=owner_tenant,
     )
     return d, True

@@ -116,10 +116,12 @@ class Dataset(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     artifact_digest: Mapped[str] = mapped_column(ForeignKey("artifacts.digest"))
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # unique per owner, not overall
     example_count: Mapped[int] = mapped_column(Integer)
     licence_id: Mapped[str] = mapped_column(ForeignKey("licences.id"))
     provider_id: Mapped[str] = mapped_column(ForeignKey("contributors.id"))
+    # The tenant whose upload it is, visible to it alone; None: an operator's, public.
+    owner_tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -139,7 +139,8 @@ def list_datasets(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
 
 @router.post("/datasets", status_code=status.HTTP_201_CREATED)
 def add_dataset(body: DatasetIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
-    """Register a JSONL data set; the same bytes registered twice are reused (`created: false`)."""
+    """Register a JSONL data set (public); bytes an operator registered before are reused
+    (`created: false`), a tenant's upload of the same bytes is not."""
     d, created = service.register_dataset(
         s, platform.store, src=Path(body.path), name=body.name, licence=body.license, provider=body.provider
     )
