@@ -147,3 +147,9 @@ async def test_docs_render_without_a_cdn(api: Api) -> None:
     assert "cdn" not in page.lower() and "/docs-assets/swagger-ui-bundle.js" in page
     js = await api.client.get("/docs-assets/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
+
+
+async def test_no_docs_page_loads_from_a_cdn(api: Api) -> None:
+    """The server runs offline: FastAPI's /redoc, which loads its script from a CDN, is off."""
+    assert_error(await api.client.get("/redoc"), 404)
+    assert "/redoc" not in {getattr(r, "path", None) for r in api.app.routes}
