@@ -11,6 +11,7 @@ from tests.unit.economy.conftest import build_constellation, usage
 
 from constellation.api.routes import billing
 from constellation.economy.meter import Meter
+from constellation.registry import ownership
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +49,8 @@ async def test_tenant_reads_own_invoice_json_and_csv(billed: Api) -> None:
 
 
 async def test_contributor_key_reads_only_its_own_statement(billed: Api) -> None:
+    with billed.platform.db.session() as s:
+        ownership.link(s, tenant_id="acme", contributor_id="ada")
     ada = billed.key("acme", "contributor:ada")
     r = await billed.client.get("/api/statements", headers=ada, params={"contributor": "ada"})
     assert r.status_code == 200, r.text
@@ -83,3 +86,13 @@ async def test_admin_funds_and_limits_and_usage_listing(billed: Api) -> None:
         "contributor:ada",
         "external:deposits",
     }
+
+
+async def test_a_csv_for_a_non_latin_name_downloads(billed: Api) -> None:
+    """Found by the fuzzer: a name outside Latin-1 in Content-Disposition was a 500."""
+    r = await billed.client.get(
+        "/api/invoices", headers=billed.admin, params={"tenant": "ĀcmeΩ", "format": "csv"}
+    )
+    assert r.status_code == 200, r.text
+    disposition = r.headers["content-disposition"]
+    assert disposition.isascii() and "filename*=UTF-8''invoice-%C4%80cme%CE%A9-" in disposition

@@ -4,7 +4,9 @@ tenant's, an admin key reads everything."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
@@ -57,10 +59,11 @@ def own_contributor(principal: Principal, contributor: str) -> str:
 def _render(doc: dict[str, Any], fmt: Format) -> Any:
     if fmt == "csv":
         name = f"{doc['object']}-{doc.get('tenant') or doc.get('contributor')}-{doc['period']}.csv"
+        # Header values are Latin-1: an ASCII fallback, and the exact name per RFC 6266 / 5987.
+        fallback = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
         return Response(
-            reports.to_csv(doc),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            reports.to_csv(doc), media_type="text/csv", headers={"Content-Disposition": disposition}
         )
     return doc
 
