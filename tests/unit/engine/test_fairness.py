@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -81,8 +82,8 @@ def test_quantum_must_be_positive() -> None:
 
 # -- the encoder batcher's picks ---------------------------------------------------------------
 
-BASE = BaseSpec("b", "embedding", resolve=lambda: None)
-OTHER_BASE = BaseSpec("other", "embedding", resolve=lambda: None)
+BASE = BaseSpec("b", "embedding", resolve=lambda: Path("/nowhere"))
+OTHER_BASE = BaseSpec("other", "embedding", resolve=lambda: Path("/nowhere"))
 
 
 def _job(tenant: str, n: int, base: BaseSpec = BASE, adapter: AdapterSpec | None = None) -> Job:
