@@ -40,13 +40,18 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 
 
 class OpenAIRequest(BaseModel):
-    """Base of the /v1 request models: unknown fields are refused, not ignored."""
+    """Base of the /v1 request models: unknown fields are refused, not ignored (and the OpenAPI
+    document says so: `additionalProperties: false`)."""
 
-    model_config = ConfigDict(extra="allow", ser_json_inf_nan="null", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    @model_validator(mode="after")
-    def _refuse_unsupported(self) -> OpenAIRequest:
-        for name, value in (self.model_extra or {}).items():
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        extra = [name for name in data if name not in cls.model_fields]
+        for name in extra:
             if name not in UNSUPPORTED:
                 raise InvalidInput(
                     f"unrecognised request field '{name}'; remove it (see /docs for the fields "
@@ -54,14 +59,14 @@ class OpenAIRequest(BaseModel):
                     param=name,
                     code="unsupported_field",
                 )
-            if value not in UNSUPPORTED[name]:
+            if data[name] not in UNSUPPORTED[name]:
                 raise InvalidInput(
                     f"'{name}' is not supported by this server; remove it (it would be ignored, and "
                     "the answer would not be what you asked for)",
                     param=name,
                     code="unsupported_field",
                 )
-        return self
+        return {k: v for k, v in data.items() if k not in extra}  # neutral values: nothing to do
 
     @model_validator(mode="after")
     def _refuse_invalid_text(self) -> OpenAIRequest:
