@@ -57,6 +57,20 @@ async def test_missing_bad_and_revoked_keys_are_401(api: Api) -> None:
     assert_error(await api.client.get("/v1/models", headers=headers), 401, "revoked_api_key")
 
 
+async def test_a_contributor_key_needs_its_tenant_linked(api: Api) -> None:
+    api.key("acme")
+    c = {"id": "sbert", "name": "SBERT", "kind": "organisation"}
+    assert (await api.client.post("/api/contributors", headers=api.admin, json=c)).status_code == 201
+    body = {"tenant": "acme", "scopes": ["contributor:sbert"]}
+    err = assert_error(await api.client.post("/api/keys", headers=api.admin, json=body), 400)
+    assert err["param"] == "scopes"
+    assert "constellation tenants link acme --contributor sbert" in err["message"]
+    linked = await api.client.put("/api/tenants/acme/contributors/sbert", headers=api.admin)
+    assert linked.status_code == 200
+    r = await api.client.post("/api/keys", headers=api.admin, json=body)
+    assert r.status_code == 201 and r.json()["scopes"] == ["contributor:sbert"]
+
+
 async def test_non_admin_on_admin_routes_is_403(api: Api) -> None:
     headers = api.key("acme")
     for path in (

@@ -22,7 +22,7 @@ from constellation.api.app import create_app
 from constellation.config import Settings
 from constellation.engine.llm_toy import save_random_lm
 from constellation.platform import Platform
-from constellation.registry import service, tenants
+from constellation.registry import ownership, service, tenants
 from constellation.registry.contributors import add_contributor
 
 # Per route, each sent with five keys: about 40 s for ~50 routes on 2 cores.
@@ -38,6 +38,7 @@ def _seed(settings_: Settings, minilm: Path, tiny_lm: Path) -> dict[str, str]:
             tenants.add_tenant(s, id="ops", name="ops")
             tenants.add_tenant(s, id="acme", name="acme")
             add_contributor(s, id="sbert", name="sbert", kind="organisation")
+            ownership.link(s, tenant_id="acme", contributor_id="sbert")
             for src, name, task in ((minilm, "minilm", "embedding"), (tiny_lm, "tiny", "causal-lm")):
                 service.register_base(
                     s, platform.store, src=src, name=name, task=task, author="sbert", licence="apache-2.0"

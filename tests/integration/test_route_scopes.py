@@ -186,15 +186,17 @@ def _seed(api: Api) -> dict[str, dict[str, str]]:
                 licence_id="mit",
                 author_id="lab",
             )
+    inference = api.key("acme")  # makes the tenant, which a contributor key's link needs
+    with api.platform.db.session() as s:
+        ownership.link(s, tenant_id="acme", contributor_id="acme-data")
     keys = {
         "none": {},
-        "inference": api.key("acme"),
+        "inference": inference,
         "statement": api.key("acme", "contributor:acme-data"),
         "revoked": api.key("acme", "admin", "inference"),
         "admin": api.admin,
     }
     with api.platform.db.session() as s:
-        ownership.link(s, tenant_id="acme", contributor_id="acme-data")
         tenants.revoke_key(s, key_id=keys["revoked"]["Authorization"].split("_")[1])
     return keys
 

@@ -11,6 +11,7 @@ import pytest
 from tests.integration.conftest import Api
 
 from constellation.api.routes.web import WEB_DIR
+from constellation.registry import contributors, ownership
 
 pytestmark = pytest.mark.anyio
 
@@ -79,6 +80,10 @@ def test_every_element_the_script_looks_up_exists_in_the_page() -> None:
 
 
 async def test_me_reports_tenant_scopes_and_readable_statements(api: Api) -> None:
+    api.key("acme")
+    with api.platform.db.session() as s:
+        contributors.add_contributor(s, id="sbert", name="SBERT", kind="organisation")
+        ownership.link(s, tenant_id="acme", contributor_id="sbert")
     key = api.key("acme", "inference", "contributor:sbert")
     r = await api.client.get("/api/me", headers=key)
     assert r.status_code == 200

@@ -22,7 +22,7 @@ from constellation.finetune.pretrain import build_tiny_lm
 from constellation.finetune.service import FinetuneSpec, run_finetune
 from constellation.finetune.trainer import LoraConfig
 from constellation.platform import Platform
-from constellation.registry import contributors, models, service, tenants, terms
+from constellation.registry import contributors, models, ownership, service, tenants, terms
 from constellation.registry import datasets as ds_repo
 
 DEMO_DIR = Path(__file__).resolve().parents[3] / "examples" / "demo"
@@ -261,6 +261,8 @@ class DemoBuilder:
             return
         with self.platform.db.session() as s:
             tenants.add_tenant(s, id="demo", name="Demo Co (commercial)", declared_use="commercial")
+            # Demo Co holds Northwind's statement key, which needs it to own that contributor.
+            ownership.link(s, tenant_id="demo", contributor_id="northwind-reviews")
             tenants.add_tenant(
                 s, id="demo-lab", name="Demo Lab (non-commercial)", declared_use="non-commercial"
             )

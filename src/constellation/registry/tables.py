@@ -184,7 +184,8 @@ class Acceptance(Base):
 
 class TenantContributor(Base):
     """A contributor identity a tenant owns, linked by an admin: the tenant's keys may name it as
-    the author or data provider of what they fine-tune, and no other contributor."""
+    the author or data provider of what they fine-tune, and no other contributor; and only for
+    such a contributor may the tenant hold a `contributor:<id>` key (its statement)."""
 
     __tablename__ = "tenant_contributors"
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from constellation.config import MAX_PER_MINUTE
 from constellation.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from constellation.registry._common import check_slug
-from constellation.registry.tables import DECLARED_USES, ApiKey, Tenant, utcnow
+from constellation.registry.tables import DECLARED_USES, ApiKey, Tenant, TenantContributor, utcnow
 
 KEY_PREFIX = "cst"
 _SCOPE = re.compile(r"inference|admin|contributor:[a-z0-9][a-z0-9._\-]*")
@@ -90,8 +90,23 @@ def check_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
+def _check_contributor_scopes(s: Session, *, tenant_id: str, scopes: list[str]) -> None:
+    """A `contributor:<id>` key reads that contributor's statement, so its tenant must own it."""
+    for cid in (sc.split(":", 1)[1] for sc in scopes if sc.startswith("contributor:")):
+        if s.get(TenantContributor, (tenant_id, cid)) is None:
+            raise InvalidInput(
+                f"tenant '{tenant_id}' is not linked to contributor '{cid}', so its keys may not read "
+                f"that contributor's statement; link them first with "
+                f"`constellation tenants link {tenant_id} --contributor {cid}`",
+                param="scopes",
+                code="contributor_not_linked",
+            )
+
+
 def create_key(s: Session, *, tenant_id: str, scopes: list[str], name: str = "") -> NewKey:
+    """A new key; a `contributor:<id>` scope needs the tenant linked to that contributor."""
     get_tenant(s, id=tenant_id)
+    _check_contributor_scopes(s, tenant_id=tenant_id, scopes=check_scopes(scopes))
     key_id = secrets.token_hex(6)
     secret = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
     row = ApiKey(

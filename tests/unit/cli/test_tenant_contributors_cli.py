@@ -46,6 +46,14 @@ def test_link_list_unlink(cli: CliRunner, settings: Settings) -> None:
     p.close()
 
 
+def test_a_contributor_key_needs_the_link(cli: CliRunner) -> None:
+    args = ["keys", "create", "--tenant", "acme", "--scope", "contributor:acme-ml", "--json"]
+    r = cli.invoke(app, args)
+    assert r.exit_code != 0 and "constellation tenants link acme --contributor acme-ml" in r.output
+    run(cli, "tenants", "link", "acme", "--contributor", "acme-ml")
+    assert json.loads(run(cli, *args))["scopes"] == ["contributor:acme-ml"]
+
+
 def test_unknown_ids_are_one_line_errors(cli: CliRunner) -> None:
     r = cli.invoke(app, ["tenants", "link", "acme", "--contributor", "nobody"])
     assert r.exit_code != 0 and "constellation contributors add nobody" in r.output

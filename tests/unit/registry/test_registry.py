@@ -11,7 +11,16 @@ from sqlalchemy.orm import Session
 
 from constellation.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from constellation.platform import Platform
-from constellation.registry import contributors, datasets, licences, models, service, tenants, terms
+from constellation.registry import (
+    contributors,
+    datasets,
+    licences,
+    models,
+    ownership,
+    service,
+    tenants,
+    terms,
+)
 from constellation.registry.licences import CATALOG, LicenceTerms
 
 
@@ -236,6 +245,8 @@ def test_terms_upsert_and_validate(s: Session, platform: Platform, minilm_path: 
 
 def test_keys_hashed_scoped_and_revocable(s: Session) -> None:
     tenants.add_tenant(s, id="acme", name="ACME", declared_use="non-commercial")
+    contributors.add_contributor(s, id="acme", name="ACME", kind="organisation")
+    ownership.link(s, tenant_id="acme", contributor_id="acme")
     new = tenants.create_key(s, tenant_id="acme", scopes=["inference", "contributor:acme"])
     assert new.secret not in new.row.secret_hash and len(new.row.secret_hash) == 64
     assert tenants.authenticate(s, secret=new.secret).tenant_id == "acme"
@@ -246,6 +257,22 @@ def test_keys_hashed_scoped_and_revocable(s: Session) -> None:
         tenants.authenticate(s, secret=new.secret)
     with pytest.raises(InvalidInput):
         tenants.create_key(s, tenant_id="acme", scopes=["root"])
+
+
+def test_a_contributor_key_needs_its_tenant_linked_to_that_contributor(s: Session) -> None:
+    """A `contributor:<id>` key reads that contributor's statement: another tenant's contributor,
+    or an unknown one, is refused until an admin links the two."""
+    tenants.add_tenant(s, id="acme", name="ACME")
+    contributors.add_contributor(s, id="sbert", name="SBERT", kind="organisation")
+    link = "link them first with `constellation tenants link acme --contributor sbert`"
+    with pytest.raises(InvalidInput, match=link) as exc:
+        tenants.create_key(s, tenant_id="acme", scopes=["inference", "contributor:sbert"])
+    assert exc.value.param == "scopes"
+    with pytest.raises(InvalidInput, match="contributor 'nobody'"):
+        tenants.create_key(s, tenant_id="acme", scopes=["contributor:nobody"])
+    ownership.link(s, tenant_id="acme", contributor_id="sbert")
+    new = tenants.create_key(s, tenant_id="acme", scopes=["contributor:sbert"])
+    assert new.row.scopes == ["contributor:sbert"]
 
 
 def test_bad_slugs_and_kinds(s: Session) -> None:
