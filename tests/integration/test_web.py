@@ -4,13 +4,14 @@ content types, nothing escapes the web dir, nothing is loaded from another origi
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from tests.integration.conftest import Api
 
-from constellation.api.routes.web import WEB_DIR
+from constellation.api.routes.web import LIBRARIES, WEB_DIR
 from constellation.registry import contributors, ownership
 
 pytestmark = pytest.mark.anyio
@@ -99,3 +100,30 @@ async def test_me_without_a_key_is_401_with_a_hint(api: Api) -> None:
     r = await api.client.get("/api/me")
     assert r.status_code == 401
     assert "Authorization: Bearer" in r.json()["error"]["message"]
+
+
+async def test_the_charting_library_is_served_from_this_server(api: Api) -> None:
+    """Installed by `make install` (npm ci in web/); a skip without it, a failure with CI=true."""
+    lib = WEB_DIR / LIBRARIES["lib/echarts.min.js"]
+    if not lib.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{lib} is missing, and CI=true requires it (make install)")
+        pytest.skip(f"{lib} is missing (make install)")
+    r = await api.client.get("/static/lib/echarts.min.js")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+    assert r.content == lib.read_bytes()
+    html = (await api.client.get("/")).text
+    assert '<script src="/static/lib/echarts.min.js"' in html
+
+
+async def test_nothing_else_of_node_modules_is_served(api: Api) -> None:
+    for path in ("node_modules/echarts/dist/echarts.min.js", "node_modules/echarts/package.json"):
+        assert (await api.client.get(f"/static/{path}")).status_code == 404
+
+
+async def test_a_missing_library_is_a_404_that_says_how_to_install_it(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(LIBRARIES, "lib/echarts.min.js", "node_modules/nothing-here.js")
+    r = await api.client.get("/static/lib/echarts.min.js")
+    assert r.status_code == 404 and "make install" in r.json()["error"]["message"]
