@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +181,8 @@ class AdapterCache:
         self._free = list(range(n_slots - 1, -1, -1))
         self.loads = 0  # disk loads, for stats and tests
         self.slot_writes = 0
+        # adapter_hits / _misses / _evictions count slot uses; adapter_host_* the host tier.
+        self.counts: Counter[str] = Counter()
 
     @property
     def n_slots(self) -> int:
@@ -192,6 +194,7 @@ class AdapterCache:
             with self._lock:
                 if spec.name in self._host:
                     self._host.move_to_end(spec.name)
+                    self.counts["adapter_host_hits"] += 1
                     return self._host[spec.name]
                 event = self._loading.get(spec.name)
                 if event is None:
@@ -207,6 +210,7 @@ class AdapterCache:
             event.set()
         with self._lock:
             self.loads += 1
+            self.counts["adapter_host_misses"] += 1
             self._host[spec.name] = adapter
             self._evict_host()
         return adapter
@@ -260,7 +264,9 @@ class AdapterCache:
             if slot is not None:
                 slot.pins += 1
                 self._slots.move_to_end(spec.name)
+                self.counts["adapter_hits"] += 1
                 return
+            self.counts["adapter_misses"] += 1
         adapter = self.prefetch(spec)  # outside the lock: may read disk
         with self._lock:
             slot = self._slots.get(spec.name)
@@ -286,6 +292,7 @@ class AdapterCache:
         victim = next((n for n, s in self._slots.items() if s.pins == 0), None)
         if victim is None:
             raise Overloaded(f"all {self._n_slots} adapter slots are in use; retry shortly")
+        self.counts["adapter_evictions"] += 1
         return self._slots.pop(victim).index
 
     def _write(self, index: int, adapter: LoadedAdapter) -> None:
@@ -322,3 +329,4 @@ class AdapterCache:
             if slot is not None and slot.pins > 0:
                 continue
             total -= self._host.pop(name).nbytes
+            self.counts["adapter_host_evictions"] += 1

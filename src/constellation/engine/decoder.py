@@ -9,6 +9,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -375,6 +376,11 @@ def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> 
     return Runner(model, LMTokenizer.load(path), kv, limits, lora=ctx, adapters=adapters)
 
 
+def _adapter_counts(runner: Runner) -> Counter[str]:
+    counts = getattr(runner.adapters, "counts", None)
+    return counts if isinstance(counts, Counter) else Counter()
+
+
 def runner_bytes(runner: Runner) -> int:
     """Weights, LoRA slots and KV cache: what a resident base holds."""
     return module_bytes(runner.model) + runner.kv.k.nbytes + runner.kv.v.nbytes
@@ -388,6 +394,7 @@ class DecoderEngine:
         self._loader: BaseLoader = loader or load_runner
         self._tokenizers: dict[str, LMTokenizer] = {}
         self._runners: dict[str, Runner] = {}
+        self._retired: Counter[str] = Counter()  # adapter cache counts of evicted bases
         self._pool: ModelPool[Runner] = ModelPool(
             limits.base_model_bytes, lambda b: self._loader(b, limits), runner_bytes, self._evicted
         )
@@ -486,7 +493,9 @@ class DecoderEngine:
     def stats(self) -> dict[str, float]:
         runners = list(self._runners.values())
         busy = sum(r.busy_ns for r in runners)
+        counts = self._retired + sum((_adapter_counts(r) for r in runners), Counter[str]())
         return {
+            **{k: float(v) for k, v in counts.items()},
             "bases": float(len(runners)),
             "queued": float(self._queued),
             "running": float(sum(len(r.running) for r in runners)),
@@ -548,6 +557,7 @@ class DecoderEngine:
         runner.waiting.push(seq)
 
     def _evicted(self, runner: Runner) -> None:
+        self._retired.update(_adapter_counts(runner))
         self._runners = {k: r for k, r in self._runners.items() if r is not runner}
 
     def _dequeued(self, seq: Seq) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -255,8 +256,12 @@ class EncoderEngine:
         from constellation.engine.batcher import MicroBatcher  # the batcher imports this module
 
         self.limits = limits
+        self._retired: Counter[str] = Counter()  # adapter cache counts of evicted bases
         self.pool: ModelPool[EncoderModel] = ModelPool(
-            limits.base_model_bytes, lambda s: EncoderModel(s, limits, max_rank=max_rank), lambda m: m.nbytes
+            limits.base_model_bytes,
+            lambda s: EncoderModel(s, limits, max_rank=max_rank),
+            lambda m: m.nbytes,
+            lambda m: self._retired.update(m.adapters.counts),
         )
         self._batcher = MicroBatcher(limits, self.pool)
 
@@ -294,6 +299,8 @@ class EncoderEngine:
         s["base_loads"] = float(self.pool.loads)
         s["base_evictions"] = float(self.pool.evictions)
         s["memory_trims"] = float(self._batcher.trims)
+        counts = self._retired + sum((m.adapters.counts for m in self.pool.models()), Counter[str]())
+        s.update({k: float(v) for k, v in counts.items()})
         return s
 
     def unready(self) -> str | None:

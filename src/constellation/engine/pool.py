@@ -107,6 +107,11 @@ class ModelPool(Generic[M]):
         with self._lock:
             self._entries[name].users -= 1
 
+    def models(self) -> list[M]:
+        """The loaded models themselves (for statistics)."""
+        with self._lock:
+            return [e.model for e in self._entries.values()]
+
     def loaded(self) -> list[str]:
         """Names of loaded bases, least recently used first."""
         with self._lock:

@@ -79,6 +79,17 @@ def test_slots_are_lru_and_none_maps_to_no_adapter() -> None:
         cache.acquire([_spec("a"), _spec("b"), _spec("c")])
 
 
+def test_slot_and_host_hits_misses_and_evictions_are_counted() -> None:
+    """What /metrics exports as constellation_adapter_cache_{hits,misses,evictions}_total."""
+    cache, _ = _cache(2)
+    for name in ["a", "b", "a", "c", "b"]:  # c evicts b, then b evicts a
+        cache.acquire([_spec(name)])
+        cache.release([_spec(name)])
+    assert cache.counts["adapter_hits"] == 1  # the second "a"
+    assert cache.counts["adapter_misses"] == 4 and cache.counts["adapter_evictions"] == 2
+    assert cache.counts["adapter_host_misses"] == 3 and cache.counts["adapter_host_hits"] == 1  # b again
+
+
 def test_host_tier_evicts_lru_within_budget() -> None:
     one = LoadedAdapter(
         name="x", rank=2, scale=1.0, modules={"lin": LoRAWeights(torch.ones(2, 4), torch.ones(4, 2), 1.0)}
