@@ -19,6 +19,10 @@ class EngineLimits(BaseModel):
 
     device: str = "cpu"
     max_batch_tokens: int = Field(default=8192, gt=0)
+    # An encoder step takes at most about this long at its measured cost per token (fewer tokens
+    # than `max_batch_tokens` on a slow or busy CPU): a request arriving mid-step waits about two
+    # steps, whatever another tenant has queued. 0: steps of `max_batch_tokens` always.
+    max_step_ms: float = Field(default=40.0, ge=0)
     # A step starts when its batch is full, `max_batch_wait_ms` after its first request, or once
     # no request has arrived for `batch_quiet_ms`, whichever comes first.
     max_batch_wait_ms: float = Field(default=2.0, ge=0)

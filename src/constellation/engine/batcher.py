@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -66,15 +66,24 @@ class Row:
     queued_ns: int
 
 
+def step_budget(limits: EngineLimits, ns_per_token: float | None) -> int:
+    """Tokens a pick may take: `max_batch_tokens`, or fewer where a step at the measured cost per
+    token would take longer than `max_step_ms`. With a step's fixed cost F and c per token the
+    measured cost is F/n + c, so the budget settles where a step takes `max_step_ms`."""
+    if not limits.max_step_ms or not ns_per_token:
+        return limits.max_batch_tokens
+    return max(1, min(limits.max_batch_tokens, int(limits.max_step_ms * 1e6 / ns_per_token)))
+
+
 class Pending:
     """Queued rows: a fair queue per base (flows by tenant), the bases taken in turn."""
 
     def __init__(self, limits: EngineLimits) -> None:
         self._limits = limits
-        self._quantum = max(1, limits.max_batch_tokens // FLOWS_PER_BATCH)
         self._bases: OrderedDict[str, FairQueue[Row]] = OrderedDict()
         self.rows = 0
         self.tokens = 0
+        self._by_tenant: Counter[str] = Counter()  # queued rows per tenant
         self.first_ns = 0  # arrival of the first row since the queue was last empty
         self.last_ns = 0  # arrival of the latest row
 
@@ -87,19 +96,30 @@ class Pending:
         base = rows[0].job.base.name
         queue = self._bases.get(base)
         if queue is None:
-            queue = self._bases[base] = FairQueue(lambda r: r.job.tenant, lambda r: r.length, self._quantum)
+            queue = self._bases[base] = FairQueue(lambda r: r.job.tenant, lambda r: r.length)
         for r in rows:
             queue.push(r)
         self.rows += len(rows)
         self.tokens += sum(r.length for r in rows)
+        self._by_tenant[rows[0].job.tenant] += len(rows)
 
-    def pick(self) -> list[Row]:
-        """The next base's rows in turn across tenants, within max batch tokens and the slots."""
+    def admits(self, tenant: str, n: int, cap: int) -> bool:
+        """Whether `n` more rows of `tenant` may queue: within `cap` rows in all, or past it while
+        the tenant holds less than its even share of `cap`, so one tenant filling the queue
+        gets the 503s and the others are still queued (by at most their shares past `cap`)."""
+        if self.rows + n <= cap:
+            return True
+        share = cap // (len(self._by_tenant) + (tenant not in self._by_tenant))
+        return self._by_tenant[tenant] + n <= share
+
+    def pick(self, budget: int) -> list[Row]:
+        """The next base's rows in turn across tenants, within `budget` tokens and the slots."""
         name, queue = next(iter(self._bases.items()))
+        queue.quantum = max(1, budget // FLOWS_PER_BATCH)
         rows: list[Row] = []
         adapters: set[str] = set()
         longest = 0
-        while queue and self._fits(queue.peek(), len(rows), longest, adapters):
+        while queue and self._fits(queue.peek(), len(rows), longest, adapters, budget):
             r = queue.pop()
             rows.append(r)
             longest = max(longest, r.length)
@@ -117,17 +137,20 @@ class Pending:
             if not queue:
                 del self._bases[name]
 
-    def _fits(self, r: Row, n_rows: int, longest: int, adapters: set[str]) -> bool:
+    def _fits(self, r: Row, n_rows: int, longest: int, adapters: set[str], budget: int) -> bool:
         """Whether `r` joins a pick of `n_rows` rows: a slot for its adapter, and the pick padded
-        to its longest row within max batch tokens (a first row always joins)."""
+        to its longest row within `budget` tokens (a first row always joins)."""
         name = r.job.adapter.name if r.job.adapter else None
         if name is not None and name not in adapters and len(adapters) >= self._limits.adapter_slots:
             return False
-        return not n_rows or (n_rows + 1) * max(longest, r.length) <= self._limits.max_batch_tokens
+        return not n_rows or (n_rows + 1) * max(longest, r.length) <= budget
 
     def _taken(self, rows: list[Row]) -> None:
         self.rows -= len(rows)
         self.tokens -= sum(r.length for r in rows)
+        for r in rows:
+            self._by_tenant[r.job.tenant] -= 1
+        self._by_tenant = +self._by_tenant  # forget tenants with nothing queued
 
 
 class MicroBatcher:
@@ -139,6 +162,7 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._pending = Pending(limits)
         self._trimmer = MemoryTrimmer(limits.trim_after_tokens)
+        self._ns_per_token: float | None = None  # recent steps' busy time per (padded) token
         self._closed = False
         self.stats: dict[str, float] = dict.fromkeys(
             ("busy_ns", "steps", "rows", "tokens", "padded_tokens", "requests"), 0.0
@@ -151,7 +175,7 @@ class MicroBatcher:
         with self._cond:
             if self._closed:
                 raise Overloaded("the encoder engine is shutting down; retry on another replica")
-            if self._pending.rows + len(job.ids) > self._limits.max_queue * 64:
+            if not self._pending.admits(job.tenant, len(job.ids), self._limits.max_queue * 64):
                 raise Overloaded(f"{self._pending.rows} inputs are queued; retry shortly")
             self._pending.push([Row(job, i, n, now) for i, n in enumerate(lengths)])
             self._cond.notify()
@@ -190,14 +214,15 @@ class MicroBatcher:
                 return None
             deadline = self._pending.first_ns + int(self._limits.max_batch_wait_ms * 1e6)
             quiet_ns = int(self._limits.batch_quiet_ms * 1e6)
-            while self._pending.tokens < self._limits.max_batch_tokens:
+            budget = step_budget(self._limits, self._ns_per_token)
+            while self._pending.tokens < budget:
                 # Until full, or max wait after the first row, or once requests stop arriving.
                 until = min(deadline, self._pending.last_ns + quiet_ns)
                 wait = (until - time.monotonic_ns()) / 1e9
                 if wait <= 0 or self._closed:
                     break
                 self._cond.wait(wait)
-            return self._pending.pick()
+            return self._pending.pick(budget)
 
     def _run(self, rows: list[Row]) -> None:
         """Run a pick: in one step when the model can pack tokens (little padding to save), else
@@ -254,7 +279,11 @@ class MicroBatcher:
         s["steps"] += 1
         s["rows"] += len(rows)
         s["tokens"] += tokens
-        s["padded_tokens"] += tokens if packed else len(rows) * max(r.length for r in rows)
+        padded = tokens if packed else len(rows) * max(r.length for r in rows)
+        s["padded_tokens"] += padded
+        cost = busy / max(1, padded)
+        old = self._ns_per_token
+        self._ns_per_token = cost if old is None else 0.8 * old + 0.2 * cost
         s["requests"] += finished
 
     def _fail(self, jobs: set[Job], exc: BaseException) -> None:

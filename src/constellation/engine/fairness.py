@@ -28,7 +28,8 @@ class FairQueue(Generic[T]):
     ) -> None:
         if quantum < 1:
             raise ValueError(f"quantum must be at least 1, got {quantum}")
-        self._key, self._cost, self._quantum = key, cost, quantum
+        self._key, self._cost = key, cost
+        self.quantum = quantum  # may change between picks; credit already granted stays
         self._flows: dict[Hashable, deque[T]] = {}  # non-empty flows only
         self._round: deque[Hashable] = deque()  # keys of the flows, [0] is being served
         self._deficit: dict[Hashable, int] = {}
@@ -75,7 +76,7 @@ class FairQueue(Generic[T]):
             if self._deficit[k] >= self._cost(head):
                 return head
             if not self._granted:
-                self._deficit[k] += self._quantum
+                self._deficit[k] += self.quantum
                 self._granted = True
                 continue
             self._round.rotate(-1)  # this flow's turn is over; it keeps its remaining credit

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from constellation.config import EngineLimits
-from constellation.engine.batcher import FLOWS_PER_BATCH, Job, Pending, Row
+from constellation.engine.batcher import FLOWS_PER_BATCH, Job, Pending, Row, step_budget
 from constellation.engine.fairness import FairQueue
 from constellation.engine.spec import AdapterSpec, BaseSpec
 
@@ -106,7 +106,7 @@ def test_a_quiet_tenants_row_runs_in_the_next_batch_despite_a_backlog() -> None:
         _push(pending, _job("A", 2048), 12)
     quiet = _job("B", 1)
     _push(pending, quiet, 12, at=1)
-    first = pending.pick()
+    first = pending.pick(8192)
     assert any(r.job is quiet for r in first)
     # The batch is still full: A's rows fill the rest of it (batching efficiency is kept).
     assert len(first) * 12 > 8192 - 12 * 2 and Counter(r.job.tenant for r in first)["A"] > 0
@@ -118,10 +118,12 @@ def test_a_tenant_arriving_mid_backlog_runs_within_the_next_two_picks() -> None:
     pending = Pending(limits)
     for _ in range(8):
         _push(pending, _job("A", 2048), 16)
-    pending.pick()  # A is being served, with credit left over
+    pending.pick(limits.max_batch_tokens)  # A is being served, with credit left over
     quiet = _job("B", 3)
     _push(pending, quiet, 16)
-    picked = [r.job for r in pending.pick()] + [r.job for r in pending.pick()]
+    picked = [r.job for r in pending.pick(limits.max_batch_tokens)] + [
+        r.job for r in pending.pick(limits.max_batch_tokens)
+    ]
     assert picked.count(quiet) == 3
 
 
@@ -132,7 +134,7 @@ def test_busy_tenants_share_each_batch_in_equal_tokens() -> None:
         for _ in range(4):
             _push(pending, _job(tenant, 512), 8)
     for _ in range(5):
-        by_tenant = Counter(r.job.tenant for r in pending.pick())
+        by_tenant = Counter(r.job.tenant for r in pending.pick(limits.max_batch_tokens))
         assert set(by_tenant) == set("ABCD")
         assert max(by_tenant.values()) - min(by_tenant.values()) <= 4096 // FLOWS_PER_BATCH // 8
 
@@ -142,8 +144,8 @@ def test_bases_are_taken_in_turn() -> None:
     _push(pending, _job("A", 1000), 8)
     other = _job("B", 1, base=OTHER_BASE)
     _push(pending, other, 8)
-    assert {r.job.base.name for r in pending.pick()} == {"b"}
-    assert [r.job for r in pending.pick()] == [other]  # not after A's 1000 rows
+    assert {r.job.base.name for r in pending.pick(256)} == {"b"}
+    assert [r.job for r in pending.pick(256)] == [other]  # not after A's 1000 rows
 
 
 def test_removed_jobs_leave_the_counts() -> None:
@@ -153,5 +155,30 @@ def test_removed_jobs_leave_the_counts() -> None:
     _push(pending, b, 10)
     pending.remove({a})
     assert (pending.rows, pending.tokens) == (2, 20)
-    assert [r.job for r in pending.pick()] == [b, b]
+    assert [r.job for r in pending.pick(8192)] == [b, b]
     assert (pending.rows, pending.tokens) == (0, 0)
+
+
+def test_a_full_queue_refuses_the_tenant_that_filled_it() -> None:
+    pending = Pending(EngineLimits())
+    backlog = _job("A", 1000)
+    _push(pending, backlog, 8)
+    assert pending.admits("A", 24, cap=1024) and not pending.admits("A", 25, cap=1024)
+    assert pending.admits("B", 512, cap=1024)  # its even share, though the queue is full
+    assert not pending.admits("B", 513, cap=1024)
+    pending.remove({backlog})
+    assert pending.rows == 0 and pending.admits("A", 1024, cap=1024)
+
+
+def test_steps_are_bounded_in_time_at_the_measured_cost_per_token() -> None:
+    limits = EngineLimits(max_batch_tokens=8192, max_step_ms=40)
+    assert step_budget(limits, None) == 8192  # nothing measured yet
+    assert step_budget(limits, 100_000.0) == 400  # 0.1 ms a token: 400 tokens in 40 ms
+    assert step_budget(limits, 1_000.0) == 8192  # a fast device: the batch bound applies
+    assert step_budget(limits, 1e12) == 1  # one row still runs
+    assert step_budget(EngineLimits(max_step_ms=0), 1e9) == 8192  # off
+    pending = Pending(limits)
+    _push(pending, _job("A", 100), 10)
+    _push(pending, _job("B", 100), 10)
+    rows = pending.pick(step_budget(limits, 100_000.0))
+    assert len(rows) == 40 and Counter(r.job.tenant for r in rows) == {"A": 20, "B": 20}
