@@ -7,16 +7,15 @@ worker's resident size stays at its largest batch's peak long after it; `malloc_
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 
 def _libc_trim() -> Callable[[], object] | None:
-    """glibc's `malloc_trim(0)`, or None where the C library has none (musl, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
+    """glibc's `malloc_trim(0)`, or None where the C library has none (musl, macOS, Windows).
+    Looked up among the symbols already loaded: `ctypes.util.find_library` runs a subprocess."""
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # no dlopen(NULL) on this platform
         return None
     return None if trim is None else lambda: trim(0)
 
