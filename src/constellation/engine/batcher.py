@@ -35,6 +35,10 @@ STEP_COST_TOKENS = 48
 # A busy tenant yields its turn after this share of a batch's tokens, so up to this many
 # tenants' rows share each batch and a newcomer's row runs in the next batch at the latest.
 FLOWS_PER_BATCH = 4
+# The fewest tokens a time-bounded step may take: below it a step's fixed cost (and the GIL it
+# shares with tokenising threads) dominates, the measured cost per token rises with it, and
+# the budget would shrink to a row per step.
+MIN_STEP_TOKENS = 512
 
 
 @dataclass(eq=False, slots=True)
@@ -69,10 +73,12 @@ class Row:
 def step_budget(limits: EngineLimits, ns_per_token: float | None) -> int:
     """Tokens a pick may take: `max_batch_tokens`, or fewer where a step at the measured cost per
     token would take longer than `max_step_ms`. With a step's fixed cost F and c per token the
-    measured cost is F/n + c, so the budget settles where a step takes `max_step_ms`."""
+    measured cost is F/n + c, so the budget settles where a step takes `max_step_ms`, but never
+    below `MIN_STEP_TOKENS` (where F alone would take most of it)."""
     if not limits.max_step_ms or not ns_per_token:
         return limits.max_batch_tokens
-    return max(1, min(limits.max_batch_tokens, int(limits.max_step_ms * 1e6 / ns_per_token)))
+    budget = max(MIN_STEP_TOKENS, int(limits.max_step_ms * 1e6 / ns_per_token))
+    return min(limits.max_batch_tokens, budget)
 
 
 class Pending:

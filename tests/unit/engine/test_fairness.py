@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from constellation.config import EngineLimits
-from constellation.engine.batcher import FLOWS_PER_BATCH, Job, Pending, Row, step_budget
+from constellation.engine.batcher import FLOWS_PER_BATCH, MIN_STEP_TOKENS, Job, Pending, Row, step_budget
 from constellation.engine.fairness import FairQueue
 from constellation.engine.spec import AdapterSpec, BaseSpec
 
@@ -173,12 +173,12 @@ def test_a_full_queue_refuses_the_tenant_that_filled_it() -> None:
 def test_steps_are_bounded_in_time_at_the_measured_cost_per_token() -> None:
     limits = EngineLimits(max_batch_tokens=8192, max_step_ms=40)
     assert step_budget(limits, None) == 8192  # nothing measured yet
-    assert step_budget(limits, 100_000.0) == 400  # 0.1 ms a token: 400 tokens in 40 ms
+    assert step_budget(limits, 40_000.0) == 1000  # 0.04 ms a token: 1000 tokens in 40 ms
     assert step_budget(limits, 1_000.0) == 8192  # a fast device: the batch bound applies
-    assert step_budget(limits, 1e12) == 1  # one row still runs
+    assert step_budget(limits, 1e12) == MIN_STEP_TOKENS  # a floor, not a row per step
     assert step_budget(EngineLimits(max_step_ms=0), 1e9) == 8192  # off
     pending = Pending(limits)
     _push(pending, _job("A", 100), 10)
     _push(pending, _job("B", 100), 10)
-    rows = pending.pick(step_budget(limits, 100_000.0))
+    rows = pending.pick(400)
     assert len(rows) == 40 and Counter(r.job.tenant for r in rows) == {"A": 20, "B": 20}
