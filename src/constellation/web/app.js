@@ -165,7 +165,8 @@ async function connect(key) {
   byId("welcome").hidden = true;
   byId("tabs").hidden = false;
   const wanted = location.hash.slice(1);
-  await selectTab(TABS.includes(wanted) && tabButton(wanted).hidden === false ? wanted : "models");
+  const first = TABS.find((t) => !tabButton(t).hidden);
+  await selectTab(TABS.includes(wanted) && tabButton(wanted).hidden === false ? wanted : first);
 }
 
 function forget() {
@@ -195,6 +196,9 @@ function renderWhoami() {
     box.append("Key set.");
   }
   box.hidden = false;
+  // A statement-only key (contributor:<id>) reads that statement and nothing of its tenant's.
+  const canTenant = !me || me.admin || me.scopes.includes("inference");
+  for (const t of ["models", "lineage", "playground", "usage"]) tabButton(t).hidden = !canTenant;
   const canStatements = !me || me.admin || me.contributors.length > 0;
   tabButton("statements").hidden = !canStatements;
   tabButton("admin").hidden = !(!me || me.admin);
