@@ -128,7 +128,7 @@ function drawEarningsChart(el, doc) {
       title: { text: `Earnings per day, ${doc.period} (UTC)`, left: 0, textStyle: { fontSize: 14 } },
       tooltip: { trigger: "axis", axisPointer: { type: "shadow" }, formatter: (p) => tooltipLines(p, usd) },
       legend: { type: "scroll", bottom: 0 },
-      grid: { left: 70, right: 70, top: 40, bottom: 60 },
+      grid: { left: 70, right: 70, top: 64, bottom: 60 },
       xAxis: { type: "category", data: doc.days.map(dayLabel), name: "day", nameLocation: "end" },
       yAxis: [
         { type: "value", name: "per day", axisLabel: { formatter: usdShort } },
