@@ -10,6 +10,7 @@ Run `python bench/fairness.py [--tiny]`; `--tiny` sends a few small requests, qu
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import subprocess
@@ -117,34 +118,57 @@ async def _noisy(client: httpx.AsyncClient, key: str, items: int, done: list[flo
         done.append(await _embed(client, key, texts))
 
 
+async def _noisy_load(url: str, key: str, sizes: Sizes, seconds: float) -> tuple[list[float], float]:
+    """The noisy tenant for `seconds`: its latencies and inputs embedded per second."""
+    limits = httpx.Limits(max_connections=sizes.noisy_clients)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        done: list[float] = []
+        start = time.perf_counter()
+        tasks = [
+            asyncio.create_task(_noisy(client, key, sizes.noisy_items, done))
+            for _ in range(sizes.noisy_clients)
+        ]
+        await asyncio.wait(tasks, timeout=seconds)
+        failed = [t.exception() for t in tasks if t.done()]
+        for t in tasks:  # the requests still in flight are dropped, not waited for
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if failed:
+            raise RuntimeError(f"a noisy request failed: {failed[0]}")
+        return done, len(done) * sizes.noisy_items / (time.perf_counter() - start)
+
+
+def _noisy_child(url: str, key: str, tiny: bool) -> None:
+    """Entry point of the noisy client's own process: prints its latencies and rate as JSON."""
+    sizes = TINY if tiny else FULL
+    seconds = (sizes.loaded_samples + 2) * sizes.interval_s
+    done, rate = asyncio.run(_noisy_load(url, key, sizes, seconds))
+    print(json.dumps({"done": done, "rate": rate}))
+
+
 async def _measure(
     url: str, keys: dict[str, str], sizes: Sizes
 ) -> tuple[list[float], list[float], list[float], float]:
     """The quiet tenant's latencies idle and loaded, the noisy tenant's latencies and inputs per
     second."""
-    limits = httpx.Limits(max_connections=sizes.noisy_clients + 64)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         # Concurrent calls reach every encoder worker, and each loads the model on its first.
         small = sentences(8)
         await asyncio.gather(*(_embed(client, keys["noisy"], small) for _ in range(sizes.noisy_clients)))
         await _embed(client, keys["quiet"], sentences(1))
         idle = await _quiet(client, keys["quiet"], sizes.idle_samples, sizes.interval_s)
-        done: list[float] = []
-        start = time.perf_counter()
-        noisy = [
-            asyncio.create_task(_noisy(client, keys["noisy"], sizes.noisy_items, done))
-            for _ in range(sizes.noisy_clients)
-        ]
+        # The noisy client runs in a process of its own: decoding its multi-megabyte answers must
+        # not delay the quiet client's clock (a real quiet tenant is another client elsewhere).
+        args = [__file__, "--noisy-child", url, keys["noisy"], *(["--tiny"] if sizes is TINY else [])]
+        child = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=asyncio.subprocess.PIPE)
         await asyncio.sleep(2 * sizes.interval_s)  # the noisy backlog builds up first
         loaded = await _quiet(client, keys["quiet"], sizes.loaded_samples, sizes.interval_s)
-        elapsed = time.perf_counter() - start
-        failed = [t.exception() for t in noisy if t.done()]
-        for t in noisy:  # the requests still in flight are dropped, not waited for
-            t.cancel()
-        await asyncio.gather(*noisy, return_exceptions=True)
-        if failed:
-            raise RuntimeError(f"a noisy request failed: {failed[0]}")
-        return idle, loaded, done, len(done) * sizes.noisy_items / elapsed
+        out, _ = await child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"the noisy client failed (exit {child.returncode})")
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        done, rate = list(result["done"]), float(result["rate"])
+        return idle, loaded, done, rate
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -179,4 +203,7 @@ def main(tiny: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(tiny="--tiny" in sys.argv[1:])
+    if sys.argv[1:2] == ["--noisy-child"]:
+        _noisy_child(sys.argv[2], sys.argv[3], tiny="--tiny" in sys.argv[4:])
+    else:
+        main(tiny="--tiny" in sys.argv[1:])

@@ -171,7 +171,7 @@ class MicroBatcher:
         self._ns_per_token: float | None = None  # recent steps' busy time per (padded) token
         self._closed = False
         self.stats: dict[str, float] = dict.fromkeys(
-            ("busy_ns", "steps", "rows", "tokens", "padded_tokens", "requests"), 0.0
+            ("busy_ns", "steps", "rows", "tokens", "padded_tokens", "requests", "queue_wait_ns"), 0.0
         )
         self._worker = threading.Thread(target=self._loop, name="encoder-batcher", daemon=True)
         self._worker.start()
@@ -250,6 +250,8 @@ class MicroBatcher:
                     r.job.head = model.adapters.head(r.job.adapter.name)
             ids, slot_ids = [r.job.ids[r.index] for r in rows], torch.tensor(slots)
             packed = model.packs(ids, slot_ids)
+            now = time.monotonic_ns()
+            self.stats["queue_wait_ns"] += sum(now - r.queued_ns for r in rows)  # per input row
             start = time.perf_counter_ns()
             pooled = model.forward(ids, slot_ids)
             done = self._collect(rows, pooled)

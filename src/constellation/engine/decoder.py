@@ -55,6 +55,7 @@ class Delta:
     prompt_tokens: int
     completion_tokens: int
     compute_ns: int | None = None
+    queue_ns: int | None = None  # on the first piece: how long the request waited to be admitted
 
 
 class AdapterSlots(Protocol):
@@ -84,6 +85,8 @@ class Seq:
     cancelled: bool = False
     finished: bool = False
     queued: bool = True  # counted against max_queue until first admitted or dropped
+    submitted_ns: int = field(default_factory=time.monotonic_ns)
+    queue_ns: int | None = None  # submission to first admission (a preempted one keeps its first)
 
     @property
     def n_tokens(self) -> int:
@@ -203,6 +206,8 @@ class Runner:
             return False
         self.kv.grow(seq.table, seq.n_tokens)
         self.waiting.pop()
+        if seq.queue_ns is None:
+            seq.queue_ns = time.monotonic_ns() - seq.submitted_ns
         self.running.append(seq)
         self.on_dequeue(seq)
         return True
@@ -337,6 +342,7 @@ class Runner:
             prompt_tokens=len(seq.prep.prompt_ids),
             completion_tokens=len(seq.out),
             compute_ns=seq.compute_ns,
+            queue_ns=seq.queue_ns if len(seq.out) == 1 else None,
         )
 
     def abort_all(self, err: BaseException) -> None:

@@ -174,6 +174,7 @@ def test_200_concurrent_requests_over_20_adapters_with_4_slots(
     # Every adapter use is a slot hit or miss; with 8 adapters over 4 slots, some were evicted.
     assert stats["adapter_hits"] + stats["adapter_misses"] >= len(adapters)
     assert stats["adapter_misses"] >= len(adapters) and stats["adapter_evictions"] >= len(adapters) - 4
+    assert stats["queue_wait_ns"] > 0  # 200 rows queued behind each other's steps
 
 
 def test_attribution_sums_to_busy_time(tiny_bert: Path, adapters: list[AdapterSpec]) -> None:

@@ -3,6 +3,7 @@ batch invariance of seeded sampling; stop strings and streaming; bad input."""
 
 from __future__ import annotations
 
+import asyncio
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from constellation.engine.decoder import DecoderEngine
+from constellation.engine.decoder import DecoderEngine, Delta
 from constellation.engine.sampling import SamplingParams
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
@@ -113,6 +114,23 @@ def test_stream_concatenation_and_usage(families, engine: DecoderEngine, run_all
     assert ans.final.prompt_tokens == len(p.prompt_ids)
     assert ans.final.finish_reason == "length"
     assert ans.final.compute_ns is not None and ans.final.compute_ns > 0
+
+
+def test_every_piece_carries_the_compute_so_far_and_the_first_its_queue_time(
+    families, engine: DecoderEngine
+) -> None:
+    """What a dropped stream is billed for, and the queue-time histogram of /metrics."""
+    fam = families["gpt2"]
+    p = engine.prepare(fam.base, None, prompt=PROMPTS[1], params=GREEDY)
+
+    async def go() -> list[Delta]:
+        return [d async for d in engine.generate(p)]
+
+    pieces = asyncio.run(go())
+    computed = [d.compute_ns or 0 for d in pieces]
+    assert computed[0] > 0 and computed == sorted(computed)  # a running total
+    assert pieces[0].queue_ns is not None and pieces[0].queue_ns >= 0
+    assert all(d.queue_ns is None for d in pieces[1:])
 
 
 def test_chat_uses_the_template(families, engine: DecoderEngine) -> None:
