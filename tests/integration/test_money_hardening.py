@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 from tests.integration.conftest import Api
 
 from constellation.economy import holds, ledger
@@ -250,7 +250,7 @@ async def test_money_inputs_out_of_bounds_are_400(served: Api, amount: float) ->
         send = served.client.post if path.endswith("funds") else served.client.put
         r = await send(path, headers=h, json=body)
         assert r.status_code == 400, (path, r.text)
-    r = await served.client.post(
+    r = await served.client.put(
         "/api/terms",
         headers=h,
         json={
@@ -289,13 +289,21 @@ async def test_a_balance_cannot_grow_past_its_maximum(served: Api) -> None:
         assert ledger.verify(s) == []
 
 
-def test_the_tables_refuse_an_overflowing_balance(served: Api) -> None:
+async def test_the_tables_refuse_an_overflowing_balance(served: Api) -> None:
     """The last guard: on SQLite an overflowing addition would silently become a float."""
-    with pytest.raises(IntegrityError), served.platform.db.session() as s:
+    served.key("rich")
+    with served.platform.db.session() as s:
+        ledger.fund(s, tenant_id="rich", amount_nanos=1)
+    with (
+        pytest.raises(DBAPIError, match=r"ck_account_bounds|out of range"),
+        served.platform.db.session() as s,
+    ):
         s.execute(text("UPDATE ledger_accounts SET balance_nanos = balance_nanos + 9223372036854775807"))
+    with served.platform.db.session() as s:
+        assert ledger.balance(s, account_id="tenant:rich") == 1 and ledger.verify(s) == []
 
 
-def test_verify_reports_sums_too_large_for_the_database(served: Api) -> None:
+async def test_verify_reports_sums_too_large_for_the_database(served: Api) -> None:
     """Legs written behind the ledger's back whose sums overflow 64 bits: verify reports them
     (summed exactly) instead of crashing on SQLite's integer overflow."""
     big = 2**62
