@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         **_telemetry(settings),
     )
     docs.mount_assets(app)
+    docs.install_openapi(app)
     app.state.settings = settings
     app.state.metrics = metrics
     metrics.watch(app.state)

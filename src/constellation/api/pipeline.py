@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import pydantic_core
 from fastapi import Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from constellation.api.deps import Principal
@@ -40,9 +40,10 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):012x}"
 
 
-class JSONBody(Response):
+class JSONBody(JSONResponse):
     """A JSON response rendered in one call to pydantic-core (Rust), for bodies our own code
-    built: FastAPI would first validate a returned dict against the route's return type."""
+    built: FastAPI would first validate a returned dict against the route's return type. (A
+    JSONResponse, so that the OpenAPI document gives the route's documented schema alone.)"""
 
     media_type = "application/json"
 

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from constellation.api.deps import Admin, PlatformDep, SessionDep
+from constellation.api.protocol import LineageOut, errors
 from constellation.economy.money import MAX_RATE_NANOS
 from constellation.registry import contributors as contrib_repo
 from constellation.registry import datasets as ds_repo
@@ -18,7 +19,7 @@ from constellation.registry import service
 from constellation.registry import terms as terms_repo
 from constellation.registry.effective import effective_terms
 
-router = APIRouter(prefix="/api", tags=["admin"])
+router = APIRouter(prefix="/api", tags=["admin"], responses=errors(400, 401, 403, 404))
 
 
 class BaseModelIn(BaseModel):
@@ -69,17 +70,90 @@ class TermIn(BaseModel):
     )
 
 
+class ModelOut(BaseModel):
+    name: str
+    kind: str = Field(description="base or adapter")
+    task: str
+    base: str | None
+    license: str | None
+    author: str | None
+    labels: list[str] | None
+    visibility: Literal["public", "private"]
+    owner_tenant: str | None
+    artifact: str | None = Field(description="sha256 of the stored weights")
+    card: dict[str, Any]
+    lineage: LineageOut
+    created_at: str
+
+
+class TermRef(BaseModel):
+    text: str
+    artifact: str
+    artifact_type: str
+    license: str
+
+
+class EffectiveTermsOut(BaseModel):
+    """The licence terms combined over a model's lineage; each term names where it comes from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    commercial_use: bool
+    commercial_blockers: list[TermRef]
+    notices: list[str]
+    attributions: list[TermRef]
+    restrictions: list[TermRef]
+    acceptance_required: list[str]
+    user_limit: int | None
+    user_limit_source: TermRef | None
+    share_alike: list[TermRef]
+
+
+class ModelDetail(ModelOut):
+    effective_terms: EffectiveTermsOut
+
+
+class DatasetOut(BaseModel):
+    name: str
+    sha256: str
+    example_count: int
+    license: str
+    provider: str
+    artifact: str | None
+    owner_tenant: str | None
+    created_at: str
+
+
+class DatasetCreated(DatasetOut):
+    created: bool = Field(description="false when the same bytes were registered before")
+
+
+class ContributorOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    email: str | None
+
+
+class TermOut(BaseModel):
+    subject_type: Literal["model", "dataset"]
+    subject: str | None = Field(description="null when the subject was removed")
+    contributor: str
+    kind: str
+    amount_nanos: int
+
+
 def _model_out(s: Any, m: Any) -> dict[str, Any]:
     return model_repo.model_dict(m, model_repo.lineage(s, model=m))
 
 
-@router.get("/models")
+@router.get("/models", response_model=list[ModelOut])
 def list_models(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
     """Every registered model, all tenants' private ones included."""
     return [_model_out(s, m) for m in model_repo.list_models(s, all_tenants=True)]
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", response_model=ModelDetail)
 def get_model(name: str, _: Admin, s: SessionDep) -> dict[str, Any]:
     """One model with its lineage and `effective_terms`: the licence terms combined over the
     lineage, each naming the element (model or data set) and licence it comes from."""
@@ -87,7 +161,7 @@ def get_model(name: str, _: Admin, s: SessionDep) -> dict[str, Any]:
     return {**_model_out(s, m), "effective_terms": effective_terms(s, model=m).as_dict()}
 
 
-@router.post("/models", status_code=status.HTTP_201_CREATED)
+@router.post("/models", status_code=status.HTTP_201_CREATED, response_model=ModelOut, responses=errors(409))
 def add_base(body: BaseModelIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
     """Register a base model from a local Hugging Face directory (safetensors weights only)."""
     m = service.register_base(
@@ -105,7 +179,7 @@ def add_base(body: BaseModelIn, _: Admin, s: SessionDep, platform: PlatformDep) 
     return _model_out(s, m)
 
 
-@router.post("/adapters", status_code=status.HTTP_201_CREATED)
+@router.post("/adapters", status_code=status.HTTP_201_CREATED, response_model=ModelOut, responses=errors(409))
 def add_adapter(body: AdapterIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
     """Import a PEFT adapter (adapter_config.json + adapter_model.safetensors) onto a registered base."""
     m = service.register_adapter(
@@ -125,19 +199,21 @@ def add_adapter(body: AdapterIn, _: Admin, s: SessionDep, platform: PlatformDep)
     return _model_out(s, m)
 
 
-@router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(409))
 def remove_model(name: str, _: Admin, s: SessionDep) -> None:
     """Remove a model (refused while adapters depend on it)."""
     model_repo.remove_model(s, name=name)
 
 
-@router.get("/datasets")
+@router.get("/datasets", response_model=list[DatasetOut])
 def list_datasets(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
     """Registered data sets."""
     return [ds_repo.dataset_dict(d) for d in ds_repo.list_datasets(s)]
 
 
-@router.post("/datasets", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/datasets", status_code=status.HTTP_201_CREATED, response_model=DatasetCreated, responses=errors(409)
+)
 def add_dataset(body: DatasetIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
     """Register a JSONL data set (public); bytes an operator registered before are reused
     (`created: false`), a tenant's upload of the same bytes is not."""
@@ -147,7 +223,7 @@ def add_dataset(body: DatasetIn, _: Admin, s: SessionDep, platform: PlatformDep)
     return {**ds_repo.dataset_dict(d), "created": created}
 
 
-@router.get("/contributors")
+@router.get("/contributors", response_model=list[ContributorOut])
 def list_contributors(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
     """Everyone who can be paid: people, organisations, infrastructure providers, the platform."""
     return [
@@ -156,20 +232,22 @@ def list_contributors(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
     ]
 
 
-@router.post("/contributors", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/contributors", status_code=status.HTTP_201_CREATED, response_model=ContributorOut, responses=errors(409)
+)
 def add_contributor(body: ContributorIn, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Record a contributor."""
     c = contrib_repo.add_contributor(s, id=body.id, name=body.name, kind=body.kind, email=body.email)
     return {"id": c.id, "name": c.name, "kind": c.kind, "email": c.email}
 
 
-@router.get("/terms")
+@router.get("/terms", response_model=list[TermOut])
 def list_terms(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
     """Contribution terms of every model and data set."""
     return terms_repo.list_terms(s)
 
 
-@router.put("/terms")
+@router.put("/terms", response_model=TermOut)
 def set_term(body: TermIn, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Create or replace one contribution term."""
     t = terms_repo.set_term(

@@ -9,14 +9,15 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from constellation.api.deps import Admin, InferenceCaller, Principal, PrincipalDep, SessionDep
+from constellation.api.protocol import errors
 from constellation.economy import ledger, reports
 from constellation.economy.money import MAX_AMOUNT_NANOS
 from constellation.errors import Forbidden, InvalidInput
 
-router = APIRouter(prefix="/api", tags=["billing"])
+router = APIRouter(prefix="/api", tags=["billing"], responses=errors(400, 401, 403))
 
 Format = Literal["json", "csv"]
 
@@ -31,6 +32,97 @@ class FundsIn(BaseModel):
 class LimitIn(BaseModel):
     prepaid: bool = False
     spending_limit_nanos: int | None = Field(default=None, ge=0, le=MAX_AMOUNT_NANOS)
+
+
+class UsageEventOut(BaseModel):
+    request_id: str
+    tenant: str
+    model: str
+    status: str = Field(
+        description="succeeded, failed (not charged) or cancelled (charged for what it produced)"
+    )
+    input_tokens: int
+    output_tokens: int
+    compute_ns: int
+    device_class: str
+    price_nanos: int
+    finished_at: str = Field(description="ISO 8601, UTC")
+    lineage: dict[str, Any] = Field(description="the model's lineage and licences when it ran")
+
+
+class ReportLine(BaseModel):
+    """A line of an invoice or statement: an amount, grouped by the fields before it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    amount_nanos: int
+    amount_usd: str
+    requests: int
+    request_ids: list[str]
+
+
+class ByModel(ReportLine):
+    model: str
+    operation: str = Field(description="inference or finetune")
+
+
+class ByArtifact(ReportLine):
+    role: str
+    artifact: str | None
+
+
+class InvoiceByArtifact(ByArtifact):
+    contributor: str
+
+
+class ModelNotices(BaseModel):
+    model: str
+    notices: list[str] | None = None
+    licences: list[str] | None = Field(default=None, description="for a model removed since")
+
+
+class InvoiceOut(BaseModel):
+    object: Literal["invoice"]
+    tenant: str
+    period: str
+    currency: Literal["USD"]
+    total_nanos: int
+    total_usd: str
+    requests: int
+    lines_by_model: list[ByModel]
+    lines_by_artifact: list[InvoiceByArtifact]
+    notices: list[ModelNotices]
+
+
+class StatementOut(BaseModel):
+    object: Literal["statement"]
+    contributor: str
+    period: str
+    currency: Literal["USD"]
+    total_nanos: int
+    total_usd: str
+    requests: int
+    lines_by_model: list[ByModel]
+    lines_by_artifact: list[ByArtifact]
+
+
+class BalanceOut(BaseModel):
+    account: str = Field(description="tenant:<id>, contributor:<id> or external:<name>")
+    kind: str
+    balance_nanos: int
+    floor_nanos: int | None = Field(description="the lowest the balance may go (null: no floor)")
+
+
+class FundsOut(BaseModel):
+    tenant: str
+    balance_nanos: int
+
+
+class LimitOut(LimitIn):
+    tenant: str
+
+
+CSV = {"text/csv": {"schema": {"type": "string"}}}
 
 
 def own_tenant(principal: Principal, tenant: str | None) -> str:
@@ -68,7 +160,7 @@ def _render(doc: dict[str, Any], fmt: Format) -> Any:
     return doc
 
 
-@router.get("/usage")
+@router.get("/usage", response_model=list[UsageEventOut])
 def usage(
     principal: InferenceCaller,
     s: SessionDep,
@@ -82,7 +174,7 @@ def usage(
     return reports.usage_events(s, tenant_id=own_tenant(principal, tenant), period=period, limit=limit)
 
 
-@router.get("/invoices", response_model=None)
+@router.get("/invoices", response_model=None, responses={200: {"model": InvoiceOut, "content": CSV}})
 def invoice(
     principal: InferenceCaller,
     s: SessionDep,
@@ -96,7 +188,7 @@ def invoice(
     return _render(doc, format)
 
 
-@router.get("/statements", response_model=None)
+@router.get("/statements", response_model=None, responses={200: {"model": StatementOut, "content": CSV}})
 def statement(
     principal: PrincipalDep,
     s: SessionDep,
@@ -110,20 +202,22 @@ def statement(
     return _render(reports.statement(s, contributor_id=contributor, period=period), format)
 
 
-@router.get("/balances")
+@router.get("/balances", response_model=list[BalanceOut])
 def balances(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
     """Every ledger account's balance (admin)."""
     return ledger.balances(s)
 
 
-@router.post("/tenants/{id}/funds", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/tenants/{id}/funds", status_code=status.HTTP_201_CREATED, response_model=FundsOut, responses=errors(404)
+)
 def add_funds(id: str, body: FundsIn, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Add prepaid funds to a tenant (admin); returns the new balance."""
     new = ledger.fund(s, tenant_id=id, amount_nanos=body.amount_nanos, memo=body.memo)
     return {"tenant": id, "balance_nanos": new}
 
 
-@router.put("/tenants/{id}/limit")
+@router.put("/tenants/{id}/limit", response_model=LimitOut, responses=errors(404))
 def set_limit(id: str, body: LimitIn, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Make a tenant prepaid, give it a spending limit, or neither (admin)."""
     ledger.set_limit(s, tenant_id=id, prepaid=body.prepaid, spending_limit_nanos=body.spending_limit_nanos)

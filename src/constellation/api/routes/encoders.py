@@ -12,11 +12,11 @@ from pydantic import Field
 
 from constellation.api.deps import InferenceCaller
 from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
-from constellation.api.protocol import OpenAIRequest
+from constellation.api.protocol import ClassificationList, EmbeddingList, OpenAIRequest, errors
 from constellation.api.resolver import require_task
 from constellation.errors import InvalidInput
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 503))
 
 
 class EmbeddingsIn(OpenAIRequest):
@@ -54,7 +54,10 @@ def _vector(v: np.ndarray, fmt: str) -> list[float] | str:
     return v.tolist()  # type: ignore[no-any-return]  # float32 -> Python floats, in C
 
 
-@router.post("/embeddings", response_class=JSONBody)
+# The answers are documented, not validated: `responses=` changes only the OpenAPI document.
+@router.post(
+    "/embeddings", response_class=JSONBody, response_model=None, responses={200: {"model": EmbeddingList}}
+)
 async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep) -> JSONBody:
     """Embed text with an embedding model or adapter; OpenAI's response shape plus `constellation`."""
     if body.dimensions is not None:
@@ -86,7 +89,7 @@ async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep)
     return JSONBody(answer)
 
 
-@router.post("/classify")
+@router.post("/classify", response_model=None, responses={200: {"model": ClassificationList}})
 async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> dict[str, Any]:
     """Classify text with a classification adapter: the label and every label's probability per input."""
     texts = _texts(body.input, call.limits.max_items_per_request)

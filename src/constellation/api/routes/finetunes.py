@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 
 from constellation.api.deps import InferenceCaller, PlatformDep, Principal
+from constellation.api.protocol import errors
 from constellation.errors import Forbidden, InvalidInput
 from constellation.finetune import uploads
 from constellation.finetune.jobs import JobManager
@@ -23,7 +24,7 @@ from constellation.finetune.trainer import LoraConfig
 from constellation.platform import Platform
 from constellation.registry import ownership
 
-router = APIRouter(prefix="/api/finetunes", tags=["finetunes"])
+router = APIRouter(prefix="/api/finetunes", tags=["finetunes"], responses=errors(401, 403, 404))
 
 
 class DataFile(BaseModel):
@@ -51,6 +52,22 @@ class FinetuneIn(BaseModel):
     epochs: int = Field(default=8, ge=1, le=100)
     learning_rate: float = Field(default=1e-3, gt=0, le=1)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["finetune"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model: str = Field(description="the adapter being trained")
+    base: str
+    task: str
+    tenant: str
+    progress: dict[str, Any] = Field(description="step, epoch, loss... while running")
+    result: dict[str, Any] | None = Field(description="the registered adapter and its metrics")
+    error: str | None
+    created_at: float = Field(description="Unix time")
+    finished_at: float | None
+    price_nanos: int | None = Field(description="what the job was billed, once it ended")
 
 
 def _jobs(request: Request) -> JobManager:
@@ -109,7 +126,9 @@ def _scope(caller: Principal) -> str | None:
     return None if caller.is_admin else caller.tenant_id
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=errors(400, 402, 409, 413)
+)
 def start(
     body: FinetuneIn, caller: InferenceCaller, platform: PlatformDep, request: Request
 ) -> dict[str, Any]:
@@ -129,19 +148,19 @@ def start(
     return job.as_dict()
 
 
-@router.get("")
+@router.get("", response_model=list[JobOut])
 def list_jobs(caller: InferenceCaller, request: Request) -> list[dict[str, Any]]:
     """Your tenant's jobs (all jobs for an admin key)."""
     return [j.as_dict() for j in _jobs(request).list(tenant_id=_scope(caller))]
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, caller: InferenceCaller, request: Request) -> dict[str, Any]:
     """Status (queued, running, succeeded, failed, cancelled), progress, metrics or the error."""
     return _jobs(request).get(job_id, tenant_id=_scope(caller)).as_dict()
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(409))
 def cancel_job(job_id: str, caller: InferenceCaller, request: Request) -> dict[str, Any]:
     """Cancel a queued or running job; nothing it would have registered is registered."""
     return _jobs(request).cancel(job_id, tenant_id=_scope(caller)).as_dict()

@@ -22,13 +22,20 @@ from pydantic import BaseModel, Field
 from constellation.api.deps import InferenceCaller, Principal
 from constellation.api.metrics import timed
 from constellation.api.pipeline import Call, CallDep, Outcome
-from constellation.api.protocol import OpenAIRequest
+from constellation.api.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    OpenAIRequest,
+    TextCompletion,
+    errors,
+    sse,
+)
 from constellation.api.resolver import require_task
 from constellation.engine.decoder import Delta, Prepared
 from constellation.engine.sampling import SamplingParams
 from constellation.errors import ConstellationError, InvalidInput
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 503))
 log = logging.getLogger("constellation.api")
 
 
@@ -301,7 +308,12 @@ def _replay_stream(stored: dict[str, Any], shape: Shape) -> StreamingResponse:
     return StreamingResponse(chunks(), media_type="text/event-stream")
 
 
-@router.post("/completions", response_model=None)
+# The answers are documented, not validated: `responses=` changes only the OpenAPI document.
+@router.post(
+    "/completions",
+    response_model=None,
+    responses={200: {"model": TextCompletion, "content": sse(TextCompletion)}},
+)
 async def completions(body: CompletionIn, caller: InferenceCaller, call: CallDep) -> Any:
     """Complete a prompt with a causal LM (optionally `stream: true` for server-sent events)."""
     if isinstance(body.prompt, list):
@@ -317,7 +329,11 @@ async def completions(body: CompletionIn, caller: InferenceCaller, call: CallDep
     )
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={200: {"model": ChatCompletion, "content": sse(ChatCompletionChunk)}},
+)
 async def chat_completions(body: ChatIn, caller: InferenceCaller, call: CallDep) -> Any:
     """Chat with a causal LM using its chat template (optionally streamed)."""
     if not body.messages:

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from constellation.api.errors import error_response
+from constellation.api.protocol import errors
 from constellation.errors import EngineUnavailable
 from constellation.registry.db import DatabaseUnavailable
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+class StatusOut(BaseModel):
+    status: str
+
+
+@router.get("/healthz", response_model=StatusOut)
 def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses={200: {"model": StatusOut}, **errors(503)})
 def readyz(request: Request) -> dict[str, str] | Response:
     """The process can serve: started, its database answers, and no engine worker is down."""
     if not request.app.state.ready:
@@ -36,7 +42,11 @@ def readyz(request: Request) -> dict[str, str] | Response:
     return {"status": "ready"}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 def metrics(request: Request) -> Response:
     """Prometheus text exposition (engine and ledger counters are read now: api/metrics.py)."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

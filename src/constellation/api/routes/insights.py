@@ -10,12 +10,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from constellation.api.deps import InferenceCaller, PrincipalDep, SessionDep
+from constellation.api.protocol import errors
 from constellation.api.routes.billing import own_contributor, own_tenant
 from constellation.economy import series
 from constellation.economy.price_card import price_card, rates_for
 from constellation.registry.graph import lineage_graph
 
-router = APIRouter(prefix="/api", tags=["insights"])
+router = APIRouter(prefix="/api", tags=["insights"], responses=errors(400, 401, 403))
 
 Day = Field(description="one value per day of `days`, in order")
 

@@ -9,12 +9,13 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from constellation.api.deps import InferenceCaller, SessionDep
+from constellation.api.protocol import ModelCard, ModelList, errors
 from constellation.registry import models as repo
 from constellation.registry.effective import EffectiveTerms, Refusal, permissions
 from constellation.registry.tables import Model
 from constellation.registry.tenants import get_tenant
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(401, 403))
 Verdict = tuple[EffectiveTerms, Refusal | None]
 
 
@@ -47,7 +48,7 @@ def _licence_fields(terms: EffectiveTerms, refusal: Refusal | None) -> dict[str,
     }
 
 
-@router.get("/models")
+@router.get("/models", response_model=ModelList)
 def list_models(caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     """List the models the calling tenant can see (public ones and its own private ones); each
     says in `constellation.permitted` whether the licences of its lineage permit this tenant's
@@ -57,7 +58,7 @@ def list_models(caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     return {"object": "list", "data": [openai_model(s, m, verdicts[m.name]) for m in found]}
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", response_model=ModelCard, responses=errors(404))
 def get_model(name: str, caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     """One model, if the calling tenant can see it."""
     m = repo.get_visible_model(s, name=name, tenant_id=caller.tenant_id)

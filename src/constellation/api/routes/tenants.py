@@ -9,13 +9,14 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from constellation.api.deps import Admin, InferenceCaller, Principal, SessionDep
+from constellation.api.protocol import errors
 from constellation.config import MAX_PER_MINUTE
 from constellation.errors import Forbidden
 from constellation.registry import acceptances, ownership
 from constellation.registry import tenants as repo
 from constellation.registry.tables import ApiKey, Tenant
 
-router = APIRouter(prefix="/api", tags=["tenants"])
+router = APIRouter(prefix="/api", tags=["tenants"], responses=errors(400, 401, 403, 404))
 
 
 class TenantIn(BaseModel):
@@ -46,6 +47,49 @@ class KeyIn(BaseModel):
     name: str = ""
 
 
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    declared_use: Literal["commercial", "non-commercial"]
+    monthly_active_users: int
+    requests_per_minute: int | None = Field(description="null: the server's default")
+    tokens_per_minute: int | None = Field(description="null: the server's default")
+    created_at: str
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    scopes: list[str]
+    created_at: str
+    revoked_at: str | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="the secret: shown this once, stored only as a hash")
+
+
+class AcceptanceOut(BaseModel):
+    tenant: str
+    license: str
+    restrictions: list[str] = Field(description="the use restrictions accepted, as they read then")
+    key_id: str | None = Field(description="the key that accepted")
+    via: str
+    accepted_at: str
+    withdrawn_at: str | None
+
+
+class ContributorLinkOut(BaseModel):
+    tenant: str
+    contributor: str
+    created_at: str
+
+
+class LinkCreated(ContributorLinkOut):
+    created: bool = Field(description="false when the link existed")
+
+
 def tenant_dict(t: Tenant) -> dict[str, Any]:
     return {
         "id": t.id,
@@ -69,19 +113,19 @@ def key_dict(k: ApiKey) -> dict[str, Any]:
     }
 
 
-@router.get("/tenants")
+@router.get("/tenants", response_model=list[TenantOut])
 def list_tenants(_: Admin, s: SessionDep) -> list[dict[str, Any]]:
     """All tenants."""
     return [tenant_dict(t) for t in repo.list_tenants(s)]
 
 
-@router.get("/tenants/{id}")
+@router.get("/tenants/{id}", response_model=TenantOut)
 def get_tenant(id: str, _: Admin, s: SessionDep) -> dict[str, Any]:
     """One tenant."""
     return tenant_dict(repo.get_tenant(s, id=id))
 
 
-@router.post("/tenants", status_code=status.HTTP_201_CREATED)
+@router.post("/tenants", status_code=status.HTTP_201_CREATED, response_model=TenantOut, responses=errors(409))
 def add_tenant(body: TenantIn, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Create a tenant with its declared use (commercial or non-commercial)."""
     return tenant_dict(
@@ -95,7 +139,7 @@ def add_tenant(body: TenantIn, _: Admin, s: SessionDep) -> dict[str, Any]:
     )
 
 
-@router.patch("/tenants/{id}")
+@router.patch("/tenants/{id}", response_model=TenantOut)
 def set_declarations(id: str, body: DeclarationsIn, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Update the tenant's declared use, monthly active users and rate limits (fields left out
     stay; a rate limit sent as null goes back to the server's default)."""
@@ -117,7 +161,7 @@ def _self_or_admin(principal: Principal, tenant_id: str) -> None:
         )
 
 
-@router.get("/tenants/{id}/acceptances")
+@router.get("/tenants/{id}/acceptances", response_model=list[AcceptanceOut])
 def list_acceptances(
     id: str, principal: InferenceCaller, s: SessionDep, include_withdrawn: bool = False
 ) -> list[dict[str, Any]]:
@@ -128,7 +172,7 @@ def list_acceptances(
     return [acceptances.acceptance_dict(a) for a in rows]
 
 
-@router.post("/tenants/{id}/acceptances", status_code=status.HTTP_201_CREATED)
+@router.post("/tenants/{id}/acceptances", status_code=status.HTTP_201_CREATED, response_model=AcceptanceOut)
 def accept(id: str, body: AcceptanceIn, principal: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     """Accept a licence's flow-down use restrictions, recorded with the time and the accepting
     key's id; models under that licence become usable. Accepting again returns the first record."""
@@ -137,33 +181,33 @@ def accept(id: str, body: AcceptanceIn, principal: InferenceCaller, s: SessionDe
     return acceptances.acceptance_dict(a)
 
 
-@router.delete("/tenants/{id}/acceptances/{license}")
+@router.delete("/tenants/{id}/acceptances/{license}", response_model=AcceptanceOut)
 def withdraw(id: str, license: str, principal: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     """Withdraw an acceptance; models needing it are refused from the next request on."""
     _self_or_admin(principal, id)
     return acceptances.acceptance_dict(acceptances.withdraw(s, tenant_id=id, licence_id=license))
 
 
-@router.get("/keys")
+@router.get("/keys", response_model=list[KeyOut])
 def list_keys(_: Admin, s: SessionDep, tenant: str | None = None) -> list[dict[str, Any]]:
     """API keys (never their secrets)."""
     return [key_dict(k) for k in repo.list_keys(s, tenant_id=tenant)]
 
 
-@router.post("/keys", status_code=status.HTTP_201_CREATED)
+@router.post("/keys", status_code=status.HTTP_201_CREATED, response_model=NewKeyOut)
 def create_key(body: KeyIn, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Create a key; `key` in the answer is shown this once and stored only as a hash."""
     new = repo.create_key(s, tenant_id=body.tenant, scopes=body.scopes, name=body.name)
     return {**key_dict(new.row), "key": new.secret}
 
 
-@router.delete("/keys/{key_id}")
+@router.delete("/keys/{key_id}", response_model=KeyOut)
 def revoke_key(key_id: str, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Revoke a key; requests with it get 401 from now on."""
     return key_dict(repo.revoke_key(s, key_id=key_id))
 
 
-@router.get("/tenants/{id}/contributors")
+@router.get("/tenants/{id}/contributors", response_model=list[ContributorLinkOut])
 def list_contributor_links(id: str, principal: InferenceCaller, s: SessionDep) -> list[dict[str, Any]]:
     """The contributor identities this tenant owns: the ones its keys may credit as author or data
     provider of a fine-tune (its own `inference` keys or admin)."""
@@ -171,7 +215,7 @@ def list_contributor_links(id: str, principal: InferenceCaller, s: SessionDep) -
     return [ownership.link_dict(row) for row in ownership.links(s, tenant_id=id)]
 
 
-@router.put("/tenants/{id}/contributors/{contributor}")
+@router.put("/tenants/{id}/contributors/{contributor}", response_model=LinkCreated)
 def link_contributor(id: str, contributor: str, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Record that the tenant owns a registered contributor (admin); linking again changes
     nothing (`created: false`)."""

@@ -8,8 +8,10 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
 
 from constellation.api.deps import PrincipalDep
+from constellation.api.protocol import errors
 from constellation.errors import NotFound
 
 router = APIRouter(tags=["web"])
@@ -72,7 +74,15 @@ def static(path: str) -> FileResponse:
     return FileResponse(target, media_type=CONTENT_TYPES[target.suffix], headers=HEADERS)
 
 
-@router.get("/api/me")
+class MeOut(BaseModel):
+    tenant: str
+    key_id: str
+    scopes: list[str]
+    admin: bool
+    contributors: list[str] = Field(description="contributors whose statements this key may read")
+
+
+@router.get("/api/me", response_model=MeOut, responses=errors(401))
 def me(principal: PrincipalDep) -> dict[str, Any]:
     """Who this key is: its tenant, key id and scopes, whether it is an admin key, and which
     contributors' statements it may read."""
