@@ -1,6 +1,7 @@
 """Every route of the OpenAPI document fuzzed with schemathesis, in-process, with a key of each
 kind (admin, tenant inference, contributor statement, revoked, none) and, in two of three
-inference bodies, a model that exists: never a 5xx, and every error in OpenAI's shape.
+inference bodies, a model that exists: never a 5xx, every error in OpenAI's shape, and every
+status and JSON body as the document describes it (schemathesis' conformance checks).
 A bounded, derandomised number of examples per route keeps it quick and repeatable;
 CONSTELLATION_FUZZ_EXAMPLES=200 digs deeper by hand."""
 
@@ -17,6 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.checks import response_schema_conformance, status_code_conformance
 
 from constellation.api.app import create_app
 from constellation.config import Settings
@@ -121,5 +123,7 @@ def test_no_route_answers_5xx_and_every_error_is_openai_shaped(label: str, fuzze
                 assert _openai_error(response.json()), (
                     f"{request} -> not OpenAI's error shape: {response.text}"
                 )
+            # The answer is documented: its status, and its body against the route's schema.
+            case.validate_response(response, checks=[status_code_conformance, response_schema_conformance])
 
     check()
