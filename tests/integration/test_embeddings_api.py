@@ -113,3 +113,25 @@ async def test_unknown_model_404(served: Api) -> None:
         "/v1/embeddings", headers=served.key("acme"), json={"model": "nope", "input": "x"}
     )
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+async def test_a_large_answer_rendered_off_the_event_loop_is_the_same_and_replays(served: Api) -> None:
+    """Past RENDER_INLINE_ROWS vectors the answer is rendered in a thread, row by row: the same
+    JSON as inline, and an idempotent retry replays it exactly."""
+    from constellation.api.routes.encoders import RENDER_INLINE_ROWS
+
+    h = {**served.key("acme"), "Idempotency-Key": "big-1"}
+    texts = [f"sentence number {i}" for i in range(RENDER_INLINE_ROWS + 36)]
+    body = {"model": "minilm", "input": texts}
+    first = await served.client.post("/v1/embeddings", headers=h, json=body)
+    assert first.status_code == 200, first.text
+    data = first.json()["data"]
+    assert [d["index"] for d in data] == list(range(len(texts)))
+    small = await served.client.post(
+        "/v1/embeddings", headers=served.key("acme"), json={"model": "minilm", "input": texts[:3]}
+    )
+    for a, b in zip(small.json()["data"], data[:3], strict=True):
+        assert np.allclose(a["embedding"], b["embedding"], atol=1e-5)  # inline and threaded agree
+    again = await served.client.post("/v1/embeddings", headers=h, json=body)
+    assert again.json()["data"] == data
+    assert again.json()["constellation"]["request_id"] == first.json()["constellation"]["request_id"]

@@ -58,7 +58,8 @@ class UsageRecord:
 
 
 _US = timedelta(microseconds=1)
-_compact = json.JSONEncoder(separators=(",", ":")).encode  # made once: json.dumps makes one per call
+# Made once (json.dumps makes one per call); arrays in a response body (embeddings) as lists.
+_compact = json.JSONEncoder(separators=(",", ":"), default=lambda o: o.tolist()).encode
 
 
 def _us(t: datetime) -> int:

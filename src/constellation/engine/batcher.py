@@ -37,8 +37,10 @@ STEP_COST_TOKENS = 48
 FLOWS_PER_BATCH = 4
 # The fewest tokens a time-bounded step may take: below it a step's fixed cost (and the GIL it
 # shares with tokenising threads) dominates, the measured cost per token rises with it, and
-# the budget would shrink to a row per step.
-MIN_STEP_TOKENS = 512
+# the budget would shrink to a row per step. Also what a request arriving mid-step may wait
+# for: the floor trades the busy tenant's throughput for the quiet one's latency (the
+# fairness benchmark prints both; docs/decisions.md has the figures).
+MIN_STEP_TOKENS = 128
 
 
 @dataclass(eq=False, slots=True)

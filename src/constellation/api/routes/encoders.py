@@ -3,11 +3,14 @@ without a LoRA adapter, micro-batched across concurrent requests by the engine."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any, Literal
 
 import numpy as np
+import pydantic_core
 from fastapi import APIRouter
+from fastapi.responses import Response
 from pydantic import Field
 
 from constellation.api.deps import InferenceCaller
@@ -58,7 +61,7 @@ def _vector(v: np.ndarray, fmt: str) -> list[float] | str:
 @router.post(
     "/embeddings", response_class=JSONBody, response_model=None, responses={200: {"model": EmbeddingList}}
 )
-async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep) -> JSONBody:
+async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep) -> Response:
     """Embed text with an embedding model or adapter; OpenAI's response shape plus `constellation`."""
     if body.dimensions is not None:
         raise InvalidInput(
@@ -72,10 +75,10 @@ async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep)
         out = await c.engines.encoder.embed(
             res.base, res.adapter, texts, truncate=body.truncate, tenant=caller.tenant_id
         )
-        data = [
-            {"object": "embedding", "index": i, "embedding": _vector(v, body.encoding_format)}
-            for i, v in enumerate(out.embeddings)
-        ]
+        # Vectors stay arrays until the answer is rendered (see `_render`).
+        fmt, rows = body.encoding_format, out.embeddings
+        data = [{"object": "embedding", "index": i, "embedding": _vector(v, fmt) if fmt == "base64" else v}
+                for i, v in enumerate(rows)]  # fmt: skip
         return _outcome(res.name, data, out.tokens, out.compute_ns)
 
     answer = await call.run(
@@ -86,7 +89,26 @@ async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep)
         est_input_tokens=_estimate(texts),
         max_input_tokens=_worst(texts),
     )
-    return JSONBody(answer)
+    if len(answer["data"]) <= RENDER_INLINE_ROWS:
+        return Response(_render(answer), media_type="application/json")
+    return Response(await asyncio.to_thread(_render, answer), media_type="application/json")
+
+
+# Past this many vectors an answer is rendered in a thread: 1,024 MiniLM vectors are 7.6 MB of
+# JSON, which would hold the event loop -- and every other tenant's answer -- for about 100 ms.
+# Rendered row by row, the thread gives the GIL back between rows, so the loop keeps serving.
+RENDER_INLINE_ROWS = 64
+
+
+def _render(answer: dict[str, Any]) -> bytes:
+    """The embeddings answer as JSON, one row at a time (arrays become lists of floats here)."""
+    rows = [pydantic_core.to_json({**row, "embedding": _plain(row["embedding"])}) for row in answer["data"]]
+    head = pydantic_core.to_json({k: v for k, v in answer.items() if k != "data"})
+    return head[:-1] + b',"data":[' + b",".join(rows) + b"]}"
+
+
+def _plain(v: Any) -> Any:
+    return v.tolist() if isinstance(v, np.ndarray) else v
 
 
 @router.post("/classify", response_model=None, responses={200: {"model": ClassificationList}})
