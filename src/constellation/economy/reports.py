@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from constellation.economy.ledger import contributor_account, tenant_account
@@ -40,11 +40,11 @@ def period_bounds(period: str | None) -> tuple[str, int, int]:
     return period, int(start.timestamp()) * 1_000_000, int(end.timestamp()) * 1_000_000
 
 
-def _legs(s: Session, *, account: str, start: int, end: int) -> list[Any]:
-    """This account's charge legs in the period, with their request's model and tenant."""
-    q = (
-        select(LedgerLeg, UsageEvent.request_id, UsageEvent.model_name, UsageEvent.tenant_id)
-        .add_columns(UsageEvent.operation)
+def charge_legs(account: str, start: int, end: int, *columns: Any) -> Select[Any]:
+    """The account's charge legs posted in [start, end) with `columns` (of their transaction or
+    usage event): what invoices, statements and their daily series all sum."""
+    return (
+        select(LedgerLeg, *columns)
         .join(LedgerTransaction, LedgerTransaction.id == LedgerLeg.txn_id)
         .join(UsageEvent, UsageEvent.txn_id == LedgerTransaction.id)
         .where(
@@ -55,7 +55,12 @@ def _legs(s: Session, *, account: str, start: int, end: int) -> list[Any]:
         )
         .order_by(LedgerLeg.txn_id, LedgerLeg.n)
     )
-    return list(s.execute(q))
+
+
+def _legs(s: Session, *, account: str, start: int, end: int) -> list[Any]:
+    """This account's charge legs in the period, with their request's id, model, tenant and operation."""
+    cols = (UsageEvent.request_id, UsageEvent.model_name, UsageEvent.tenant_id, UsageEvent.operation)
+    return list(s.execute(charge_legs(account, start, end, *cols)))
 
 
 def _group(rows: Iterable[tuple[tuple[Any, ...], int, str]], names: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from constellation.economy.ledger import contributor_account, tenant_account
-from constellation.economy.reports import period_bounds
-from constellation.economy.tables import LedgerLeg, LedgerTransaction, UsageEvent
+from constellation.economy.reports import charge_legs, period_bounds
+from constellation.economy.tables import LedgerTransaction, UsageEvent
 
 DAY_US = 86_400_000_000
 USAGE_FIELDS = ("requests", "failed", "input_tokens", "output_tokens", "spend_nanos")
@@ -26,20 +26,9 @@ def month_days(start_us: int, end_us: int) -> list[str]:
 
 
 def _charges(account: str, start: int, end: int) -> Any:
-    """The account's charge legs posted in [start, end), with their usage event: the invoice's
-    and the statement's selection (reports._legs), plus the posting time."""
-    return (
-        select(LedgerLeg, LedgerTransaction.created_us, UsageEvent)
-        .join(LedgerTransaction, LedgerTransaction.id == LedgerLeg.txn_id)
-        .join(UsageEvent, UsageEvent.txn_id == LedgerTransaction.id)
-        .where(
-            LedgerLeg.account_id == account,
-            LedgerTransaction.kind == "charge",
-            LedgerTransaction.created_us >= start,
-            LedgerTransaction.created_us < end,
-        )
-        .order_by(LedgerLeg.txn_id, LedgerLeg.n)
-    )
+    """The account's charge legs posted in [start, end), with their posting time and usage event:
+    the invoice's and the statement's selection."""
+    return charge_legs(account, start, end, LedgerTransaction.created_us, UsageEvent)
 
 
 def usage_series(s: Session, *, tenant_id: str, period: str | None = None) -> dict[str, Any]:
