@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from constellation.cli import app
 from constellation.config import Settings
 from constellation.platform import Platform
-from constellation.registry import contributors, ownership, tenants
-
-
-@pytest.fixture
-def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("CONSTELLATION_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("CONSTELLATION_DB_URL", settings.database_url)
-    p = Platform(settings).open()
-    with p.db.session() as s:
-        tenants.add_tenant(s, id="acme", name="ACME")
-        contributors.add_contributor(s, id="acme-ml", name="ACME ML", kind="organisation")
-    p.close()
-    return CliRunner()
+from constellation.registry import ownership
 
 
 def run(cli: CliRunner, *args: str) -> str:

@@ -10,19 +10,6 @@ from typer.testing import CliRunner
 
 from constellation.cli import app
 from constellation.config import Settings
-from constellation.platform import Platform
-from constellation.registry import tenants
-
-
-@pytest.fixture
-def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("CONSTELLATION_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("CONSTELLATION_DB_URL", settings.database_url)
-    p = Platform(settings).open()
-    with p.db.session() as s:
-        tenants.add_tenant(s, id="acme", name="ACME")
-    p.close()
-    return CliRunner()
 
 
 def tenant_set(cli: CliRunner, *args: str) -> dict[str, object]:
