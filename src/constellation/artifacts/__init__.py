@@ -1,6 +1,7 @@
 """Content-addressed store of weights and data sets, sha256-verified on every load.
 
-No torch here: safetensors headers, PEFT configs and model cards are read as plain files.
+No torch here: safetensors headers, PEFT configs and model cards are read as plain files; the
+one exception is `gguf.converted`, which dequantises a GGUF file through transformers.
 """
 
 from constellation.artifacts.card import ModelCard, parse_card, read_card

@@ -56,6 +56,11 @@ class ArtifactStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._sweep_stale_tmp()
 
+    @property
+    def scratch(self) -> Path:
+        """Work space on the store's file system for conversions before an import."""
+        return self._tmp
+
     def import_model_dir(self, src: Path) -> Artifact:
         files = list_files(src)
         validate_model_dir(src, files)

@@ -48,7 +48,11 @@ Private = Annotated[str | None, typer.Option("--private-to", help="Make it visib
 @models.command("add")
 def models_add(
     path: Annotated[
-        Path, typer.Argument(help="A Hugging Face model directory (config.json + *.safetensors).")
+        Path,
+        typer.Argument(
+            help="A Hugging Face model directory (config.json + *.safetensors), or a GGUF file "
+            "(llama.cpp's format: dequantised to fp32 safetensors, tokenizer and chat template kept)."
+        ),
     ],
     name: Annotated[str, typer.Option(help="Unique name, used as the OpenAI `model` field.")],
     task: Task,
@@ -58,8 +62,9 @@ def models_add(
     private_to: Private = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register a base model from a local directory, e.g.
-    `constellation models add ./minilm --name minilm --task embedding --author sbert`."""
+    """Register a base model from a local directory or GGUF file, e.g.
+    `constellation models add ./minilm --name minilm --task embedding --author sbert` or
+    `constellation models add SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2 --task causal-lm --author hf`."""
     with opened_platform() as p, p.db.session() as s:
         m = service.register_base(
             s,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from constellation.artifacts import Artifact as StoredArtifact
 from constellation.artifacts import ArtifactStore, check_adapter_fits_base
+from constellation.artifacts.gguf import converted, is_gguf
 from constellation.artifacts.peft import names_match
 from constellation.artifacts.store import sha256_file
 from constellation.errors import InvalidInput
@@ -62,7 +63,15 @@ def register_base(
     owner_tenant: str | None = None,
     card: dict[str, Any] | None = None,
 ) -> Model:
-    """Import a Hugging Face model directory as a base model."""
+    """Import a Hugging Face model directory, or a GGUF file (dequantised into one), as a base."""
+    if is_gguf(src):
+        with converted(src, store.scratch) as (hf_dir, source):
+            return register_base(
+                s, store, src=hf_dir, name=name, task=task, author=author, licence=licence,
+                labels=labels, visibility=visibility, owner_tenant=owner_tenant,
+                card={"source_name": source.file_name, "name_or_path": source.name, **source.as_card(),
+                      **(card or {})},
+            )  # fmt: skip
     art = store.import_model_dir(src)
     _record_artifact(s, art)
     return model_repo.add_model(

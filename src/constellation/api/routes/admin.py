@@ -24,7 +24,9 @@ router = APIRouter(prefix="/api", tags=["admin"], responses=errors(400, 401, 403
 
 class BaseModelIn(BaseModel):
     name: str
-    path: str = Field(description="a Hugging Face model directory on the server")
+    path: str = Field(
+        description="a Hugging Face model directory on the server, or a GGUF file (dequantised to fp32)"
+    )
     task: Literal["embedding", "classification", "causal-lm"]
     author: str
     license: str | None = Field(default=None, description="licence id; defaults to the model card's")
