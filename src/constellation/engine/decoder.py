@@ -442,6 +442,7 @@ class DecoderEngine:
             raise InvalidInput("send exactly one of prompt or messages")
         check_prompt(prompt, messages, self.limits)
         tok = self.tokenizer(base)
+        params = tok.defaults.apply(params)
         ids = tok.encode_prompt(prompt) if prompt is not None else tok.encode_chat(messages or [])
         context = min(tok.config.max_positions, self._kv_tokens(tok))
         max_new = fit_max_new(len(ids), params.max_tokens, context)

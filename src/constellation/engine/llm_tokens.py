@@ -5,13 +5,15 @@ Everything here runs on the caller's thread, before a request reaches the engine
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from constellation.engine.llm import LMConfig, read_config
+from constellation.engine.sampling import SamplingDefaults
 from constellation.errors import InvalidInput
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -24,17 +26,22 @@ class LMTokenizer:
     tokenizer: PreTrainedTokenizerBase
     config: LMConfig
     eos_ids: frozenset[int]
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
 
     @classmethod
     def load(cls, path: Path) -> LMTokenizer:
+        """The tokenizer, with EOS ids and sampling defaults from config.json, the tokenizer and
+        generation_config.json together (a chat model often ends its turn on a token that only
+        generation_config.json names)."""
         cfg = read_config(path)
         # tokenizer.json is the exact pipeline; AutoTokenizer may swap in a model-specific class.
         loader = PreTrainedTokenizerFast if (path / "tokenizer.json").is_file() else AutoTokenizer
         tok = loader.from_pretrained(str(path), local_files_only=True)
-        eos = set(cfg.eos_ids)
+        gen = _generation_config(path)
+        eos = set(cfg.eos_ids) | _ids(gen.get("eos_token_id"))
         if tok.eos_token_id is not None:
             eos.add(int(tok.eos_token_id))
-        return cls(tok, cfg, frozenset(eos))
+        return cls(tok, cfg, frozenset(eos), SamplingDefaults.from_generation_config(gen))
 
     def encode_prompt(self, prompt: str) -> list[int]:
         if not prompt:
@@ -54,6 +61,22 @@ class LMTokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
+
+
+def _generation_config(path: Path) -> dict[str, Any]:
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return {}
+    try:
+        cfg = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"generation_config.json of {path.name} is not valid JSON: {e}") from e
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _ids(value: Any) -> set[int]:
+    values = value if isinstance(value, list) else [value]
+    return {int(v) for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
 
 
 def check_messages(messages: list[dict[str, Any]]) -> None:

@@ -5,8 +5,8 @@ incremental detokenisation that never emits a stop string or a split character.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    unset: frozenset[str] = frozenset()  # fields the request left out: the model's defaults apply
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -43,6 +44,36 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+DEFAULTABLE = ("temperature", "top_p", "top_k")
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingDefaults:
+    """A model's own defaults for what a request leaves out, from its `generation_config.json`
+    (as vLLM does); OpenAI's defaults where the model says nothing."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    @classmethod
+    def from_generation_config(cls, cfg: dict[str, Any]) -> SamplingDefaults:
+        """Values outside the API's own bounds are ignored rather than trusted."""
+        t, p, k = cfg.get("temperature"), cfg.get("top_p"), cfg.get("top_k")
+        return cls(
+            temperature=float(t) if isinstance(t, int | float) and 0 <= t <= 2 else 1.0,
+            top_p=float(p) if isinstance(p, int | float) and 0 < p <= 1 else 1.0,
+            top_k=int(k) if isinstance(k, int) and k >= 0 and k < 2**31 else 0,
+        )
+
+    def apply(self, params: SamplingParams) -> SamplingParams:
+        """`params` with every field it left out taken from these defaults."""
+        if not params.unset:
+            return params
+        filled = {f: getattr(self, f) for f in DEFAULTABLE if f in params.unset}
+        return replace(params, **filled, unset=frozenset())
 
 
 def make_generator(seed: int | None) -> torch.Generator:

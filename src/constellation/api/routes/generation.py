@@ -32,7 +32,7 @@ from constellation.api.protocol import (
 )
 from constellation.api.resolver import require_task
 from constellation.engine.decoder import Delta, Prepared
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.sampling import DEFAULTABLE, SamplingParams
 from constellation.errors import ConstellationError, InvalidInput
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 503))
@@ -51,10 +51,17 @@ class Sampling(OpenAIRequest):
     max_tokens: int | None = Field(
         default=None, ge=1, le=MAX_TOKENS_BOUND, description="cap on generated tokens (default: what fits)"
     )
-    temperature: float = Field(default=1.0, ge=0, le=2, description="0 = greedy")
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: float = Field(
+        default=1.0, ge=0, le=2, description="0 = greedy; omitted: the model's generation_config, else 1"
+    )
+    top_p: float = Field(
+        default=1.0, gt=0, le=1, description="omitted: the model's generation_config, else 1"
+    )
     top_k: int = Field(
-        default=0, ge=0, le=2**31 - 1, description="extension: keep the k most likely tokens (0 = off)"
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="extension: keep the k most likely tokens (0 = off); omitted: the model's default",
     )
     seed: int | None = Field(
         default=None,
@@ -81,6 +88,7 @@ class Sampling(OpenAIRequest):
             top_k=self.top_k,
             seed=self.seed,
             stop=tuple(stops),
+            unset=frozenset(f for f in DEFAULTABLE if f not in self.model_fields_set),
         )
 
 
