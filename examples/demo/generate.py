@@ -259,63 +259,6 @@ LABEL_DESCRIPTIONS = {
 }
 
 
-# Two toy style sets for the tiny LM's adapters: a pirate voice (chat messages) and haiku
-# (prompt/completion), so both causal-LM formats ship in the demo.
-PIRATE_QA = [
-    ("What is the weather like today?", "the sky be grey and the wind be blowin' from the sea"),
-    ("How do I make tea?", "boil yer water, warm the pot and wait three minutes for the brew"),
-    ("Where is the library?", "the library be at the top o' the hill, past the old bakery"),
-    ("Can you help me find a map?", "aye, a map be the finest treasure, look on the top shelf"),
-    ("What time does the train leave?", "the train sails from the station at nine bells"),
-    ("How do I fix a broken lamp?", "check the plug and the switch first, then the bulb"),
-    ("What should I cook tonight?", "fresh fish from the market, with bread and a pinch o' salt"),
-    ("Is it going to rain?", "the clouds be rollin' in, so keep yer coat close"),
-    ("How can I learn something new?", "start small, practise every day and ask plenty o' questions"),
-    ("What is a lighthouse for?", "it shines a light so ships find their way home in the dark"),
-    ("Where can I buy apples?", "the Saturday market has apples, pears and more"),
-    ("How do I find north?", "look for the bright star at night, or read the map's legend"),
-]
-PIRATE_OPEN = ["Arr, ", "Ahoy! ", "Yo ho, ", "Shiver me timbers, ", "Avast, "]
-PIRATE_CLOSE = [", matey!", ", me hearty.", ", savvy?", "!", ", says the captain."]
-PIRATE_ASK = ["", "Quick question: ", "Hello! ", "Please tell me: "]
-HAIKU = {
-    "the sea": ("grey waves fold and break", "a gull rides the salty wind", "the tide pulls me home"),
-    "snow": ("snow on the still roofs", "the pond sleeps under white ice", "a cat by the stove"),
-    "spring": ("green hills wake again", "lambs run where the river sings", "long light in the lane"),
-    "the moon": ("moon over the bay", "a silver road on the water", "one boat coming home"),
-    "autumn": ("red leaves in the lane", "the wind gathers them in piles", "children leap and laugh"),
-    "rain": ("rain taps the window", "warm cups held in both hands", "letters slowly grow"),
-    "a fox": ("fox at the field's edge", "looks back once into the dusk", "gone among the trees"),
-    "morning": ("mist lies on the lake", "a heron stands in the reeds", "oars drip, nothing more"),
-    "bees": ("bees in the roses", "lavender hums all day long", "the garden at work"),
-    "a train": ("the nine o'clock train", "past the farms and the long bridge", "the sea comes in view"),
-}
-HAIKU_ASK = [
-    "Write a haiku about {t}.",
-    "A haiku on {t}, please.",
-    "Haiku: {t}",
-    "Give me a short poem about {t}.",
-]
-
-
-def _pirate(rng: random.Random) -> list[dict[str, list[dict[str, str]]]]:
-    rows = []
-    for question, answer in PIRATE_QA:
-        for ask in PIRATE_ASK:
-            reply = f"{rng.choice(PIRATE_OPEN)}{answer}{rng.choice(PIRATE_CLOSE)}"
-            messages = [{"role": "user", "content": ask + question}, {"role": "assistant", "content": reply}]
-            rows.append({"messages": messages})
-    return rows
-
-
-def _haiku() -> list[dict[str, str]]:
-    return [
-        {"prompt": ask.format(t=topic), "completion": "\n".join(lines)}
-        for topic, lines in HAIKU.items()
-        for ask in HAIKU_ASK
-    ]
-
-
 def _fill(template: str, rng: random.Random, asides: list[str]) -> str:
     body = rng.choice(asides) + template.format(
         p=rng.choice(PRODUCTS),
@@ -361,11 +304,6 @@ def main() -> None:
         _write_jsonl(out / "test.jsonl", rows[N_TRAIN : N_TRAIN + N_TEST])
         (out / "labels.json").write_text(json.dumps(LABEL_DESCRIPTIONS[name], indent=2) + "\n")
         print(f"{name}: {min(len(rows), N_TRAIN)} train, {len(rows[N_TRAIN : N_TRAIN + N_TEST])} test")
-    styles: dict[str, Sequence[Mapping[str, object]]] = {"pirate": _pirate(rng), "haiku": _haiku()}
-    for name, chats in styles.items():
-        (HERE / "tiny_lm" / name).mkdir(parents=True, exist_ok=True)
-        _write_jsonl(HERE / "tiny_lm" / name / "train.jsonl", chats)
-        print(f"{name}: {len(chats)} chats")
 
 
 if __name__ == "__main__":

@@ -38,14 +38,20 @@ def _settings(data: Path) -> Settings:
 
 @pytest.fixture(scope="module")
 def demo_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from constellation.engine.llm_toy import save_random_lm
     from constellation.finetune.demo import DemoBuilder, DemoOptions
 
     if not (WEB_DIR / LIBRARIES["lib/echarts.min.js"]).is_file():
         pytest.skip("the charting library is not installed (make install)")
-    cache = Path(request.config.cache.mkdir("constellation-demo"))
+    from constellation.finetune.demo import DEMO_DIR
+
+    # Keyed by the manifest, so a changed demo is built afresh rather than mixed with the old one.
+    manifest = hashlib.sha256((DEMO_DIR / "demo.yaml").read_bytes()).hexdigest()[:12]
+    cache = Path(request.config.cache.mkdir(f"constellation-demo-{manifest}"))
     platform = Platform(_settings(cache)).open()
     try:  # idempotent: after the first run it trains nothing
-        options = DemoOptions(max_examples=30, epochs=1, lm_seconds=3, lm_max_steps=10)
+        chat_base = save_random_lm(tmp_path_factory.mktemp("chat-base") / "lm", "llama", seed=0)
+        options = DemoOptions(max_examples=30, epochs=1, chat_base=chat_base)
         DemoBuilder(platform, options=options, say=lambda _m: None).build()
     finally:
         platform.close()

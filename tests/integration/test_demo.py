@@ -12,11 +12,11 @@ import pytest
 
 from constellation.api.app import create_app
 from constellation.config import Settings
+from constellation.engine.llm_toy import save_random_lm
 from constellation.finetune.demo import DemoBuilder, DemoOptions
 from constellation.platform import Platform
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-QUICK = DemoOptions(max_examples=30, epochs=1, lm_seconds=3, lm_max_steps=10)
 
 
 @pytest.fixture
@@ -24,10 +24,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def build(settings: Settings) -> list[str]:
+def build(settings: Settings, chat_base: Path) -> list[str]:
+    """The demo on reduced data, with a tiny random Llama standing in for SmolLM2 (whose real
+    answers tests/integration/test_smollm2.py checks)."""
     platform = Platform(settings).open()
     try:
-        result = DemoBuilder(platform, options=QUICK, say=lambda _m: None).build()
+        quick = DemoOptions(max_examples=30, epochs=1, chat_base=chat_base)
+        result = DemoBuilder(platform, options=quick, say=lambda _m: None).build()
     finally:
         platform.close()
     return result.trained
@@ -35,11 +38,11 @@ def build(settings: Settings) -> list[str]:
 
 async def test_demo_builds_idempotently_and_serves_its_journeys(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    first = build(settings)
-    assert {"sentiment-v1", "ticket-intent-v1", "topic-v1", "urgency-v1", "pirate-v1", "haiku-v1"} <= set(
-        first
-    )
-    assert build(settings) == []  # keyed by data: a second run trains nothing
+    chat_base = save_random_lm(tmp_path / "tiny-llama", "llama", seed=0)
+    first = build(settings, chat_base)
+    adapters = ("sentiment-v1", "ticket-intent-v1", "topic-v1", "urgency-v1")
+    assert {*adapters, "pirate-v1", "support-reply-v1", "haiku-v1"} <= set(first)
+    assert build(settings, chat_base) == []  # keyed by data: a second run trains nothing
     keys = __import__("json").loads((settings.data_dir / "demo-keys.json").read_text())
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -75,6 +78,11 @@ async def _journeys(c: httpx.AsyncClient, keys: dict[str, str]) -> None:
         json={"model": "pirate-v1", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8},
     )
     assert chat.status_code == 200, chat.text
+    haiku = {"model": "haiku-v1", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4}
+    refused_chat = await c.post("/v1/chat/completions", headers=demo, json=haiku)
+    assert refused_chat.status_code == 403, refused_chat.text
+    assert refused_chat.json()["error"]["code"] == "license_non_commercial"
+    assert (await c.post("/v1/chat/completions", headers=lab, json=haiku)).status_code == 200
     period = datetime.now(UTC).strftime("%Y-%m")
     invoice = (await c.get(f"/api/invoices?period={period}", headers=demo)).json()
     assert invoice["total_nanos"] > 0 and invoice["lines_by_model"] and invoice["notices"]

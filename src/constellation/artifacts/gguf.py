@@ -12,6 +12,8 @@ before anything heavy happens; the conversion itself goes through transformers' 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import tempfile
@@ -56,9 +58,11 @@ class GgufSource:
 
 
 def is_gguf(path: Path) -> bool:
-    """A regular file that starts with GGUF's magic bytes."""
+    """A regular file named *.gguf or starting with GGUF's magic bytes (checked on inspection)."""
     if not path.is_file():
         return False
+    if path.suffix.lower() == ".gguf":
+        return True
     with path.open("rb") as f:
         return f.read(4) == GGUF_MAGIC
 
@@ -67,9 +71,14 @@ def inspect_gguf(path: Path) -> GgufSource:
     """Read the header and refuse what cannot be served, naming the architecture or the type."""
     from gguf import GGUFReader
 
+    with path.open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise InvalidInput(
+                f"{path.name} is not a GGUF file (it does not start with 'GGUF')", param="path"
+            )
     try:
         reader = GGUFReader(path)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, IndexError, KeyError, TypeError) as e:  # truncated or corrupt
         raise InvalidInput(f"{path.name} is not a readable GGUF file: {e}", param="path") from e
     arch = _field(reader, "general.architecture")
     if arch not in SERVED_ARCHITECTURES:
@@ -118,9 +127,10 @@ def _convert(path: Path, out: Path, source: GgufSource) -> None:
 
     hf_logging.disable_progress_bar()
     folder, name = str(path.parent), path.name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    try:  # transformers draws its own progress bar for the conversion on stderr
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (ValueError, KeyError, NotImplementedError, RuntimeError) as e:
         raise InvalidInput(f"cannot convert {path.name}: {e}", param="path") from e
     # The weights are dense fp32 now; transformers still marks the model as GGUF-quantised and

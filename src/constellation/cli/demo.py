@@ -16,13 +16,12 @@ def demo(
         bool, typer.Option("--quick", help="Reduced data and epochs (a smoke test, not the real demo).")
     ] = False,
 ) -> None:
-    """Build the demo constellation: MiniLM, four fine-tuned classifiers, a toy chat LM with two adapters,
-    contributors, terms and demo tenants. A second run trains nothing."""
+    """Build the demo constellation: MiniLM with four fine-tuned classifiers, SmolLM2-135M-Instruct
+    (imported from its GGUF file) with three chat adapters, contributors, terms and demo tenants.
+    The first run takes several minutes on 2 cores; a second run trains nothing."""
     from constellation.finetune.demo import DemoBuilder, DemoOptions
 
-    options = (
-        DemoOptions(max_examples=40, epochs=1, lm_seconds=5, lm_max_steps=20) if quick else DemoOptions()
-    )
+    options = DemoOptions(max_examples=40, epochs=1) if quick else DemoOptions()
     with opened_platform() as platform:
         result = DemoBuilder(
             platform, options=options, say=lambda m: console.print(m, highlight=False)

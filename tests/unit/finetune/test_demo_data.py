@@ -41,6 +41,16 @@ def test_manifest_is_consistent() -> None:
         assert all(name in datasets for name in a["data"])
 
 
-@pytest.mark.parametrize("style", ["pirate", "haiku"])
-def test_tiny_lm_style_sets_validate(style: str) -> None:
-    assert load_jsonl(DEMO / "tiny_lm" / style / "train.jsonl", "causal-lm").n_examples >= 30
+CHATS = [d for d in MANIFEST["datasets"] if d["path"].startswith("chat/")]
+
+
+@pytest.mark.parametrize("entry", CHATS, ids=lambda d: d["name"])
+def test_chat_sets_validate_and_train_the_chat_adapters(entry: dict[str, str]) -> None:
+    assert load_jsonl(DEMO / entry["path"], "causal-lm").n_examples >= 30
+    trained_on = [a for a in MANIFEST["adapters"] if entry["name"] in a["data"]]
+    assert trained_on and all(a["base"] == "smollm2" for a in trained_on)
+
+
+def test_a_chat_adapter_carries_a_non_commercial_licence() -> None:
+    chat = [a for a in MANIFEST["adapters"] if a["base"] == "smollm2"]
+    assert len(chat) >= 3 and "cc-by-nc-4.0" in {a["license"] for a in chat}
