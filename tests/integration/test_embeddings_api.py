@@ -14,8 +14,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:  # the serving path is database-agnostic; SQLite keeps it quick
-    return f"sqlite:///{tmp_path / 'test.db'}"
+def db_url(sqlite_url: str) -> str:  # the serving path is database-agnostic; SQLite keeps it quick
+    return sqlite_url
 
 
 @pytest.fixture

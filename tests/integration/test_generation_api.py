@@ -4,7 +4,6 @@ adapter: OpenAI shapes, streaming equal to non-streaming, usage chunks, and bad 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from tests.integration.conftest import Api
@@ -13,8 +12,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'test.db'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 def _events(text: str) -> list[dict]:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from tests.integration.conftest import Api
 
@@ -14,8 +12,8 @@ CHAT = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "max
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'test.db'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 from tests.integration.conftest import Api
@@ -20,8 +19,8 @@ ASSETS = sorted(p for p in WEB_DIR.iterdir() if p.is_file())
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'test.db'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 async def test_root_serves_the_dashboard_with_a_same_origin_policy(api: Api) -> None:

@@ -5,12 +5,16 @@ the invoice's or the statement's total to the nano-USD, also for an empty month.
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from tests.unit.economy.conftest import usage
+from tests.unit.economy.conftest import build_constellation, usage
 
+from constellation.config import Settings
 from constellation.economy import ledger, reports, writer
 from constellation.economy.meter import Meter
 from constellation.economy.series import DAY_US, earnings_series, month_days, usage_series
@@ -24,10 +28,29 @@ def _at(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, UTC)
 
 
-@pytest.fixture
-def month(meter: Meter, priced: Platform, monkeypatch: pytest.MonkeyPatch) -> Platform:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def month(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """Charges posted on 1, 1, 15, 22, 30 and 31 March, one on 28 Feb 23:59:59.999999 and one at
-    1 April 00:00; a failed request, a fine-tune, and a charge capped by a prepaid balance."""
+    1 April 00:00; a failed request, a fine-tune, and a charge capped by a prepaid balance. Built
+    once per database for the module: every test here only reads it."""
+    tmp = tmp_path_factory.mktemp("month")
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp / "test.db")
+            url = f"sqlite:///{tmp / 'test.db'}"
+        else:
+            url = stack.enter_context(request.getfixturevalue("pg_schemas").fresh())
+        platform = Platform(Settings(data_dir=tmp / "data", db_url=url)).open()
+        stack.callback(platform.close)
+        with platform.db.session() as s:
+            build_constellation(s)
+        meter = Meter(platform.db, platform.settings.prices)
+        stack.callback(meter.close)
+        _post_month(meter, platform, stack.enter_context(pytest.MonkeyPatch.context()))
+        yield platform
+
+
+def _post_month(meter: Meter, priced: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0]
     monkeypatch.setattr(writer, "now_us", lambda: clock[0])
 
@@ -52,7 +75,6 @@ def month(meter: Meter, priced: Platform, monkeypatch: pytest.MonkeyPatch) -> Pl
         ledger.set_limit(s, tenant_id="acme", prepaid=True)
     meter.invalidate_prices()
     post("capped", MARCH + 29 * DAY_US, input_tokens=10_000)
-    return priced
 
 
 @pytest.mark.parametrize("period", ["2025-02", "2025-03", "2025-04", "2024-01"])
