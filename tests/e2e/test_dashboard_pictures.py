@@ -3,7 +3,7 @@ lineage graph (and one of 200 adapters), usage and earnings per day (and an empt
 playground's split; the numbers drawn equal the API's, a screenshot of each view is written to
 the test's directory, and without the charting library each picture says how to install it.
 
-The demo is built once (reduced, as in test_demo.py) under pytest's cache and copied per run."""
+The demo is built once per session (reduced: tests/conftest.py's demo_build) and copied here."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.conftest import DemoBuild
 from tests.e2e.conftest import Server, free_port, make_server
 from tests.e2e.test_dashboard_browser import CHROMIUM, _browser_or_skip
 
@@ -38,25 +39,11 @@ def _settings(data: Path) -> Settings:
 
 @pytest.fixture(scope="module")
 def demo_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from constellation.engine.llm_toy import save_random_lm
-    from constellation.finetune.demo import DemoBuilder, DemoOptions
-
     if not (WEB_DIR / LIBRARIES["lib/echarts.min.js"]).is_file():
         pytest.skip("the charting library is not installed (make install)")
-    from constellation.finetune.demo import DEMO_DIR
-
-    # Keyed by the manifest, so a changed demo is built afresh rather than mixed with the old one.
-    manifest = hashlib.sha256((DEMO_DIR / "demo.yaml").read_bytes()).hexdigest()[:12]
-    cache = Path(request.config.cache.mkdir(f"constellation-demo-{manifest}"))
-    platform = Platform(_settings(cache)).open()
-    try:  # idempotent: after the first run it trains nothing
-        chat_base = save_random_lm(tmp_path_factory.mktemp("chat-base") / "lm", "llama", seed=0)
-        options = DemoOptions(max_examples=30, epochs=1, chat_base=chat_base)
-        DemoBuilder(platform, options=options, say=lambda _m: None).build()
-    finally:
-        platform.close()
+    demo: DemoBuild = request.getfixturevalue("demo_build")
     tmp = tmp_path_factory.mktemp("pictures")
-    shutil.copytree(cache, tmp / "data")
+    shutil.copytree(demo.data, tmp / "data")
     keys = json.loads((tmp / "data" / "demo-keys.json").read_text())
     port = free_port()
     srv = Server(

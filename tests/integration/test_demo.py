@@ -1,18 +1,20 @@
-"""The demo constellation on reduced data: built once, rebuilt with nothing trained, then the
-journeys it exists for -- classify with each adapter, chat, the CC-BY-NC adapter refused for a
-commercial tenant and served to a non-commercial one, an invoice and a contributor statement."""
+"""The demo constellation on reduced data: built once (for the session), rebuilt with nothing
+trained, then the journeys it exists for -- classify with each adapter, chat, the CC-BY-NC adapter
+refused for a commercial tenant and served to a non-commercial one, an invoice and a contributor
+statement."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.conftest import DemoBuild
 
 from constellation.api.app import create_app
 from constellation.config import Settings
-from constellation.engine.llm_toy import save_random_lm
 from constellation.finetune.demo import DemoBuilder, DemoOptions
 from constellation.platform import Platform
 
@@ -25,8 +27,7 @@ def anyio_backend() -> str:
 
 
 def build(settings: Settings, chat_base: Path) -> list[str]:
-    """The demo on reduced data, with a tiny random Llama standing in for SmolLM2 (whose real
-    answers tests/integration/test_smollm2.py checks)."""
+    """The demo on the reduced data tests/conftest.py's demo_build uses."""
     platform = Platform(settings).open()
     try:
         quick = DemoOptions(max_examples=30, epochs=1, chat_base=chat_base)
@@ -36,13 +37,15 @@ def build(settings: Settings, chat_base: Path) -> list[str]:
     return result.trained
 
 
-async def test_demo_builds_idempotently_and_serves_its_journeys(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
-    chat_base = save_random_lm(tmp_path / "tiny-llama", "llama", seed=0)
-    first = build(settings, chat_base)
+async def test_demo_builds_idempotently_and_serves_its_journeys(
+    demo_build: DemoBuild, tmp_path: Path
+) -> None:
     adapters = ("sentiment-v1", "ticket-intent-v1", "topic-v1", "urgency-v1")
-    assert {*adapters, "pirate-v1", "support-reply-v1", "haiku-v1"} <= set(first)
-    assert build(settings, chat_base) == []  # keyed by data: a second run trains nothing
+    assert {*adapters, "pirate-v1", "support-reply-v1", "haiku-v1"} <= set(demo_build.trained)  # built afresh
+    data = tmp_path / "data"
+    shutil.copytree(demo_build.data, data)
+    settings = Settings(data_dir=data, db_url=f"sqlite:///{data / 'constellation.db'}")
+    assert build(settings, demo_build.chat_base) == []  # keyed by data: a second run trains nothing
     keys = __import__("json").loads((settings.data_dir / "demo-keys.json").read_text())
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -7,42 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from tests.integration.conftest import Api
-from transformers import BertConfig, BertModel
 
 from constellation.economy import holds, ledger
 from constellation.registry import models, tenants
 
 pytestmark = pytest.mark.anyio
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 @pytest.fixture
 def db_url(sqlite_url: str) -> str:
     return sqlite_url
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm_path / name, path / name)
-    return path
 
 
 def jsonl(n: int) -> str:

