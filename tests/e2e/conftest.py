@@ -1,5 +1,6 @@
 """A real server: `constellation serve` in a subprocess on a free port, with its own data
-dir, an admin key and an inference key created through the CLI beforehand."""
+dir, an admin key and an inference key created through the CLI beforehand. One such server
+serves the whole session; tests that need an empty or specially configured one start their own."""
 
 from __future__ import annotations
 
@@ -36,8 +37,15 @@ class Server:
     log: Path = field(default_factory=Path)
 
     def cli(self, *args: str) -> str:
-        out = subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr
+        """`constellation ARGS` against this server's data dir, run in this process: the same
+        command as in a subprocess, without another interpreter importing torch first."""
+        from typer.testing import CliRunner
+
+        from constellation.cli import app
+
+        env: dict[str, str | None] = {"CONSTELLATION_DB_URL": None, **self.env}
+        out = CliRunner().invoke(app, list(args), env=env)
+        assert out.exit_code == 0, f"{out.stderr}{out.exception!r}"
         return out.stdout
 
     def start(self) -> None:
@@ -87,7 +95,7 @@ def make_server(tmp: Path, extra_env: dict[str, str] | None = None) -> Server:
     return srv
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = make_server(tmp_path_factory.mktemp("e2e"))
     srv.start()

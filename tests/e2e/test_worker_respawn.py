@@ -23,7 +23,7 @@ from constellation.economy import ledger
 from constellation.economy.tables import LedgerTransaction, UsageEvent
 from constellation.registry.db import Database
 
-N, KILL_AFTER, BACKOFF_S = 300, 40, 10
+N, KILL_AFTER, BACKOFF_S = 300, 40, 2
 
 
 @pytest.fixture
@@ -74,8 +74,9 @@ async def _load_and_kill(srv: Server, victim: int) -> tuple[dict[str, int], dict
 
         async def watch() -> None:  # on a connection of its own, not behind the queued requests
             await killed.wait()
-            deadline = time.monotonic() + BACKOFF_S  # the respawn waits this long at least
-            async with httpx.AsyncClient(base_url=srv.url, timeout=BACKOFF_S) as probe:
+            # Down for the backoff and the new worker's start at least; watched until seen down.
+            deadline = time.monotonic() + 60
+            async with httpx.AsyncClient(base_url=srv.url, timeout=10) as probe:
                 while time.monotonic() < deadline and 503 not in ready:
                     with contextlib.suppress(httpx.HTTPError):
                         ready.append((await probe.get("/readyz")).status_code)

@@ -418,7 +418,7 @@ def test_artifact_opener_pickles(tmp_path: Path, tiny_bert: Path) -> None:
 
 
 def test_engines_pick_the_engine_by_limits() -> None:
-    remote_engines = Engines(EngineLimits(encoder_process=True))
+    remote_engines = Engines(EngineLimits(encoder_process=True, encoder_workers=1))  # one process to start
     local_engines = Engines(EngineLimits())
     try:
         assert type(remote_engines.encoder) is RemoteEncoderEngine
