@@ -57,8 +57,10 @@ test: lint typecheck pytest
 clean:
 	rm -rf $(VENV) .constellation .mypy_cache .ruff_cache .pytest_cache
 
-# Peers for `constellation bench encoder` (infinity-emb), in their own venv so they cannot
-# change ours; torch pinned to the CPU wheel there too.
+# Peers for `constellation bench encoder` (infinity-emb) and `bench decoder --model smollm2`
+# (llama.cpp through llama-cpp-python, compiled here from its source: minutes on 2 cores), in
+# their own venv so they cannot change ours; torch pinned to the CPU wheel there too.
 bench-peers:
 	test -x .venv-peers/bin/python || $(PY) -m venv .venv-peers
 	.venv-peers/bin/pip install -q "torch==2.13.0" "infinity-emb[server,torch]"
+	CMAKE_BUILD_PARALLEL_LEVEL=2 .venv-peers/bin/pip install -q "llama-cpp-python==0.3.36"

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -184,7 +185,9 @@ def _pct(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[int(q) - 1] if len(xs) > 1 else xs[0]
 
 
-def main(tiny: bool = False, size: str | None = None, device: str = "cpu") -> None:
+def main(tiny: bool = False, size: str | None = None, device: str = "cpu", model: str | None = None) -> None:
+    if model is not None:
+        return _real_model(model, tiny)
     s = SIZES[size or ("tiny" if tiny else "full")]
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -265,10 +268,24 @@ def main(tiny: bool = False, size: str | None = None, device: str = "cpu") -> No
         print(f"  {name:<38} {value:>18}  {note}")
 
 
+REAL_MODELS = ("smollm2",)
+
+
+def _real_model(model: str, tiny: bool) -> None:
+    """A real checkpoint instead of a random toy: SmolLM2-135M-Instruct from its GGUF."""
+    if model not in REAL_MODELS:
+        raise SystemExit(f"unknown model {model!r}; available: {', '.join(REAL_MODELS)}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _decoder_real
+
+    _decoder_real.main(_decoder_real.TINY if tiny else _decoder_real.FULL)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke run, < 60 s)")
     parser.add_argument("--size", choices=sorted(SIZES), help="model size (default: full, or tiny)")
     parser.add_argument("--device", default="cpu", help="torch device for every side, e.g. cuda")
+    parser.add_argument("--model", choices=REAL_MODELS, help="a real model instead of the random toy")
     args = parser.parse_args()
-    main(tiny=args.tiny, size=args.size, device=args.device)
+    main(tiny=args.tiny, size=args.size, device=args.device, model=args.model)

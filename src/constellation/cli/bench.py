@@ -19,7 +19,7 @@ def _available() -> list[str]:
     return sorted(p.stem for p in BENCH_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
-def _run_one(name: str, tiny: bool) -> None:
+def _run_one(name: str, tiny: bool, model: str | None = None) -> None:
     path = BENCH_DIR / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"constellation_bench_{name}", path)
     assert spec is not None and spec.loader is not None
@@ -27,7 +27,7 @@ def _run_one(name: str, tiny: bool) -> None:
     sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
     spec.loader.exec_module(module)
     console.rule(f"bench {name}{' (tiny)' if tiny else ''}")
-    module.main(tiny=tiny)
+    module.main(tiny=tiny, **({"model": model} if model else {}))
 
 
 def bench(
@@ -37,10 +37,18 @@ def bench(
     tiny: Annotated[
         bool, typer.Option("--tiny", help="Tiny sizes: checks it runs, numbers mean little.")
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="decoder only: a real model instead of the random toy (smollm2)."),
+    ] = None,
 ) -> None:
     """Run a benchmark that compares Constellation against the peer a user would otherwise pick."""
     names = _available()
     if name != "all" and name not in names:
         raise fail(f"unknown benchmark '{name}'; available: {', '.join(names) or 'none'}, or 'all'")
+    if model is not None and name != "decoder":
+        raise fail(
+            f"--model is for the decoder benchmark only; run `constellation bench decoder --model {model}`"
+        )
     for n in names if name == "all" else [name]:
-        _run_one(n, tiny)
+        _run_one(n, tiny, model)

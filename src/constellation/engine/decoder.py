@@ -21,7 +21,7 @@ from constellation.engine.adapters import AdapterCache
 from constellation.engine.bounds import check_prompt
 from constellation.engine.fairness import FairQueue
 from constellation.engine.kvcache import KVCache
-from constellation.engine.llm import CausalLM, StepInput, load_causal_lm
+from constellation.engine.llm import CausalLM, StepInput, load_causal_lm, read_config, serving_dtype
 from constellation.engine.llm_tokens import LMTokenizer, fit_max_new
 from constellation.engine.lora import NO_ADAPTER, LoRAContext, inject_lora
 from constellation.engine.pool import ModelPool, module_bytes
@@ -362,7 +362,8 @@ LORA_LEAVES = frozenset(
 def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> Runner:
     """Load `base` from its verified directory: forward, KV cache, LoRA slots, adapter cache."""
     path = base.resolve()
-    model = load_causal_lm(path).to(limits.device)
+    dtype = serving_dtype(read_config(path), limits.device)
+    model = load_causal_lm(path, dtype).to(limits.device)
     cfg = model.cfg
     # Always the batch-invariant LoRA path: a seeded request's tokens must not depend on its
     # batch companions (sampling amplifies any last-bit difference into a different token).
@@ -376,6 +377,7 @@ def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> 
         n_kv_heads=cfg.n_kv_heads,
         head_dim=cfg.head_dim,
         budget_bytes=limits.kv_cache_bytes,
+        dtype=dtype,
         device=limits.device,
     )
     adapters = AdapterCache(layers, limits.adapter_slots, limits.adapter_host_bytes)
@@ -450,7 +452,8 @@ class DecoderEngine:
 
     def _kv_tokens(self, tok: LMTokenizer) -> int:
         c = tok.config
-        per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4
+        elem = serving_dtype(c, self.limits.device).itemsize
+        per_token = 2 * c.n_layers * c.n_kv_heads * c.head_dim * elem
         return (self.limits.kv_cache_bytes // (per_token * 16)) * 16
 
     async def generate(self, prepared: Prepared) -> AsyncIterator[Delta]:

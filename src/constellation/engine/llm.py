@@ -5,6 +5,7 @@ Module names mirror Hugging Face's so checkpoints and PEFT adapters map onto the
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -41,28 +42,30 @@ class LMConfig:
     sliding_window: int | None = None
     tie_embeddings: bool = False
     eos_ids: tuple[int, ...] = ()
+    dtype: str = "float32"  # what the checkpoint declares (`torch_dtype`, or `dtype` since transformers 5)
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> LMConfig:
         kind = cfg.get("model_type", "")
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+        dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
         if kind == "gpt2":
             d = cfg["n_embd"]
             return cls(
                 "gpt2", cfg["vocab_size"], d, cfg["n_layer"], cfg["n_head"], cfg["n_head"],
                 d // cfg["n_head"], cfg.get("n_inner") or 4 * d, cfg["n_positions"],
-                cfg.get("layer_norm_epsilon", 1e-5), tie_embeddings=True, eos_ids=eos_ids,
+                cfg.get("layer_norm_epsilon", 1e-5), tie_embeddings=True, eos_ids=eos_ids, dtype=dtype,
             )  # fmt: skip
         if kind not in LLAMA_LIKE:
             raise InvalidInput(
                 f"model_type {kind!r} is not a supported causal LM; use a Llama, Mistral, Qwen2 "
                 "or GPT-2 family checkpoint"
             )
-        return cls._llama_like(kind, cfg, eos_ids)
+        return cls._llama_like(kind, cfg, eos_ids, dtype)
 
     @classmethod
-    def _llama_like(cls, kind: str, cfg: dict[str, Any], eos_ids: tuple[int, ...]) -> LMConfig:
+    def _llama_like(cls, kind: str, cfg: dict[str, Any], eos_ids: tuple[int, ...], dtype: str) -> LMConfig:
         rope = cfg.get("rope_parameters") or {}
         if rope.get("rope_type", "default") != "default" or cfg.get("rope_scaling"):
             raise InvalidInput("RoPE scaling is not supported; serve a checkpoint with default RoPE")
@@ -77,7 +80,7 @@ class LMConfig:
             cfg["max_position_embeddings"], cfg.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
             qkv_bias=kind == "qwen2", sliding_window=window,
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), eos_ids=eos_ids,
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), eos_ids=eos_ids, dtype=dtype,
         )  # fmt: skip
 
 
@@ -307,9 +310,35 @@ def _normalise_keys(cfg: LMConfig, sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return sd
 
 
-def load_causal_lm(path: Path, dtype: torch.dtype = torch.float32) -> CausalLM:
-    """Build the forward for a local HF checkpoint dir; weights cast to `dtype`."""
+@functools.cache
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 GEMMs run natively here: a GPU that supports them, or a CPU whose oneDNN
+    can use AVX512-BF16 or AMX instructions (elsewhere oneDNN emulates bf16, slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def serving_dtype(cfg: LMConfig, device: torch.device | str) -> torch.dtype:
+    """The dtype a checkpoint is served in: bf16 where it declares bf16 and the device runs bf16
+    natively (decode reads every weight once per step, so half the bytes is faster; emulated
+    bf16 is slower than fp32), fp32 otherwise (fp16 included: CPUs have no fast fp16 GEMM).
+    docs/decisions.md has the measurements."""
+    return torch.bfloat16 if cfg.dtype == "bfloat16" and native_bf16(device) else torch.float32
+
+
+def load_causal_lm(path: Path, dtype: torch.dtype | None = None) -> CausalLM:
+    """Build the forward for a local HF checkpoint dir; weights cast to `dtype` (default: what
+    `serving_dtype` picks for a CPU)."""
     cfg = LMConfig.from_hf(json.loads((path / "config.json").read_text()))
+    dtype = dtype or serving_dtype(cfg, "cpu")
     with torch.device("meta"):
         model = CausalLM(cfg)
     sd = {k: v.to(dtype) for k, v in _normalise_keys(cfg, _read_weights(path)).items()}
