@@ -46,15 +46,16 @@ def test_defaults_fill_only_what_the_request_left_out() -> None:
 
 
 def test_out_of_range_or_missing_values_fall_back_to_openai_defaults(lm: Path) -> None:
-    assert SamplingDefaults.from_generation_config(
-        {"temperature": 7, "top_p": 0, "top_k": -3}
-    ) == SamplingDefaults()
+    assert (
+        SamplingDefaults.from_generation_config({"temperature": 7, "top_p": 0, "top_k": -3})
+        == SamplingDefaults()
+    )
     (lm / "generation_config.json").unlink()
     assert LMTokenizer.load(lm).defaults == SamplingDefaults()
 
 
 def test_a_broken_generation_config_is_a_clear_error(lm: Path) -> None:
     (lm / "generation_config.json").write_text("{not json")
-    with pytest.raises(InvalidInput, match="generation_config.json"):
+    with pytest.raises(InvalidInput, match=r"generation_config\.json"):
         LMTokenizer.load(lm)
     (lm / "generation_config.json").unlink()
