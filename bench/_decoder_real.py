@@ -230,7 +230,8 @@ def main(s: Sizes = FULL) -> None:
         w_bytes = weight_bytes(runner)
         engine.close()
         names = [a.name if a is not None else "__base__" for a in chosen]
-        peft_tps = max(run_peft(base.resolve(), adapters, work, names, s.new_tokens) for _ in range(s.rounds))
+        # One round: PEFT's mixed batch is the slowest side by far (minutes on 2 busy cores).
+        peft_tps = run_peft(base.resolve(), adapters, work, names, s.new_tokens)
         precision = {torch.float32: "F32", torch.bfloat16: "BF16"}.get(dtype, "F32")
         peer = run_llamacpp(gguf, work, s, ["Q4_1", precision], Path(tmp))
     bound = bandwidth / w_bytes
