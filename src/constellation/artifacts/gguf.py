@@ -135,7 +135,7 @@ def _convert(path: Path, out: Path, source: GgufSource) -> None:
         raise InvalidInput(f"cannot convert {path.name}: {e}", param="path") from e
     # The weights are dense fp32 now; transformers still marks the model as GGUF-quantised and
     # would refuse to save it, so that mark goes.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out, safe_serialization=True)

@@ -203,7 +203,8 @@ class DemoBuilder:
         train = dict(spec.get("train", {}))
         if self.opt.epochs is not None:
             train["epochs"] = self.opt.epochs
-        config = LoraConfig(seed=0, **{k: train[k] for k in ("rank", "alpha", "lr", "epochs") if k in train})
+        keys = ("rank", "alpha", "lr", "epochs", "batch_size")
+        config = LoraConfig(seed=0, **{k: train[k] for k in keys if k in train})
 
         self.say(f"fine-tuning {spec['name']} on {', '.join(spec['data'])}")
         fs = FinetuneSpec(
