@@ -108,6 +108,12 @@ def _base(s: Session, spec: FinetuneSpec) -> models.Model:
     else:
         base = models.get_visible_model(s, name=spec.base, tenant_id=spec.acting_tenant)
     want = BASE_TASK[spec.task]
+    if models.public_kind(base) == "provider":
+        raise InvalidInput(
+            f"'{spec.base}' is served by an upstream provider, whose weights are not here to train; "
+            "fine-tune an open base on its outputs instead",
+            param="base",
+        )
     if base.kind != "base" or base.task != want:
         raise InvalidInput(
             f"a {spec.task} adapter needs a {want} base model; '{spec.base}' is a {base.task} {base.kind}",

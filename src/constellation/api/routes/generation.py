@@ -19,6 +19,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from constellation.api import upstream
 from constellation.api.deps import InferenceCaller, Principal
 from constellation.api.metrics import timed
 from constellation.api.pipeline import Call, CallDep, Outcome
@@ -270,6 +271,8 @@ async def _generate(
         return _replay_stream(replay, shape) if body.stream else replay
     res = call.resolved
     require_task(res, "causal-lm")
+    if res.upstream is not None:  # a provider model: what the client sent goes upstream as is
+        return await upstream.generate(call, caller, body.model_dump(exclude_unset=True), chat=chat)
     params = body.params(max_tokens)
     prepared = await asyncio.to_thread(
         call.engines.decoder.prepare,
