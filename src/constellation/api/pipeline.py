@@ -220,7 +220,8 @@ class Call:
 
     async def guarded(self, caller: Principal, started: datetime, work: Awaitable[T]) -> T:
         """Await the engine (or upstream) call; whatever it raises -- a platform error, a bug, a
-        cancellation -- is recorded once as a failure (not charged, its hold released) before it propagates."""
+        cancellation -- is recorded once as a failure (not charged, its hold released) before it
+        propagates."""
         try:
             return await work
         except asyncio.CancelledError:

@@ -72,8 +72,11 @@ class Upstream:
         Retry-After) and 5xx, with backoff, while the deadline allows."""
         deadline = time.monotonic() + self.cfg.timeout_s
         async with self._slot():
+            failed: UpstreamError | None = None  # the previous attempt's error
             for attempt in range(self.cfg.max_retries + 1):
                 last = attempt == self.cfg.max_retries
+                if failed is not None and self.breaker.allow() is not None:
+                    raise failed  # the circuit opened under our own retries: report why
                 self._check_breaker()
                 try:
                     r = await self._client.post(path, content=payload, headers=self._headers())
@@ -87,10 +90,11 @@ class Upstream:
                     self.breaker.failure()
                     # Nothing has reached our client yet, and a completion has no side effect
                     # upstream but its cost: a dropped keep-alive connection is worth a retry.
+                    failed = self._unreachable(exc)
                     if not last and self._can_wait(self._backoff(attempt), deadline):
                         await asyncio.sleep(self._backoff(attempt))
                         continue
-                    raise self._unreachable(exc) from None
+                    raise failed from None
                 except BaseException:
                     self.breaker.abandon()
                     raise
@@ -100,10 +104,11 @@ class Upstream:
                 self._count(r.status_code)
                 delay = _retry_after(r) if r.status_code == 429 else None
                 delay = self._backoff(attempt) if delay is None else delay
+                failed = self.status_error(r.status_code, r.content, _retry_after(r))
                 if r.status_code in RETRYABLE and not last and self._can_wait(delay, deadline):
                     await asyncio.sleep(delay)
                     continue
-                raise self.status_error(r.status_code, r.content, _retry_after(r))
+                raise failed
         raise AssertionError("unreachable")  # the loop returns or raises
 
     @asynccontextmanager

@@ -20,7 +20,9 @@ from constellation.api.protocol import ClassificationList, EmbeddingList, OpenAI
 from constellation.api.resolver import require_task
 from constellation.errors import InvalidInput
 
-router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 503))
+router = APIRouter(
+    prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
+)
 
 
 class EmbeddingsIn(OpenAIRequest):

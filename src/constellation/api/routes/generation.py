@@ -36,7 +36,9 @@ from constellation.engine.decoder import Delta, Prepared
 from constellation.engine.sampling import SamplingParams
 from constellation.errors import ConstellationError, InvalidInput
 
-router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 503))
+router = APIRouter(
+    prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
+)
 log = logging.getLogger("constellation.api")
 
 
