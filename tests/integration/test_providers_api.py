@@ -78,7 +78,7 @@ class Proxy:
 
 @pytest.fixture
 def upstream() -> Iterator[tuple[FaultyUpstream, str]]:
-    fake = FaultyUpstream(slow_s=2.0)
+    fake = FaultyUpstream(slow_s=1.0)
     with serve(fake) as url:
         yield fake, url
 
@@ -127,23 +127,30 @@ def test_an_exposed_model_is_listed_as_a_provider_model(proxy: Proxy) -> None:
     assert proxy.http.delete("/api/providers/faulty", headers=proxy.admin).status_code == 409  # still exposes
 
 
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        ({"base_url": "ftp://x"}, "base_url"),
-        ({"base_url": "http://user:pw@127.0.0.1/v1"}, "base_url"),
-        ({"api_key_env": "CONSTELLATION_DB_URL"}, "api_key_env"),
-        ({"api_key_env": "BAD NAME"}, "api_key_env"),
-        ({"api_key": SECRET}, "api_key"),  # the key itself is never accepted here
-        ({"max_concurrency": 0}, "max_concurrency"),
-    ],
-)
-def test_bad_providers_are_refused_with_the_field_named(
-    proxy: Proxy, body: dict[str, Any], param: str
-) -> None:
-    r = proxy.add_provider(**body)
-    assert r.status_code == 400, r.text
-    assert r.json()["error"]["param"] == param
+BAD_PROVIDERS = [
+    ({"base_url": "ftp://x"}, "base_url"),
+    ({"base_url": "http://user:pw@127.0.0.1/v1"}, "base_url"),
+    ({"api_key_env": "CONSTELLATION_DB_URL"}, "api_key_env"),
+    ({"api_key_env": "BAD NAME"}, "api_key_env"),
+    ({"api_key": SECRET}, "api_key"),  # the key itself is never accepted here
+    ({"max_concurrency": 0}, "max_concurrency"),
+    ({"timeout_s": 1e9}, "timeout_s"),
+]
+
+
+def test_bad_providers_are_refused_with_the_field_named(proxy: Proxy) -> None:
+    for body, param in BAD_PROVIDERS:
+        r = proxy.add_provider(**body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]["param"] == param
+    proxy.add_provider()
+    bad = {"price_per_1k_input": -1}, {"task": "classification"}, {"license": "nope"}, {"model": ""}
+    for body in bad:
+        r = proxy.expose("ok", "x", **body)
+        assert r.status_code == 400, (body, r.text)
+    assert proxy.expose("ok", "dup").status_code == 201
+    assert proxy.expose("ok", "dup").status_code == 409
+    assert proxy.add_provider().status_code == 409
 
 
 # -- proxying, usage and price ---------------------------------------------------------------
@@ -294,7 +301,7 @@ def test_a_failing_upstream_gives_502_then_the_circuit_opens(proxy: Proxy) -> No
 
 
 def test_timeouts_malformed_answers_and_refusals_map_to_our_shape(proxy: Proxy) -> None:
-    proxy.add_provider(timeout_s=0.5, max_retries=0)
+    proxy.add_provider(timeout_s=0.3, max_retries=0)
     for name in ("slow", "malformed", "refuse"):
         proxy.expose(name, name)
     h = proxy.key("acme")

@@ -150,8 +150,6 @@ class LineageOut(BaseModel):
     base: str | None = Field(description="the base model of an adapter (null for a base)")
     base_license: str | None
     datasets: list[LineageDataset]
-    provider: str | None = Field(default=None, description="a provider model's upstream provider")
-    upstream_model: str | None = Field(default=None, description="the upstream's id for the model")
 
 
 class SplitEntry(BaseModel):
@@ -309,9 +307,9 @@ class ModelExt(BaseModel):
     base: str | None
     license: str | None
     labels: list[str] | None = Field(description="a classifier's labels")
-    provider: str | None = Field(default=None, description="a provider model's upstream provider")
+    provider: str | None = Field(description="a provider model's upstream provider (else null)")
     on_platform: bool | None = Field(
-        default=None, description="a provider model: whether its upstream runs on this platform"
+        description="a provider model: whether its upstream runs on this platform (else null)"
     )
     lineage: LineageOut
     permitted: bool = Field(description="whether the lineage's licences permit this tenant's use")

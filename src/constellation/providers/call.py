@@ -91,6 +91,7 @@ async def _post(upstreams: Upstreams, target: Target, kind: Kind, body: dict[str
     if not isinstance(doc.get("data" if kind == "embedding" else "choices"), list):
         raise _malformed(target, "it has no 'data' list" if kind == "embedding" else "it has no 'choices'")
     doc["model"] = target.model
+    doc.pop("constellation", None)  # an upstream Constellation's own bill is not our client's
     usage = _usage(doc.get("usage"), kind)
     if usage is None:
         out_texts = [] if kind == "embedding" else [_text(c, kind, delta=False) for c in doc["choices"]]
@@ -159,6 +160,7 @@ class Relay:
                 code="upstream_stream_error",
             )
         doc["model"] = self.target.model
+        doc.pop("constellation", None)
         for choice in doc.get("choices") or []:
             self.texts.append(_text(choice, self.kind, delta=True))
         usage = _usage(doc.get("usage"), self.kind)

@@ -25,7 +25,10 @@ def openai_model(
     s: Session, m: Model, verdict: Verdict | None = None, provider: Provider | None = None
 ) -> dict[str, Any]:
     lin = repo.lineage(s, model=m)
-    extra = {"provider": provider.id, "on_platform": provider.on_platform} if provider else {}
+    upstream = {
+        "provider": provider.id if provider else None,
+        "on_platform": provider.on_platform if provider else None,
+    }
     return {
         "id": m.name,
         "object": "model",
@@ -38,7 +41,7 @@ def openai_model(
             "license": m.licence_id,
             "labels": m.labels,
             "lineage": repo.lineage_dict(lin),
-            **extra,
+            **upstream,
             **(_licence_fields(*verdict) if verdict else {}),
         },
     }
