@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from constellation.api.deps import Principal
-from constellation.api.pipeline import Call, Outcome
+from constellation.api.pipeline import Call, JSONBody, Outcome
 from constellation.errors import ConstellationError, InvalidInput
 from constellation.providers.call import Answer, Kind, Relay, Target, Usage, complete, embed, open_stream
 from constellation.providers.tokens import prompt_texts
@@ -63,7 +63,7 @@ async def generate(call: Call, caller: Principal, sent: dict[str, Any], *, chat:
     if not sent.get("stream"):
         work = complete(call.engines.upstreams, _target(call), kind, sent)
         answer = await call.guarded(caller, started, _as_outcome(work))
-        return {**answer.body, "constellation": await call.settle(caller, answer, started)}
+        return JSONBody({**answer.body, "constellation": await call.settle(caller, answer, started)})
     include = bool((sent.get("stream_options") or {}).get("include_usage"))
     stack = AsyncExitStack()
     opened = stack.enter_async_context(open_stream(call.engines.upstreams, _target(call), kind, sent))

@@ -25,6 +25,7 @@ RETRYABLE = frozenset({429, 500, 502, 503, 504})
 BACKOFF_S = 0.1  # first retry's delay, doubled each time, with jitter
 MAX_RETRY_AFTER_S = 30.0  # a longer Retry-After is passed on to the client, not waited for
 CLIENT_STATUSES = frozenset({400, 404, 409, 413, 422})  # the upstream says the request was at fault
+SHARD = 8  # connections per httpx pool (see `Upstream.__init__`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +51,42 @@ class Upstream:
     ) -> None:
         self.cfg = cfg
         self._secrets = secrets
-        self._client = httpx.AsyncClient(
-            base_url=cfg.base_url.rstrip("/") + "/",
-            timeout=httpx.Timeout(cfg.timeout_s, connect=min(cfg.connect_timeout_s, cfg.timeout_s)),
-            limits=httpx.Limits(
-                max_connections=cfg.max_concurrency, max_keepalive_connections=cfg.max_concurrency
-            ),
-            transport=transport,
-            follow_redirects=False,
-        )
+        # httpcore's pool scans every connection for every request it places, so one pool of
+        # hundreds of connections spends more CPU placing requests than sending them: shards
+        # of SHARD connections each, a request going to the least busy one. The transports are
+        # used without an `httpx.AsyncClient` around them: its cookies, redirects, auth and URL
+        # merging cost as much CPU again per request, and a proxy needs none of them.
+        shards = -(-cfg.max_concurrency // SHARD)
+        limits = httpx.Limits(max_connections=SHARD, max_keepalive_connections=SHARD)
+        self._pools = [transport or httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
+        self._busy = [0] * shards
+        self._base = cfg.base_url.rstrip("/") + "/"
+        connect = min(cfg.connect_timeout_s, cfg.timeout_s)
+        self._timeouts = {
+            "connect": connect,
+            "read": cfg.timeout_s,
+            "write": cfg.timeout_s,
+            "pool": cfg.timeout_s,
+        }
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
         self.breaker = Breaker()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for pool in self._pools:
+            await pool.aclose()
+
+    async def _send(self, pool: httpx.AsyncBaseTransport, path: str, payload: bytes) -> httpx.Response:
+        """POST through `pool`; the response's headers are in, its body still to read."""
+        request = httpx.Request(
+            "POST",
+            self._base + path,
+            content=payload,
+            headers=self._headers(),
+            extensions={"timeout": self._timeouts},
+        )
+        response = await pool.handle_async_request(request)
+        response.request = request
+        return response
 
     # -- the two verbs --------------------------------------------------------------------
 
@@ -71,7 +94,7 @@ class Upstream:
         """POST `payload`; the 200 answer's bytes. Retried on connection failures, 429 (after its
         Retry-After) and 5xx, with backoff, while the deadline allows."""
         deadline = time.monotonic() + self.cfg.timeout_s
-        async with self._slot():
+        async with self._slot() as pool:
             failed: UpstreamError | None = None  # the previous attempt's error
             for attempt in range(self.cfg.max_retries + 1):
                 last = attempt == self.cfg.max_retries
@@ -79,7 +102,11 @@ class Upstream:
                     raise failed  # the circuit opened under our own retries: report why
                 self._check_breaker()
                 try:
-                    r = await self._client.post(path, content=payload, headers=self._headers())
+                    r = await self._send(pool, path, payload)
+                    try:
+                        await r.aread()
+                    finally:
+                        await r.aclose()
                 except httpx.TimeoutException as exc:
                     self.breaker.failure()
                     if isinstance(exc, httpx.ConnectTimeout) and not last:
@@ -116,11 +143,10 @@ class Upstream:
         """POST `payload` for a streamed answer: the open 200 response (read it with
         `response.aiter_lines()`); closing the context closes the upstream connection, which
         cancels the upstream request. No retries: the caller may already have sent bytes."""
-        async with self._slot():
+        async with self._slot() as pool:
             self._check_breaker()
-            request = self._client.build_request("POST", path, content=payload, headers=self._headers())
             try:
-                r = await self._client.send(request, stream=True)
+                r = await self._send(pool, path, payload)
             except httpx.TimeoutException:
                 self.breaker.failure()
                 raise self._timeout() from None
@@ -143,7 +169,8 @@ class Upstream:
     # -- plumbing -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
+    async def _slot(self) -> AsyncIterator[httpx.AsyncBaseTransport]:
+        """One of `max_concurrency` slots, and the least busy pool to use while holding it."""
         try:
             await asyncio.wait_for(self._slots.acquire(), timeout=self.cfg.timeout_s)
         except TimeoutError:
@@ -154,9 +181,12 @@ class Upstream:
                 retry_after_s=1,
                 code="upstream_busy",
             ) from None
+        shard = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[shard] += 1
         try:
-            yield
+            yield self._pools[shard]
         finally:
+            self._busy[shard] -= 1
             self._slots.release()
 
     def _headers(self) -> dict[str, str]:

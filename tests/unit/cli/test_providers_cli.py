@@ -33,8 +33,8 @@ def test_providers_commands(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> 
         "CLOSED_KEY",
     )
     out = _ok(
-        cli, "providers", "expose", "closedai", "--model", "frontier-1", "--as", "frontier", "--task", "causal-lm",
-        "--price-per-1k-input", "150", "--price-per-1k-output", "600", "--json",
+        cli, "providers", "expose", "closedai", "--model", "frontier-1", "--as", "frontier",
+        "--task", "causal-lm", "--price-per-1k-input", "150", "--price-per-1k-output", "600", "--json",
     )  # fmt: skip
     assert json.loads(out)["models"] == [
         {"name": "frontier", "upstream_model": "frontier-1", "task": "causal-lm"}
