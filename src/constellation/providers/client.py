@@ -1,7 +1,7 @@
-"""One HTTP client per provider: a pooled `httpx.AsyncClient`, a concurrency cap, timeouts,
-retries with backoff where they are safe, and a circuit breaker. Failures become `UpstreamError`
-(502, 503 or 504) whose code names what happened upstream; the key never leaves this module
-except in the `Authorization` header it is read for."""
+"""One HTTP client per provider: a keep-alive connection pool (transport.py, behind httpx's
+transport interface), a concurrency cap, timeouts, retries with backoff where they are safe, and
+a circuit breaker. Failures become `UpstreamError` (502, 503 or 504) whose code names what
+happened upstream; the key never leaves this module but in the `Authorization` header."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ import httpx
 from constellation.errors import UpstreamError
 from constellation.providers.breaker import Breaker
 from constellation.providers.secrets import SecretSource
+from constellation.providers.transport import LeanTransport
 
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 BACKOFF_S = 0.1  # first retry's delay, doubled each time, with jitter
 MAX_RETRY_AFTER_S = 30.0  # a longer Retry-After is passed on to the client, not waited for
 CLIENT_STATUSES = frozenset({400, 404, 409, 413, 422})  # the upstream says the request was at fault
-SHARD = 8  # connections per httpx pool (see `Upstream.__init__`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +51,7 @@ class Upstream:
     ) -> None:
         self.cfg = cfg
         self._secrets = secrets
-        # httpcore's pool scans every connection for every request it places, so one pool of
-        # hundreds of connections spends more CPU placing requests than sending them: shards
-        # of SHARD connections each, a request going to the least busy one. The transports are
-        # used without an `httpx.AsyncClient` around them: its cookies, redirects, auth and URL
-        # merging cost as much CPU again per request, and a proxy needs none of them.
-        shards = -(-cfg.max_concurrency // SHARD)
-        limits = httpx.Limits(max_connections=SHARD, max_keepalive_connections=SHARD)
-        self._pools = [transport or httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
-        self._busy = [0] * shards
+        self._transport = transport or LeanTransport(max_idle=cfg.max_concurrency)
         self._base = cfg.base_url.rstrip("/") + "/"
         connect = min(cfg.connect_timeout_s, cfg.timeout_s)
         self._timeouts = {
@@ -72,11 +64,10 @@ class Upstream:
         self.breaker = Breaker()
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        await self._transport.aclose()
 
-    async def _send(self, pool: httpx.AsyncBaseTransport, path: str, payload: bytes) -> httpx.Response:
-        """POST through `pool`; the response's headers are in, its body still to read."""
+    async def _send(self, path: str, payload: bytes) -> httpx.Response:
+        """POST `payload`; the response's headers are in, its body still to read."""
         request = httpx.Request(
             "POST",
             self._base + path,
@@ -84,7 +75,7 @@ class Upstream:
             headers=self._headers(),
             extensions={"timeout": self._timeouts},
         )
-        response = await pool.handle_async_request(request)
+        response = await self._transport.handle_async_request(request)
         response.request = request
         return response
 
@@ -94,7 +85,7 @@ class Upstream:
         """POST `payload`; the 200 answer's bytes. Retried on connection failures, 429 (after its
         Retry-After) and 5xx, with backoff, while the deadline allows."""
         deadline = time.monotonic() + self.cfg.timeout_s
-        async with self._slot() as pool:
+        async with self._slot():
             failed: UpstreamError | None = None  # the previous attempt's error
             for attempt in range(self.cfg.max_retries + 1):
                 last = attempt == self.cfg.max_retries
@@ -102,7 +93,7 @@ class Upstream:
                     raise failed  # the circuit opened under our own retries: report why
                 self._check_breaker()
                 try:
-                    r = await self._send(pool, path, payload)
+                    r = await self._send(path, payload)
                     try:
                         await r.aread()
                     finally:
@@ -143,10 +134,10 @@ class Upstream:
         """POST `payload` for a streamed answer: the open 200 response (read it with
         `response.aiter_lines()`); closing the context closes the upstream connection, which
         cancels the upstream request. No retries: the caller may already have sent bytes."""
-        async with self._slot() as pool:
+        async with self._slot():
             self._check_breaker()
             try:
-                r = await self._send(pool, path, payload)
+                r = await self._send(path, payload)
             except httpx.TimeoutException:
                 self.breaker.failure()
                 raise self._timeout() from None
@@ -169,8 +160,8 @@ class Upstream:
     # -- plumbing -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[httpx.AsyncBaseTransport]:
-        """One of `max_concurrency` slots, and the least busy pool to use while holding it."""
+    async def _slot(self) -> AsyncIterator[None]:
+        """One of `max_concurrency` slots, held for the whole exchange."""
         try:
             await asyncio.wait_for(self._slots.acquire(), timeout=self.cfg.timeout_s)
         except TimeoutError:
@@ -181,12 +172,9 @@ class Upstream:
                 retry_after_s=1,
                 code="upstream_busy",
             ) from None
-        shard = min(range(len(self._busy)), key=self._busy.__getitem__)
-        self._busy[shard] += 1
         try:
-            yield self._pools[shard]
+            yield
         finally:
-            self._busy[shard] -= 1
             self._slots.release()
 
     def _headers(self) -> dict[str, str]:
