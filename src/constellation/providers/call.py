@@ -6,7 +6,6 @@ on the call itself (building, parsing and rewriting), not the time spent waiting
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
+import pydantic_core
 
 from constellation.errors import UpstreamError
 from constellation.providers.client import Upstream, UpstreamConfig
@@ -68,7 +68,7 @@ def payload(target: Target, kind: Kind, body: dict[str, Any], *, stream: bool = 
         out["stream"] = stream
         if stream:
             out["stream_options"] = {"include_usage": True}
-    return json.dumps(out, separators=(",", ":")).encode()
+    return pydantic_core.to_json(out)
 
 
 async def complete(upstreams: Upstreams, target: Target, kind: Kind, body: dict[str, Any]) -> Answer:
@@ -193,7 +193,7 @@ async def open_stream(
 
 def _parse(target: Target, raw: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(raw)
+        doc = pydantic_core.from_json(raw)
     except ValueError:
         raise _malformed(target, "it is not JSON") from None
     if not isinstance(doc, dict):
