@@ -5,6 +5,7 @@ relayed chunk by chunk; its last chunk waits for the upstream's usage, so that t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -21,6 +22,8 @@ from constellation.api.pipeline import Call, JSONBody, Outcome
 from constellation.errors import ConstellationError, InvalidInput
 from constellation.providers.call import Answer, Kind, Relay, Target, Usage, complete, embed, open_stream
 from constellation.providers.tokens import prompt_texts
+
+log = logging.getLogger("constellation.api")
 
 # What a spending hold assumes an upstream may generate when the request sets no max_tokens.
 DEFAULT_HOLD_OUTPUT_TOKENS = 4096
@@ -212,6 +215,7 @@ def _sse(obj: dict[str, Any]) -> bytes:
 
 def _sse_error(exc: BaseException) -> bytes:
     if not isinstance(exc, ConstellationError):
+        log.error("relaying a provider's stream failed", exc_info=exc)
         exc = ConstellationError(
             "internal error while relaying the stream; it has been logged", code="internal_error"
         )
