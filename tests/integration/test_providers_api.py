@@ -237,6 +237,7 @@ def test_a_stream_is_relayed_chunk_by_chunk_with_usage_requested_upstream(proxy:
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == "".join(WORDS)
     assert not any("usage" in c for c in chunks)  # the client did not ask for it
+    assert all(c["choices"] for c in chunks)  # nor for the upstream's usage-only chunk
     last = chunks[-1]
     assert (
         last["choices"][0]["finish_reason"] == "stop"

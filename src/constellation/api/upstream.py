@@ -105,11 +105,11 @@ class RelayStream:
         try:
             async for chunk in self.relay.chunks():
                 self.first = self.first or chunk
+                if chunk.get("usage") and not chunk.get("choices"):
+                    usage_chunk = chunk  # the upstream's usage: billed, then sent (if asked) with ours
+                    continue
                 if not self.include_usage:
                     chunk.pop("usage", None)
-                if chunk.get("usage") and not chunk.get("choices"):
-                    usage_chunk = chunk
-                    continue
                 if any(isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or []):
                     if held is not None:
                         yield _sse(held)
