@@ -39,7 +39,8 @@ class SecretSource:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> str | None:
-        value = os.environ.get(name)
+        """The value, stripped of surrounding whitespace (a key pasted with its line break), or None."""
+        value = (os.environ.get(name) or "").strip()
         if value:
             return value
         return self._from_file().get(name) or None

@@ -101,7 +101,11 @@ def _encode(request: httpx.Request) -> bytes:
         f"{request.method} {url.raw_path.decode('ascii')} HTTP/1.1",
         f"Host: {url.netloc.decode('ascii')}",
     ]
-    lines += [f"{k}: {v}" for k, v in request.headers.items() if k.lower() not in ("host", "content-length")]
+    for k, v in request.headers.items():
+        if "\r" in v or "\n" in v:  # e.g. a key read from a file with a stray line break
+            raise httpx.LocalProtocolError(f"header {k} holds a line break", request=request)
+        if k.lower() not in ("host", "content-length"):
+            lines.append(f"{k}: {v}")
     lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
