@@ -78,7 +78,7 @@ class TermIn(BaseModel):
 
 class ModelOut(BaseModel):
     name: str
-    kind: str = Field(description="base or adapter")
+    kind: str = Field(description="base, adapter, finetune or provider")
     task: str
     base: str | None
     license: str | None
