@@ -53,6 +53,7 @@ class Upstream:
         self._secrets = secrets
         self._transport = transport or LeanTransport(max_idle=cfg.max_concurrency)
         self._base = cfg.base_url.rstrip("/") + "/"
+        self._urls: dict[str, httpx.URL] = {}
         connect = min(cfg.connect_timeout_s, cfg.timeout_s)
         self._timeouts = {
             "connect": connect,
@@ -68,9 +69,12 @@ class Upstream:
 
     async def _send(self, path: str, payload: bytes) -> httpx.Response:
         """POST `payload`; the response's headers are in, its body still to read."""
+        url = self._urls.get(path)
+        if url is None:  # parsed once per path: httpx parses a string URL on every request
+            url = self._urls[path] = httpx.URL(self._base + path)
         request = httpx.Request(
             "POST",
-            self._base + path,
+            url,
             content=payload,
             headers=self._headers(),
             extensions={"timeout": self._timeouts},
