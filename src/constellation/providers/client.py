@@ -167,7 +167,10 @@ class Upstream:
     async def _slot(self) -> AsyncIterator[None]:
         """One of `max_concurrency` slots, held for the whole exchange."""
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=self.cfg.timeout_s)
+            if self._slots.locked():  # at the cap: wait for a slot, up to the timeout
+                await asyncio.wait_for(self._slots.acquire(), timeout=self.cfg.timeout_s)
+            else:
+                await self._slots.acquire()
         except TimeoutError:
             raise UpstreamError(
                 f"provider '{self.cfg.name}' already has {self.cfg.max_concurrency} requests in flight "

@@ -35,8 +35,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
             conn, reused = await self._connection(key, timeouts.get("connect"))
             try:
                 conn[1].write(wire)
-                await asyncio.wait_for(conn[1].drain(), timeouts.get("write"))
-                status, reason, headers = await asyncio.wait_for(_read_head(conn[0]), timeouts.get("read"))
+                # asyncio.timeout, not wait_for: no task per await on the hot path
+                async with asyncio.timeout(timeouts.get("write")):
+                    await conn[1].drain()
+                async with asyncio.timeout(timeouts.get("read")):
+                    status, reason, headers = await _read_head(conn[0])
             except TimeoutError:
                 conn[1].close()
                 raise httpx.ReadTimeout("the upstream did not answer in time", request=request) from None
@@ -189,7 +192,8 @@ class _Body(httpx.AsyncByteStream):
                 yield data
 
     async def _read(self, op: Any) -> Any:
-        return await asyncio.wait_for(op, self._timeout)
+        async with asyncio.timeout(self._timeout):
+            return await op
 
     async def aclose(self) -> None:
         if self._conn is None:
