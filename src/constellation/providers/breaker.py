@@ -5,7 +5,7 @@ closes the circuit or opens it again."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -14,7 +14,7 @@ class Breaker:
     reset_s: float = 10.0
     failures: int = 0
     opened_at: float | None = None
-    trial: bool = field(default=False)  # a half-open trial request is in flight
+    trial: bool = False  # a half-open trial request is in flight
 
     def allow(self) -> float | None:
         """None if a request may go upstream now; else the seconds until the next trial."""

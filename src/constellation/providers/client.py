@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -93,7 +94,7 @@ class Upstream:
             failed: UpstreamError | None = None  # the previous attempt's error
             for attempt in range(self.cfg.max_retries + 1):
                 last = attempt == self.cfg.max_retries
-                if failed is not None and self.breaker.allow() is not None:
+                if failed is not None and self.breaker.state != "closed":
                     raise failed  # the circuit opened under our own retries: report why
                 self._check_breaker()
                 try:
@@ -204,11 +205,12 @@ class Upstream:
     def _check_breaker(self) -> None:
         wait = self.breaker.allow()
         if wait is not None:
+            after = max(1, math.ceil(wait))
             raise UpstreamError(
                 f"provider '{self.cfg.name}' is failing (its last {self.breaker.failures} requests "
-                f"failed), so requests to it fail fast for now; retry in {wait:.0f} s or use another model",
+                f"failed), so requests to it fail fast for now; retry in {after} s or use another model",
                 status=503,
-                retry_after_s=max(1, round(wait + 0.5)),
+                retry_after_s=after,
                 code="upstream_circuit_open",
             )
 

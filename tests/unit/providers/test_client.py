@@ -144,3 +144,22 @@ async def test_answers_are_rewritten_to_our_name_and_streams_must_finish(
     assert err.value.code == "upstream_stream_cut" and got[0]["model"] == "ours"
     assert relay.usage().estimated and relay.usage().output_tokens == 1
     await pool.aclose()
+
+
+async def test_after_the_reset_one_trial_closes_the_circuit_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UP_KEY", "k")
+    healthy = False
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=ANSWER) if healthy else httpx.Response(500)
+
+    up = _upstream(httpx.MockTransport(handler), max_retries=4)
+    up.breaker.reset_s = 0.05
+    with pytest.raises(UpstreamError) as err:
+        await up.post("x", b"{}")
+    assert err.value.code == "upstream_status_500"  # the breaker opened under the retries
+    assert up.breaker.state == "open"
+    healthy = True
+    await asyncio.sleep(0.06)
+    assert json.loads(await up.post("x", b"{}"))["usage"]["prompt_tokens"] == 2
+    assert up.breaker.state == "closed"
