@@ -497,3 +497,24 @@ def test_the_secret_appears_in_no_response_log_line_or_row(
         for table in names:
             for row in s.execute(text(f'SELECT * FROM "{table}"')):
                 assert SECRET not in repr(tuple(row)), table
+
+
+def test_a_finetune_on_provider_outputs_inherits_its_terms(proxy: Proxy, lm_dirs: tuple[Path, Path]) -> None:
+    proxy.add_provider()
+    assert proxy.expose("ok", "closed", license="provider-terms").status_code == 201
+    base = {"name": "tiny-llama", "path": str(lm_dirs[0]), "task": "causal-lm", "author": "faulty"}
+    assert (
+        proxy.http.post("/api/models", headers=proxy.admin, json={**base, "license": "mit"}).status_code
+        == 201
+    )
+    jsonl = "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(12))
+    job = {
+        "base": "tiny-llama", "task": "causal-lm", "name": "student", "license": "mit", "author": "faulty",
+        "data_provider": "faulty", "data": [{"filename": "distilled.jsonl", "content": jsonl}],
+        "outputs_of": ["closed"],
+    }  # fmt: skip
+    r = proxy.http.post("/api/finetunes", headers=proxy.admin, json=job)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "license_too_permissive", r.text
+    assert "outputs of model 'closed'" in r.json()["error"]["message"]
+    r = proxy.http.post("/api/finetunes", headers=proxy.admin, json={**job, "outputs_of": ["nope"]})
+    assert r.status_code == 404

@@ -8,7 +8,7 @@ listed. Licences are immutable once added, so one query for the lineage's licenc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,11 +285,18 @@ def permitted_models(s: Session, *, tenant: Tenant, task: str, exclude: str | No
 
 
 def check_derived_licence(
-    s: Session, *, name: str, licence_id: str, base: Model, datasets: list[Dataset]
+    s: Session,
+    *,
+    name: str,
+    licence_id: str,
+    base: Model,
+    datasets: list[Dataset],
+    outputs_of: Sequence[Model] = (),
 ) -> None:
     """Training-time rules: a derived model may not be registered under a licence more permissive
-    than its lineage allows. InvalidInput (400) names the element that forbids it."""
-    sources = sources_of(s, datasets)
+    than its lineage allows. InvalidInput (400) names the element that forbids it. `outputs_of`:
+    models whose outputs data sets not yet registered hold (their marks are not recorded yet)."""
+    sources = list(dict.fromkeys([*sources_of(s, datasets), *((m.name, m.licence_id) for m in outputs_of)]))
     ids = {licence_id, base.licence_id} | {d.licence_id for d in datasets} | {x for _, x in sources}
     lic = _licences(s, ids)
     own = lic[licence_id]

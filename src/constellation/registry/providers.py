@@ -267,11 +267,20 @@ def provider_dict(p: Provider, models: list[tuple[Model, ProviderModel]] | None 
 # -- outputs of a model in a data set -------------------------------------------------------
 
 
-def mark_outputs(s: Session, *, dataset: Dataset, model_names: list[str]) -> None:
+def output_models(s: Session, *, names: list[str], tenant_id: str | None = None) -> list[Model]:
+    """The models named as the source of a data set's outputs, as `tenant_id` (None: an
+    operator) may see them: another tenant's private model is reported as not existing."""
+    if tenant_id is None:
+        return [model_repo.get_model(s, name=n) for n in dict.fromkeys(names)]
+    return [model_repo.get_visible_model(s, name=n, tenant_id=tenant_id) for n in dict.fromkeys(names)]
+
+
+def mark_outputs(
+    s: Session, *, dataset: Dataset, model_names: list[str], tenant_id: str | None = None
+) -> None:
     """Record that `dataset` holds outputs of these models: whatever is trained on it inherits
     their licences (registry/effective.py), recorded as of now."""
-    for name in dict.fromkeys(model_names):
-        m = model_repo.get_model(s, name=name)
+    for m in output_models(s, names=model_names, tenant_id=tenant_id):
         if s.get(DatasetSource, (dataset.id, m.name)) is None:
             s.add(DatasetSource(dataset_id=dataset.id, model_name=m.name, licence_id=m.licence_id))
     s.flush()

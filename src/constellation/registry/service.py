@@ -202,7 +202,7 @@ def register_dataset(
     sha = art.files[next(iter(art.files))]
     existing = ds_repo.find_reusable_dataset(s, sha256=sha, owner_tenant_id=owner_tenant)
     if existing is not None:
-        mark_outputs(s, dataset=existing, model_names=outputs_of or [])
+        mark_outputs(s, dataset=existing, model_names=outputs_of or [], tenant_id=owner_tenant)
         return existing, False
     _record_artifact(s, art)
     count = example_count if example_count is not None else (art.examples or 0)  # the store counted lines
@@ -216,5 +216,5 @@ def register_dataset(
         provider_id=provider,
         owner_tenant_id=owner_tenant,
     )
-    mark_outputs(s, dataset=d, model_names=outputs_of or [])
+    mark_outputs(s, dataset=d, model_names=outputs_of or [], tenant_id=owner_tenant)
     return d, True
