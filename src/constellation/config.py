@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     finetune_max_seconds: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
     # One JSON line per HTTP request on the `constellation.access` logger (see api/access_log.py).
     access_log: bool = True
+    # Upstream providers' keys are read at call time from the environment variable each names,
+    # else from this file of `NAME=value` lines (e.g. a mounted secret); never from the database.
+    provider_secrets_file: Path | None = None
+    # The tokenizer (a tokenizer.json) that counts an upstream answer's tokens when it reports
+    # no usage; unset: the packaged MiniLM's. Such usage is marked estimated.
+    provider_tokenizer: Path | None = None
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

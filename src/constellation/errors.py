@@ -96,6 +96,23 @@ class EngineUnavailable(Overloaded):
     code = "engine_unavailable"
 
 
+class UpstreamError(ConstellationError):
+    """An upstream provider failed this request: 502 (it answered wrongly), 503 (it is overloaded
+    or down; `Retry-After` says when to retry) or 504 (it did not answer in time). The code names
+    what happened upstream, e.g. `upstream_status_500`, `upstream_timeout`."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+    def __init__(
+        self, message: str, *, status: int = 502, retry_after_s: int | None = None, **kw: str | None
+    ) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
 class IntegrityError(ConstellationError):
     """Stored bytes do not match their recorded sha256, or a ledger invariant is broken."""
 

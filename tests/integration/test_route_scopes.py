@@ -150,6 +150,16 @@ TABLE: dict[tuple[str, str], Case] = {
     ("DELETE", "/api/tenants/{id}/contributors/{contributor}"): Case(
         "/api/tenants/acme/contributors/lab", ADMIN, 204
     ),
+    # Upstream providers: the operator's. The routes that name one get a 404 for an unknown one.
+    ("GET", "/api/providers"): Case("/api/providers", ADMIN),
+    ("GET", "/api/providers/{name}"): Case("/api/providers/nope", ADMIN, 404),
+    ("POST", "/api/providers"): Case(
+        "/api/providers", ADMIN, 201, {"name": "up", "base_url": "http://127.0.0.1:9/v1"}
+    ),
+    ("POST", "/api/providers/{name}/models"): Case(
+        "/api/providers/nope/models", ADMIN, 404, {"model": "m", "name": "up-m", "task": "causal-lm"}
+    ),
+    ("DELETE", "/api/providers/{name}"): Case("/api/providers/nope", ADMIN, 404),
 }
 
 

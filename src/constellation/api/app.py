@@ -31,6 +31,7 @@ from constellation.api.routes import (
     insights,
     licences,
     models,
+    providers,
     tenants,
     web,
 )
@@ -38,6 +39,7 @@ from constellation.config import Settings
 from constellation.economy.meter import Meter
 from constellation.finetune.jobs import JobManager
 from constellation.platform import Platform
+from constellation.providers.pool import Upstreams
 from constellation.runtime import tune_interpreter
 
 DESCRIPTION = """Constellation serves many specialised open models -- base models, LoRA adapters and
@@ -64,7 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.platform = platform
         app.state.resolver = Resolver(platform)
         app.state.keys = KeyCache()
-        app.state.engines = Engines(settings.engine)
+        upstreams = Upstreams(
+            secrets_file=settings.provider_secrets_file, tokenizer=settings.provider_tokenizer
+        )
+        app.state.engines = Engines(settings.engine, upstreams)
         app.state.meter = Meter(platform.db, settings.prices) if settings.metering else None
         app.state.finetunes = JobManager(platform, app.state.meter)
         app.state.limiter = build_limiter(settings.rate_limits, settings.redis_url, tenant_loader(platform))
@@ -75,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ready = False
             app.state.finetunes.close()  # before the meter: a stopped job is billed as it ends
             app.state.engines.close()
+            await upstreams.aclose()
             if app.state.meter is not None:
                 app.state.meter.close()
             await app.state.limiter.close()
@@ -112,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         insights.router,
         finetunes.router,
         licences.router,
+        providers.router,
         tenants.router,
         web.router,
     ):

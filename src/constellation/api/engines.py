@@ -1,5 +1,6 @@
 """The engines one server process runs, created on first use so an embeddings-only server
-never starts the decoder loop (and vice versa); closed with the app."""
+never starts the decoder loop (and vice versa), and the clients of upstream providers; closed
+with the app."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from constellation.config import EngineLimits
+from constellation.providers.pool import Upstreams
 
 if TYPE_CHECKING:
     from constellation.engine.decoder import DecoderEngine
@@ -15,8 +17,9 @@ if TYPE_CHECKING:
 
 
 class Engines:
-    def __init__(self, limits: EngineLimits) -> None:
+    def __init__(self, limits: EngineLimits, upstreams: Upstreams | None = None) -> None:
         self.limits = limits
+        self.upstreams = upstreams or Upstreams()  # provider models' clients: one more kind of engine
         self._encoder: EncoderEngine | RemoteEncoderEngine | None = None
         self._decoder: DecoderEngine | None = None
         self._lock = threading.Lock()

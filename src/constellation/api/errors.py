@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from constellation.errors import ConstellationError, Overloaded, RateLimited
+from constellation.errors import ConstellationError, Overloaded, RateLimited, UpstreamError
 
 log = logging.getLogger("constellation.api")
 
@@ -25,6 +25,8 @@ def error_body(
 def error_response(exc: ConstellationError) -> JSONResponse:
     headers = {}
     if isinstance(exc, Overloaded | RateLimited):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, UpstreamError) and exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, RateLimited):
         headers.update(exc.headers)

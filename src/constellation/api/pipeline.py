@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import pydantic_core
 from fastapi import Depends, Request
@@ -29,6 +29,7 @@ from constellation.config import EngineLimits
 from constellation.economy.meter import Bill, Meter, UsageRecord
 from constellation.errors import InvalidInput
 
+T = TypeVar("T")
 MAX_IDEMPOTENCY_KEY = 255
 # Request ids: a random prefix per process, then a counter -- unique across processes and
 # restarts without a system call per request (uuid4 reads the OS's random source each time).
@@ -213,9 +214,14 @@ class Call:
         outcome = await self.guarded(caller, started, fn(self))
         return {**outcome.body, "constellation": await self.settle(caller, outcome, started)}
 
-    async def guarded(self, caller: Principal, started: datetime, work: Awaitable[Outcome]) -> Outcome:
-        """Await the engine call; whatever it raises -- a platform error, a bug, a cancellation --
-        is recorded once as a failure (not charged, its hold released) before it propagates."""
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def guarded(self, caller: Principal, started: datetime, work: Awaitable[T]) -> T:
+        """Await the engine (or upstream) call; whatever it raises -- a platform error, a bug, a
+        cancellation -- is recorded once as a failure (not charged, its hold released) before it
+        propagates."""
         try:
             return await work
         except asyncio.CancelledError:

@@ -128,7 +128,9 @@ ERROR_TEXT = {
     409: "conflicts with what exists (a name taken, an Idempotency-Key reused)",
     413: "the request body is too large",
     429: "rate limit exceeded; retry after `Retry-After` seconds",
-    503: "overloaded or starting up; retry after `Retry-After` seconds",
+    502: "a provider model's upstream failed or answered wrongly; `code` names what it did",
+    503: "overloaded or starting up (or a provider's upstream is); retry after `Retry-After` seconds",
+    504: "a provider model's upstream did not answer in time",
 }
 
 
@@ -154,7 +156,9 @@ class SplitEntry(BaseModel):
     """One leg of a request's price: who is paid how much for which artifact."""
 
     account: str = Field(description="ledger account, e.g. contributor:sbert")
-    role: str = Field(description="infra, base, adapter, data, platform")
+    role: str = Field(
+        description="infra, provider (the upstream's list price), base, adapter, data, platform"
+    )
     artifact: str | None = Field(description="the model or data set paid for (null for infra/platform)")
     amount_nanos: int
 
@@ -177,9 +181,13 @@ class ConstellationExt(BaseModel):
     )
 
 
+ESTIMATED = "true when the upstream reported no usage and its tokens were counted here"
+
+
 class EmbeddingUsage(BaseModel):
     prompt_tokens: int
     total_tokens: int
+    estimated: bool | None = Field(default=None, description=ESTIMATED)
 
 
 class Embedding(BaseModel):
@@ -214,9 +222,10 @@ class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    estimated: bool | None = Field(default=None, description=ESTIMATED)
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "content_filter"]  # the last from provider models
 
 
 class AssistantMessage(BaseModel):
@@ -294,10 +303,14 @@ class Refusal(BaseModel):
 
 class ModelExt(BaseModel):
     task: str = Field(description="embedding, classification or causal-lm")
-    kind: str = Field(description="base or adapter")
+    kind: str = Field(description="base, adapter, finetune, or provider (served by an upstream)")
     base: str | None
     license: str | None
     labels: list[str] | None = Field(description="a classifier's labels")
+    provider: str | None = Field(description="a provider model's upstream provider (else null)")
+    on_platform: bool | None = Field(
+        description="a provider model: whether its upstream runs on this platform (else null)"
+    )
     lineage: LineageOut
     permitted: bool = Field(description="whether the lineage's licences permit this tenant's use")
     refusal: Refusal | None = Field(description="what a request would get (403) when not permitted")

@@ -17,8 +17,11 @@ from constellation.artifacts.store import ArtifactOpener
 from constellation.engine.spec import AdapterSpec, BaseSpec, Task
 from constellation.errors import InvalidInput
 from constellation.platform import Platform
+from constellation.providers.call import Target
+from constellation.providers.client import UpstreamConfig
 from constellation.registry import models as repo
 from constellation.registry.effective import check_use
+from constellation.registry.providers import Exposure, check_residency, exposure
 from constellation.registry.tables import Artifact, Model
 
 
@@ -33,6 +36,7 @@ class Resolved:
     labels: tuple[str, ...] | None
     lineage: dict[str, Any] = field(default_factory=dict)
     notices: tuple[str, ...] = ()
+    upstream: Target | None = None  # a provider model: served by its upstream, not the engine
 
 
 class Resolver:
@@ -61,6 +65,9 @@ class Resolver:
 
     def _load(self, s: Session, name: str, tenant_id: str) -> Resolved:
         m = repo.get_visible_model(s, name=name, tenant_id=tenant_id)
+        exposed = exposure(s, model_id=m.id)
+        if exposed is not None:  # before the licence: the tenant's own rule, whatever the terms
+            check_residency(s, tenant_id=tenant_id, model=m, provider=exposed.provider)
         notices = self._check_licence(s, m, tenant_id)
         lin = repo.lineage(s, model=m)
         base_row = lin.base or m
@@ -76,14 +83,18 @@ class Resolver:
         elif m.kind == "finetune":
             base = self._base_spec(s, m)
         task: Task = m.task  # type: ignore[assignment]
+        lineage = repo.lineage_dict(lin)
+        if exposed is not None:
+            lineage = {**lineage, "provider": exposed.provider.id, "upstream_model": exposed.upstream_model}
         return Resolved(
             name=m.name,
             task=task,
             base=base,
             adapter=adapter,
             labels=tuple(m.labels) if m.labels else None,
-            lineage=repo.lineage_dict(lin),
+            lineage=lineage,
             notices=notices,
+            upstream=_target(m, exposed) if exposed else None,
         )
 
     def _base_spec(self, s: Session, row: Model) -> BaseSpec:
@@ -97,6 +108,20 @@ class Resolver:
 
     def _check_licence(self, s: Session, m: Model, tenant_id: str) -> tuple[str, ...]:
         return tuple(check_use(s, tenant_id=tenant_id, model=m).notices)
+
+
+def _target(m: Model, exposed: Exposure) -> Target:
+    p = exposed.provider
+    cfg = UpstreamConfig(
+        name=p.id,
+        base_url=p.base_url,
+        api_key_env=p.api_key_env,
+        timeout_s=p.timeout_s,
+        max_concurrency=p.max_concurrency,
+        max_retries=p.max_retries,
+        on_platform=p.on_platform,
+    )
+    return Target(model=m.name, upstream_model=exposed.upstream_model, config=cfg)
 
 
 def require_task(resolved: Resolved, *tasks: str) -> None:

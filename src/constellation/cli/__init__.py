@@ -24,6 +24,7 @@ from constellation.cli import registry_cmds as reg
 from constellation.cli.bench import bench
 from constellation.cli.demo import demo
 from constellation.cli.finetune import finetune
+from constellation.cli.providers import providers
 from constellation.cli.serve import serve
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ app.add_typer(reg.terms, name="terms")
 app.add_typer(reg.licences, name="licences")
 app.add_typer(reg.tenants, name="tenants")
 app.add_typer(reg.keys, name="keys")
+app.add_typer(providers, name="providers")
 app.add_typer(economy.usage, name="usage")
 app.add_typer(economy.invoices, name="invoices")
 app.add_typer(economy.statements, name="statements")

@@ -36,6 +36,14 @@ def finetune(
     data_license: Annotated[
         str | None, typer.Option(help="Licence of the data (default: --license).")
     ] = None,
+    outputs_of: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--outputs-of",
+            help="A model (e.g. a provider's) whose outputs the data holds; the adapter inherits its "
+            "licence terms. Repeatable.",
+        ),
+    ] = None,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / rank).")] = 16,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation loss).")] = 8,
@@ -67,6 +75,7 @@ def finetune(
         data_provider=data_provider,
         license=license,
         data_license=data_license,
+        outputs_of=outputs_of or [],
         config=LoraConfig(rank=rank, alpha=alpha, epochs=epochs, lr=learning_rate, seed=seed),
         visibility="private" if private_to else "public",
         owner_tenant=private_to,

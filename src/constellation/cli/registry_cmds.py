@@ -184,12 +184,20 @@ def datasets_add(
     name: Annotated[str, typer.Option(help="Unique data set name.")],
     license: Annotated[str, typer.Option("--license", help="Licence id of the data.")],
     provider: Annotated[str, typer.Option(help="Contributor id of the data's provider.")],
+    outputs_of: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--outputs-of",
+            help="A model (e.g. a provider's) whose outputs the data holds; models trained on it "
+            "inherit that model's licence. Repeatable.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a data set (the same bytes registered twice are reused)."""
     with opened_platform() as p, p.db.session() as s:
         d, created = service.register_dataset(
-            s, p.store, src=path, name=name, licence=license, provider=provider
+            s, p.store, src=path, name=name, licence=license, provider=provider, outputs_of=outputs_of
         )
         emit({**ds_repo.dataset_dict(d), "created": created}, as_json=as_json)
 
@@ -341,6 +349,14 @@ def tenants_set(
     default_limits: Annotated[
         bool, typer.Option("--default-limits", help="Back to the server's default rate limits.")
     ] = False,
+    data_stays: Annotated[
+        bool | None,
+        typer.Option(
+            "--data-stays-on-platform/--data-may-leave",
+            help="Whether the tenant's data must stay on the platform: if so, models of upstream "
+            "providers outside it are refused (403) before anything is sent.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Update a tenant's declarations and rate limits, e.g. `constellation tenants set acme
@@ -349,6 +365,8 @@ def tenants_set(
     limits |= {k: v for k, v in (("requests_per_minute", rpm), ("tokens_per_minute", tpm)) if v is not None}
     with opened_platform() as p, p.db.session() as s:
         tenant_repo.set_rate_limits(s, tenant_id=id, changes=limits)
+        if data_stays is not None:
+            tenant_repo.set_data_residency(s, tenant_id=id, stays_on_platform=data_stays)
         t = acceptances.set_declarations(
             s, tenant_id=id, declared_use=declared_use, monthly_active_users=monthly_active_users
         )
@@ -359,6 +377,7 @@ def tenants_set(
                 "monthly_active_users": t.monthly_active_users,
                 "requests_per_minute": t.requests_per_minute,
                 "tokens_per_minute": t.tokens_per_minute,
+                "data_stays_on_platform": t.data_stays_on_platform,
             },
             as_json=as_json,
         )

@@ -12,19 +12,20 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
 from constellation.errors import InvalidInput
 from constellation.registry.models import Lineage, get_model, lineage
+from constellation.registry.providers import exposure
 from constellation.registry.terms import terms_for
 
 NS_PER_S = 1_000_000_000
 BPS = 10_000
 TERM_KINDS_ORDER = ("per_1k_input_tokens", "per_1k_output_tokens", "per_request", "per_compute_second")
-ROLE_ORDER = {"infra": 0, "base": 1, "adapter": 2, "data": 3, "platform": 4}
+ROLE_ORDER = {"infra": 0, "provider": 1, "base": 2, "adapter": 3, "data": 4, "platform": 5}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,12 @@ def load_inputs(s: Session, *, model_name: str) -> PriceInputs:
     terms: list[Term] = []
     if lin.base is not None:
         terms += _model_terms(s, lin.base.id, "base", lin.base.name)
-    terms += _model_terms(s, m.id, "base" if m.kind == "base" else "adapter", m.name)
+    own = _model_terms(s, m.id, "base" if m.kind == "base" else "adapter", m.name)
+    exposed = exposure(s, model_id=m.id)
+    if exposed is not None:  # the upstream's list price: a leg owed to the provider's account
+        owed = exposed.provider.contributor_id
+        own = [replace(t, role="provider") if t.contributor == owed else t for t in own]
+    terms += own
     total = sum(w for _, w in lin.datasets)
     for d, w in lin.datasets:
         terms += [
@@ -184,6 +190,8 @@ def load_inputs(s: Session, *, model_name: str) -> PriceInputs:
             for t in terms_for(s, subject_type="dataset", subject_id=d.id)
         ]
     info = _lineage_info(m.name, lin, terms)
+    if exposed is not None:
+        info["provider"] = exposed.provider.id
     return PriceInputs(m.name, tuple(terms), info, json.dumps(info, sort_keys=True))
 
 

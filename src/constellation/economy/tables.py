@@ -34,7 +34,7 @@ USAGE_STATUSES = ("succeeded", "failed", "cancelled")  # cancelled: dropped mid-
 # Balances and holds stay within +-2**62 nano-USD (4.6 billion USD): on SQLite an addition that
 # overflows 64 bits silently becomes a float; this CHECK makes it a refused write instead.
 BALANCE_BOUND = 2**62
-ROLES = ("tenant", "infra", "base", "adapter", "data", "platform", "funding", "correction")
+ROLES = ("tenant", "infra", "provider", "base", "adapter", "data", "platform", "funding", "correction")
 # SQLite only makes an INTEGER PRIMARY KEY the rowid; PostgreSQL gets 64 bits.
 TxnId = BigInteger().with_variant(Integer(), "sqlite")
 

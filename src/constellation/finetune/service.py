@@ -24,6 +24,7 @@ from constellation.registry import datasets as ds_repo
 from constellation.registry._common import check_slug
 from constellation.registry.effective import check_derived_licence
 from constellation.registry.licences import get_licence
+from constellation.registry.providers import output_models
 from constellation.registry.tables import Dataset as DatasetRow
 
 BASE_TASK = {"classification": "embedding", "causal-lm": "causal-lm"}
@@ -44,6 +45,8 @@ class FinetuneSpec:
     license: str
     data_license: str | None = None
     data_names: list[str] | None = None
+    # Models (e.g. a provider's) whose outputs the data holds: the adapter inherits their terms.
+    outputs_of: list[str] = field(default_factory=list)
     config: LoraConfig = field(default_factory=LoraConfig)
     visibility: str = "public"
     owner_tenant: str | None = None
@@ -91,7 +94,10 @@ def preflight(s: Session, spec: FinetuneSpec, sets: list[Dataset]) -> None:
         if e is None:
             _check_dataset_name_free(s, n)
     rows = [e or DatasetRow(name=n, licence_id=data_licence.id) for e, n in zip(existing, names, strict=True)]
-    check_derived_licence(s, name=spec.name, licence_id=spec.license, base=base, datasets=rows)
+    sources = output_models(s, names=spec.outputs_of, tenant_id=spec.acting_tenant)
+    check_derived_licence(
+        s, name=spec.name, licence_id=spec.license, base=base, datasets=rows, outputs_of=sources
+    )
     s.rollback()  # preflight only looks; contributors are created again at registration
 
 
@@ -108,6 +114,12 @@ def _base(s: Session, spec: FinetuneSpec) -> models.Model:
     else:
         base = models.get_visible_model(s, name=spec.base, tenant_id=spec.acting_tenant)
     want = BASE_TASK[spec.task]
+    if models.public_kind(base) == "provider":
+        raise InvalidInput(
+            f"'{spec.base}' is served by an upstream provider, whose weights are not here to train; "
+            "fine-tune an open base on its outputs instead",
+            param="base",
+        )
     if base.kind != "base" or base.task != want:
         raise InvalidInput(
             f"a {spec.task} adapter needs a {want} base model; '{spec.base}' is a {base.task} {base.kind}",
@@ -161,6 +173,7 @@ def register(
                 provider=spec.data_provider,
                 example_count=d.n_examples,
                 owner_tenant=spec.acting_tenant,
+                outputs_of=spec.outputs_of,
             )
             linked.append((row.name, row.example_count))
             recorded.append(

@@ -8,7 +8,7 @@ listed. Licences are immutable once added, so one query for the lineage's licenc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from constellation.errors import InvalidInput, LicenseRefused
 from constellation.registry.models import lineage, list_models
+from constellation.registry.providers import output_sources
 from constellation.registry.tables import Acceptance, Dataset, Licence, Model, Tenant
 from constellation.registry.tenants import get_tenant
 
@@ -78,19 +79,32 @@ class Element:
     """One lineage element: a named artifact under a licence."""
 
     name: str
-    type: str  # "model" | "dataset"
+    type: str  # "model" | "dataset" | "outputs of model" (a data set holding a model's outputs)
     licence: Licence
 
 
 def elements_of(
-    model: Model, base: Model | None, datasets: Iterable[Dataset], lic: Mapping[str, Licence]
+    model: Model,
+    base: Model | None,
+    datasets: Iterable[Dataset],
+    lic: Mapping[str, Licence],
+    sources: Iterable[tuple[str, str]] = (),
 ) -> list[Element]:
-    """Lineage elements nearest first: the model, its base, then its data sets."""
+    """Lineage elements nearest first: the model, its base, its data sets, then the models whose
+    outputs those data sets hold (`sources`: (model name, licence id) pairs)."""
     out = [Element(model.name, "model", lic[model.licence_id])]
     if base is not None:
         out.append(Element(base.name, "model", lic[base.licence_id]))
     out += [Element(d.name, "dataset", lic[d.licence_id]) for d in datasets]
+    out += [Element(name, "outputs of model", lic[licence]) for name, licence in sources]
     return out
+
+
+def sources_of(s: Session, datasets: list[Dataset]) -> list[tuple[str, str]]:
+    """(model, licence) of every model whose outputs these data sets hold, once each."""
+    found = output_sources(s, dataset_ids=[d.id for d in datasets])
+    pairs = [(src.model_name, src.licence_id) for d in datasets for src in found.get(d.id, [])]
+    return list(dict.fromkeys(pairs))
 
 
 def combine(elements: list[Element]) -> EffectiveTerms:
@@ -152,10 +166,11 @@ def effective_terms(
     that evaluates many models load the catalog once; otherwise one query loads what is needed."""
     lin = lineage(s, model=model)
     datasets = [d for d, _ in lin.datasets]
+    sources = sources_of(s, datasets) if datasets else []
     if licences is None:
-        ids = {m.licence_id for m in lin.models} | {d.licence_id for d in datasets}
+        ids = {m.licence_id for m in lin.models} | {d.licence_id for d in datasets} | {x for _, x in sources}
         licences = _licences(s, ids)
-    return combine(elements_of(model, lin.base, datasets, licences))
+    return combine(elements_of(model, lin.base, datasets, licences, sources))
 
 
 def accepted_licences(s: Session, *, tenant_id: str) -> set[str]:
@@ -270,15 +285,24 @@ def permitted_models(s: Session, *, tenant: Tenant, task: str, exclude: str | No
 
 
 def check_derived_licence(
-    s: Session, *, name: str, licence_id: str, base: Model, datasets: list[Dataset]
+    s: Session,
+    *,
+    name: str,
+    licence_id: str,
+    base: Model,
+    datasets: list[Dataset],
+    outputs_of: Sequence[Model] = (),
 ) -> None:
     """Training-time rules: a derived model may not be registered under a licence more permissive
-    than its lineage allows. InvalidInput (400) names the element that forbids it."""
-    ids = {licence_id, base.licence_id} | {d.licence_id for d in datasets}
+    than its lineage allows. InvalidInput (400) names the element that forbids it. `outputs_of`:
+    models whose outputs data sets not yet registered hold (their marks are not recorded yet)."""
+    sources = list(dict.fromkeys([*sources_of(s, datasets), *((m.name, m.licence_id) for m in outputs_of)]))
+    ids = {licence_id, base.licence_id} | {d.licence_id for d in datasets} | {x for _, x in sources}
     lic = _licences(s, ids)
     own = lic[licence_id]
     upstream = [Element(base.name, "model", lic[base.licence_id])]
     upstream += [Element(d.name, "dataset", lic[d.licence_id]) for d in datasets]
+    upstream += [Element(name, "outputs of model", lic[x]) for name, x in sources]
     for e in upstream:
         problem = _more_permissive(own, e.licence)
         if problem:

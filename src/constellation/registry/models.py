@@ -81,6 +81,12 @@ def _check_base(s: Session, *, kind: str, task: str, base_name: str | None) -> M
     if not base_name:
         raise InvalidInput(f"a {kind} needs its base model (--base NAME)", param="base")
     base = get_model(s, name=base_name)
+    if public_kind(base) == "provider":
+        raise InvalidInput(
+            f"'{base_name}' is served by an upstream provider: its weights are not here to adapt. "
+            "Train on its outputs instead (register them as a data set with outputs_of)",
+            param="base",
+        )
     if base.kind != "base":
         raise InvalidInput(
             f"'{base_name}' is a {base.kind}, not a base model; adapters attach to base models", param="base"
@@ -173,10 +179,16 @@ def lineage_dict(lin: Lineage) -> dict[str, Any]:
     }
 
 
+def public_kind(m: Model) -> str:
+    """The kind shown to people: 'provider' for an upstream's model (stored as a base: it has no
+    base and no weights here; registry/providers.py writes the card that says so)."""
+    return "provider" if m.kind == "base" and (m.card or {}).get("provider") else m.kind
+
+
 def model_dict(m: Model, lin: Lineage) -> dict[str, Any]:
     return {
         "name": m.name,
-        "kind": m.kind,
+        "kind": public_kind(m),
         "task": m.task,
         "base": lin.base.name if lin.base else None,
         "license": m.licence_id,

@@ -19,6 +19,7 @@ from constellation.registry import datasets as ds_repo
 from constellation.registry import models as model_repo
 from constellation.registry.effective import check_derived_licence
 from constellation.registry.licences import get_licence
+from constellation.registry.providers import mark_outputs
 from constellation.registry.tables import Artifact, Dataset, Model
 
 
@@ -200,13 +201,17 @@ def register_dataset(
     provider: str,
     example_count: int | None = None,
     owner_tenant: str | None = None,
+    outputs_of: list[str] | None = None,
 ) -> tuple[Dataset, bool]:
     """Import a JSONL data set; returns (row, created). The same bytes registered again are reused
-    where `owner_tenant` (None: an operator) may see them; otherwise it gets a data set of its own."""
+    where `owner_tenant` (None: an operator) may see them; otherwise it gets a data set of its own.
+    `outputs_of` names models (e.g. a provider's) whose outputs it holds: what is trained on it
+    inherits their licences."""
     art = store.import_dataset_file(src)
     sha = art.files[next(iter(art.files))]
     existing = ds_repo.find_reusable_dataset(s, sha256=sha, owner_tenant_id=owner_tenant)
     if existing is not None:
+        mark_outputs(s, dataset=existing, model_names=outputs_of or [], tenant_id=owner_tenant)
         return existing, False
     _record_artifact(s, art)
     count = example_count if example_count is not None else (art.examples or 0)  # the store counted lines
@@ -220,4 +225,5 @@ def register_dataset(
         provider_id=provider,
         owner_tenant_id=owner_tenant,
     )
+    mark_outputs(s, dataset=d, model_names=outputs_of or [], tenant_id=owner_tenant)
     return d, True

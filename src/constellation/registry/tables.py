@@ -1,5 +1,5 @@
 """The registry's tables: contributors, licences, artifacts, models, data sets, lineage,
-contribution terms, tenants and API keys (SQLAlchemy 2 declarative)."""
+contribution terms, tenants, API keys and upstream providers (SQLAlchemy 2 declarative)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -80,6 +82,9 @@ class Tenant(Base):
     # Rate limits per minute (api/ratelimit.py): None = the server's default, 0 = unlimited.
     requests_per_minute: Mapped[int | None] = mapped_column(BigInteger, default=None)
     tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # True: the tenant's data must not leave the platform's infrastructure, so provider models
+    # whose upstream runs elsewhere are refused before a byte is sent (providers/policy.py).
+    data_stays_on_platform: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     __table_args__ = (CheckConstraint(f"declared_use IN {DECLARED_USES}", name="ck_tenant_use"),)
 
 
@@ -193,3 +198,46 @@ class TenantContributor(Base):
         ForeignKey("contributors.id", ondelete="CASCADE"), primary_key=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Provider(Base):
+    """An upstream that speaks the OpenAI API. Its secret is never stored: `api_key_env` names
+    the variable (in the environment, or the operator's secrets file) read at call time."""
+
+    __tablename__ = "providers"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    base_url: Mapped[str] = mapped_column(String(500))
+    api_key_env: Mapped[str | None] = mapped_column(String(128))
+    # The contributor whose account is owed the upstream's list price.
+    contributor_id: Mapped[str] = mapped_column(ForeignKey("contributors.id"))
+    # True: the upstream runs on the platform's own infrastructure (data does not leave it).
+    on_platform: Mapped[bool] = mapped_column(Boolean, default=False)
+    timeout_s: Mapped[float] = mapped_column(Float, default=60.0)
+    max_concurrency: Mapped[int] = mapped_column(Integer, default=64)
+    max_retries: Mapped[int] = mapped_column(Integer, default=2)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (
+        CheckConstraint("max_concurrency > 0", name="ck_provider_concurrency"),
+        CheckConstraint("max_retries >= 0", name="ck_provider_retries"),
+        CheckConstraint("timeout_s > 0", name="ck_provider_timeout"),
+    )
+
+
+class ProviderModel(Base):
+    """One upstream model published under a local model name. The model row (kind 'base': it
+    has no base and no weights of its own) carries the licence, visibility and price terms."""
+
+    __tablename__ = "provider_models"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
+    upstream_model: Mapped[str] = mapped_column(String(200))
+
+
+class DatasetSource(Base):
+    """A data set holds outputs of a model (e.g. a provider's): a model trained on it inherits
+    that model's licence terms. The licence is copied, so the mark outlives the model's row."""
+
+    __tablename__ = "dataset_sources"
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    licence_id: Mapped[str] = mapped_column(ForeignKey("licences.id"))

@@ -68,6 +68,15 @@ def set_rate_limits(s: Session, *, tenant_id: str, changes: Mapping[str, int | N
     return t
 
 
+def set_data_residency(s: Session, *, tenant_id: str, stays_on_platform: bool) -> Tenant:
+    """Declare whether the tenant's data must stay on the platform's infrastructure (then models
+    of providers outside it are refused before anything is sent to them)."""
+    t = get_tenant(s, id=tenant_id)
+    t.data_stays_on_platform = stays_on_platform
+    s.flush()
+    return t
+
+
 @dataclass(frozen=True, slots=True)
 class NewKey:
     """A freshly created key; `secret` is the only time the full key is visible."""

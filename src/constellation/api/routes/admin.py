@@ -53,6 +53,12 @@ class DatasetIn(BaseModel):
     path: str = Field(description="a JSONL file on the server")
     license: str
     provider: str
+    outputs_of: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="models (e.g. a provider's) whose outputs the data set holds: models trained "
+        "on it inherit their licences",
+    )
 
 
 class ContributorIn(BaseModel):
@@ -74,7 +80,7 @@ class TermIn(BaseModel):
 
 class ModelOut(BaseModel):
     name: str
-    kind: str = Field(description="base or adapter")
+    kind: str = Field(description="base, adapter, finetune or provider")
     task: str
     base: str | None
     license: str | None
@@ -220,7 +226,13 @@ def add_dataset(body: DatasetIn, _: Admin, s: SessionDep, platform: PlatformDep)
     """Register a JSONL data set (public); bytes an operator registered before are reused
     (`created: false`), a tenant's upload of the same bytes is not."""
     d, created = service.register_dataset(
-        s, platform.store, src=Path(body.path), name=body.name, licence=body.license, provider=body.provider
+        s,
+        platform.store,
+        src=Path(body.path),
+        name=body.name,
+        licence=body.license,
+        provider=body.provider,
+        outputs_of=body.outputs_of,
     )
     return {**ds_repo.dataset_dict(d), "created": created}
 

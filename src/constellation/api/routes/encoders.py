@@ -13,13 +13,16 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import Field
 
+from constellation.api import upstream
 from constellation.api.deps import InferenceCaller
 from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
 from constellation.api.protocol import ClassificationList, EmbeddingList, OpenAIRequest, errors
 from constellation.api.resolver import require_task
 from constellation.errors import InvalidInput
 
-router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 503))
+router = APIRouter(
+    prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
+)
 
 
 class EmbeddingsIn(OpenAIRequest):
@@ -72,6 +75,8 @@ async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep)
     async def run(c: Call) -> Outcome:
         res = c.resolved
         require_task(res, "embedding")
+        if res.upstream is not None:  # a provider model
+            return await upstream.embeddings(c, caller, body.model_dump(exclude_unset=True))
         out = await c.engines.encoder.embed(
             res.base, res.adapter, texts, truncate=body.truncate, tenant=caller.tenant_id
         )

@@ -46,6 +46,12 @@ class FinetuneIn(BaseModel):
     data_provider: str | None = Field(
         default=None, description="a contributor id your tenant owns (default: its only one)"
     )
+    outputs_of: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="models (e.g. a provider's) whose outputs the data holds: the adapter inherits "
+        "their licences",
+    )
     visibility: Literal["public", "private"] = "private"
     rank: int = Field(default=8, ge=1, le=256)
     alpha: int = Field(default=16, ge=1, le=4096)
@@ -115,6 +121,7 @@ def _spec(body: FinetuneIn, caller: Principal, platform: Platform) -> FinetuneSp
         data_provider=provider,
         license=body.license,
         data_license=body.data_license,
+        outputs_of=body.outputs_of,
         config=config,
         visibility=body.visibility,
         owner_tenant=caller.tenant_id if body.visibility == "private" else None,

@@ -19,6 +19,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from constellation.api import upstream
 from constellation.api.deps import InferenceCaller, Principal
 from constellation.api.metrics import timed
 from constellation.api.pipeline import Call, CallDep, Outcome
@@ -35,7 +36,9 @@ from constellation.engine.decoder import Delta, Prepared
 from constellation.engine.sampling import DEFAULTABLE, SamplingParams
 from constellation.errors import ConstellationError, InvalidInput
 
-router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 503))
+router = APIRouter(
+    prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
+)
 log = logging.getLogger("constellation.api")
 
 
@@ -278,6 +281,8 @@ async def _generate(
         return _replay_stream(replay, shape) if body.stream else replay
     res = call.resolved
     require_task(res, "causal-lm")
+    if res.upstream is not None:  # a provider model: what the client sent goes upstream as is
+        return await upstream.generate(call, caller, body.model_dump(exclude_unset=True), chat=chat)
     params = body.params(max_tokens)
     prepared = await asyncio.to_thread(
         call.engines.decoder.prepare,

@@ -1,5 +1,6 @@
 """`GET /v1/models`: the models this tenant can see, OpenAI's shape plus a `constellation`
-extension (task, kind, base, licence, lineage, and whether its licences permit this tenant's use)."""
+extension (task, kind -- `provider` for an upstream's model --, base, licence, lineage, and
+whether its licences and the tenant's data residency permit this tenant's use)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,22 @@ from constellation.api.deps import InferenceCaller, SessionDep
 from constellation.api.protocol import ModelCard, ModelList, errors
 from constellation.registry import models as repo
 from constellation.registry.effective import EffectiveTerms, Refusal, permissions
-from constellation.registry.tables import Model
+from constellation.registry.providers import RESIDENCY_CODE, provider_of, residency_refusal
+from constellation.registry.tables import Model, Provider, Tenant
 from constellation.registry.tenants import get_tenant
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=errors(401, 403))
 Verdict = tuple[EffectiveTerms, Refusal | None]
 
 
-def openai_model(s: Session, m: Model, verdict: Verdict | None = None) -> dict[str, Any]:
+def openai_model(
+    s: Session, m: Model, verdict: Verdict | None = None, provider: Provider | None = None
+) -> dict[str, Any]:
     lin = repo.lineage(s, model=m)
+    upstream = {
+        "provider": provider.id if provider else None,
+        "on_platform": provider.on_platform if provider else None,
+    }
     return {
         "id": m.name,
         "object": "model",
@@ -28,11 +36,12 @@ def openai_model(s: Session, m: Model, verdict: Verdict | None = None) -> dict[s
         "owned_by": m.author_id,
         "constellation": {
             "task": m.task,
-            "kind": m.kind,
+            "kind": "provider" if provider else m.kind,
             "base": lin.base.name if lin.base else None,
             "license": m.licence_id,
             "labels": m.labels,
             "lineage": repo.lineage_dict(lin),
+            **upstream,
             **(_licence_fields(*verdict) if verdict else {}),
         },
     }
@@ -54,13 +63,35 @@ def list_models(caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     says in `constellation.permitted` whether the licences of its lineage permit this tenant's
     declared use, and if not, why (`constellation.refusal`)."""
     found = repo.list_models(s, tenant_id=caller.tenant_id)
-    verdicts = permissions(s, tenant=get_tenant(s, id=caller.tenant_id), models=found)
-    return {"object": "list", "data": [openai_model(s, m, verdicts[m.name]) for m in found]}
+    tenant = get_tenant(s, id=caller.tenant_id)
+    verdicts = with_residency(
+        tenant, found, permissions(s, tenant=tenant, models=found), exposed := provider_of(s)
+    )
+    return {
+        "object": "list",
+        "data": [openai_model(s, m, verdicts[m.name], exposed.get(m.id)) for m in found],
+    }
 
 
 @router.get("/models/{name}", response_model=ModelCard, responses=errors(404))
 def get_model(name: str, caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     """One model, if the calling tenant can see it."""
     m = repo.get_visible_model(s, name=name, tenant_id=caller.tenant_id)
-    verdicts = permissions(s, tenant=get_tenant(s, id=caller.tenant_id), models=[m])
-    return openai_model(s, m, verdicts[m.name])
+    tenant = get_tenant(s, id=caller.tenant_id)
+    verdicts = with_residency(
+        tenant, [m], permissions(s, tenant=tenant, models=[m]), exposed := provider_of(s)
+    )
+    return openai_model(s, m, verdicts[m.name], exposed.get(m.id))
+
+
+def with_residency(
+    tenant: Tenant, found: list[Model], verdicts: dict[str, Verdict], exposed: dict[int, Provider]
+) -> dict[str, Verdict]:
+    """The licence verdicts, with a provider model the tenant's data may not reach refused first."""
+    out = dict(verdicts)
+    for m in found:
+        p = exposed.get(m.id)
+        why = residency_refusal(tenant, m, p) if p else None
+        if why is not None:
+            out[m.name] = (verdicts[m.name][0], Refusal(RESIDENCY_CODE, why))
+    return out

@@ -35,6 +35,11 @@ class DeclarationsIn(BaseModel):
     tokens_per_minute: int | None = Field(
         default=None, ge=0, le=MAX_PER_MINUTE, description="rate limit; 0 = unlimited, null = server default"
     )
+    data_stays_on_platform: bool | None = Field(
+        default=None,
+        description="true: the tenant's data must not leave the platform, so models of upstream "
+        "providers outside it are refused (403 data_must_stay_on_platform)",
+    )
 
 
 class AcceptanceIn(BaseModel):
@@ -54,6 +59,7 @@ class TenantOut(BaseModel):
     monthly_active_users: int
     requests_per_minute: int | None = Field(description="null: the server's default")
     tokens_per_minute: int | None = Field(description="null: the server's default")
+    data_stays_on_platform: bool = Field(description="true: provider models outside the platform are refused")
     created_at: str
 
 
@@ -98,6 +104,7 @@ def tenant_dict(t: Tenant) -> dict[str, Any]:
         "monthly_active_users": t.monthly_active_users,
         "requests_per_minute": t.requests_per_minute,
         "tokens_per_minute": t.tokens_per_minute,
+        "data_stays_on_platform": t.data_stays_on_platform,
         "created_at": t.created_at.isoformat(),
     }
 
@@ -141,10 +148,13 @@ def add_tenant(body: TenantIn, _: Admin, s: SessionDep) -> dict[str, Any]:
 
 @router.patch("/tenants/{id}", response_model=TenantOut)
 def set_declarations(id: str, body: DeclarationsIn, _: Admin, s: SessionDep) -> dict[str, Any]:
-    """Update the tenant's declared use, monthly active users and rate limits (fields left out
-    stay; a rate limit sent as null goes back to the server's default)."""
+    """Update the tenant's declared use, monthly active users, rate limits and whether its data
+    must stay on the platform (fields left out stay; a rate limit sent as null goes back to the
+    server's default)."""
     limits = body.model_dump(include=set(repo.RATE_LIMIT_FIELDS) & body.model_fields_set)
     repo.set_rate_limits(s, tenant_id=id, changes=limits)
+    if body.data_stays_on_platform is not None:
+        repo.set_data_residency(s, tenant_id=id, stays_on_platform=body.data_stays_on_platform)
     return tenant_dict(
         acceptances.set_declarations(
             s, tenant_id=id, declared_use=body.declared_use, monthly_active_users=body.monthly_active_users

@@ -1,0 +1,156 @@
+"""Admin routes for upstream providers: register one (its key stays in the server's environment
+or secrets file: only the variable's name is sent, stored and shown), list them with their
+circuit state, expose an upstream model under a local name, remove."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from constellation.api.deps import Admin, SessionDep
+from constellation.api.protocol import errors
+from constellation.economy.money import MAX_RATE_NANOS
+from constellation.providers.pool import Upstreams
+from constellation.registry import providers as repo
+from constellation.registry.tables import Provider
+
+router = APIRouter(prefix="/api", tags=["providers"], responses=errors(400, 401, 403, 404))
+
+
+class ProviderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=128, description="a slug, e.g. 'openai'")
+    base_url: str = Field(
+        max_length=500, description="the upstream's OpenAI-compatible root, e.g. https://api.openai.com/v1"
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        max_length=128,
+        description="the environment variable (or secrets-file entry) holding the key; "
+        "the key itself is never sent here",
+    )
+    contributor: str | None = Field(
+        default=None, description="the account owed the upstream's price (default: the provider's name)"
+    )
+    on_platform: bool = Field(
+        default=False, description="true: the upstream runs on this platform's infrastructure"
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=repo.MAX_TIMEOUT_S)
+    max_concurrency: int = Field(default=64, gt=0, le=repo.MAX_CONCURRENCY)
+    max_retries: int = Field(default=2, ge=0, le=repo.MAX_RETRIES)
+
+
+class ExposeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=200, description="the upstream's model id")
+    name: str = Field(max_length=128, description="the local model name clients will use")
+    task: Literal["causal-lm", "embedding"]
+    price_per_1k_input: int = Field(
+        default=0, ge=0, le=MAX_RATE_NANOS, description="nano-USD per 1k input tokens"
+    )
+    price_per_1k_output: int = Field(
+        default=0, ge=0, le=MAX_RATE_NANOS, description="nano-USD per 1k output tokens"
+    )
+    license: str | None = Field(
+        default=None, description=f"licence id of its terms (default '{repo.DEFAULT_LICENCE}')"
+    )
+    visibility: Literal["public", "private"] = "public"
+    owner_tenant: str | None = None
+
+
+class ExposedOut(BaseModel):
+    name: str
+    upstream_model: str
+    task: str
+
+
+class ProviderOut(BaseModel):
+    name: str
+    base_url: str
+    api_key_env: str | None = Field(description="the variable's name; its value is never shown")
+    key_present: bool = Field(description="whether this server can read the key now")
+    contributor: str
+    on_platform: bool
+    timeout_s: float
+    max_concurrency: int
+    max_retries: int
+    models: list[ExposedOut]
+    circuit: str = Field(description="closed, open or half-open (this server process)")
+    created_at: str
+
+
+def _out(request: Request, p: Provider, s: SessionDep) -> dict[str, Any]:
+    upstreams: Upstreams = request.app.state.engines.upstreams
+    state = upstreams.stats().get(p.id, {})
+    key_present = p.api_key_env is None or upstreams.secrets.get(p.api_key_env) is not None
+    return {
+        **repo.provider_dict(p, repo.exposed_models(s, provider_id=p.id)),
+        "key_present": key_present,
+        "circuit": state.get("circuit", "closed"),
+    }
+
+
+@router.get("/providers", response_model=list[ProviderOut])
+def list_providers(request: Request, _: Admin, s: SessionDep) -> list[dict[str, Any]]:
+    """Every upstream provider, the models it exposes and its circuit state."""
+    return [_out(request, p, s) for p in repo.list_providers(s)]
+
+
+@router.get("/providers/{name}", response_model=ProviderOut)
+def get_provider(name: str, request: Request, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """One upstream provider."""
+    return _out(request, repo.get_provider(s, id=name), s)
+
+
+@router.post(
+    "/providers", status_code=status.HTTP_201_CREATED, response_model=ProviderOut, responses=errors(409)
+)
+def add_provider(body: ProviderIn, request: Request, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """Register an OpenAI-compatible upstream. Its key is read at call time from the variable
+    `api_key_env` names, in the server's environment or its secrets file."""
+    p = repo.add_provider(
+        s,
+        id=body.name,
+        base_url=body.base_url,
+        api_key_env=body.api_key_env,
+        contributor_id=body.contributor,
+        on_platform=body.on_platform,
+        timeout_s=body.timeout_s,
+        max_concurrency=body.max_concurrency,
+        max_retries=body.max_retries,
+    )
+    return _out(request, p, s)
+
+
+@router.post(
+    "/providers/{name}/models",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProviderOut,
+    responses=errors(409),
+)
+def expose_model(name: str, body: ExposeIn, request: Request, _: Admin, s: SessionDep) -> dict[str, Any]:
+    """Publish one upstream model under a local name, with its list price (owed to the
+    provider) and its licence; it then appears in GET /v1/models with kind 'provider'."""
+    repo.expose_model(
+        s,
+        provider_id=name,
+        upstream_model=body.model,
+        name=body.name,
+        task=body.task,
+        price_per_1k_input=body.price_per_1k_input,
+        price_per_1k_output=body.price_per_1k_output,
+        licence_id=body.license,
+        visibility=body.visibility,
+        owner_tenant_id=body.owner_tenant,
+    )
+    return _out(request, repo.get_provider(s, id=name), s)
+
+
+@router.delete("/providers/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(409))
+def remove_provider(name: str, _: Admin, s: SessionDep) -> None:
+    """Remove a provider that exposes no model any more (remove its models first)."""
+    repo.remove_provider(s, id=name)
