@@ -34,12 +34,17 @@ class Model:
 
     def __init__(self, path: Path, n_seqs: int, n_ctx: int, threads: int) -> None:
         mp = ll.llama_model_default_params()
+        # No extra buffer types: for Q4_1 the one that applies is AMX repacking, whose tile
+        # instructions fault (SIGILL) on this VM although the CPU flags list AMX.
+        mp.use_extra_bufts = False
         self.model = ll.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
         cp = ll.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_ctx, min(n_ctx, 512)
-        cp.n_seq_max, cp.kv_unified = n_seqs, True
+        # One KV stream per sequence (n_ctx split evenly): a unified cache makes every token
+        # attend over all sequences' cells, masked, 32x the attention work at 32 sequences.
+        cp.n_seq_max, cp.kv_unified = n_seqs, False
         cp.n_threads = cp.n_threads_batch = threads
         self.ctx = ll.llama_init_from_model(self.model, cp)
         if not self.ctx:
@@ -93,7 +98,7 @@ class Model:
 
 def run_variant(path: Path, job: dict[str, Any]) -> dict[str, Any]:
     prompts, new, threads = job["prompts"], job["new_tokens"], job["threads"]
-    n_ctx = sum(len(p) + new for p in prompts) + 64
+    n_ctx = len(prompts) * (max(map(len, prompts)) + new + 16)
     m = Model(path, len(prompts), n_ctx, threads)
     try:
         m.generate([p[:8] for p in prompts], 2)  # warm-up
