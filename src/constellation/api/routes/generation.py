@@ -224,10 +224,8 @@ class Shape:
                 else None
             )
             if call is not None:
-                message, finish = (
-                    {"role": "assistant", "content": None, "tool_calls": [call]},
-                    _call_finish(finish),
-                )
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
+                finish = _call_finish(finish)
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": message,
@@ -248,7 +246,7 @@ class Shape:
         }
 
 
-def _call_finish(finish: str | None) -> str | None:
+def _call_finish(finish: str) -> str:
     """A call that closed is `tool_calls`; one cut short keeps `length`."""
     return "tool_calls" if finish == "stop" else finish
 
