@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 from tests.integration.conftest import Api
 
+from constellation.api.protocol import ChatCompletion, ChatCompletionChunk
 from constellation.engine.llm_toy import save_random_adapter, save_random_lm
 
 pytestmark = pytest.mark.anyio
@@ -190,9 +191,13 @@ async def test_tool_choice_none_is_free_text(served: Api) -> None:
 async def test_streamed_tool_calls_add_up_to_the_non_streamed_call(served: Api, choice: Any) -> None:
     h = served.key("acme")
     req = _chat(tools=[WEATHER, TIME], tool_choice=choice, seed=9)
-    full = (await served.client.post("/v1/chat/completions", headers=h, json=req)).json()["choices"][0]
+    body = (await served.client.post("/v1/chat/completions", headers=h, json=req)).json()
+    ChatCompletion.model_validate(body)  # the documented shape (OpenAPI) holds for tool calls
+    full = body["choices"][0]
     r = await served.client.post("/v1/chat/completions", headers=h, json={**req, "stream": True})
     events = _events(r.text)
+    for e in events:
+        ChatCompletionChunk.model_validate(e)
     deltas = [d for e in events for d in e["choices"][0]["delta"].get("tool_calls", [])]
     assert deltas[0]["id"].startswith("call_") and deltas[0]["type"] == "function"
     assert deltas[0]["function"]["name"] == full["message"]["tool_calls"][0]["function"]["name"]
