@@ -215,6 +215,10 @@ async def test_streamed_tool_calls_add_up_to_the_non_streamed_call(served: Api, 
             "response_format.json_schema.schema",
         ),
         (dict(response_format=_fmt({"enum": ["x" * 100] * 400})), "response_format.json_schema.schema"),
+        (
+            dict(response_format=_fmt({"type": "array", "minItems": 100_000})),
+            "response_format.json_schema.schema",
+        ),
         (dict(response_format={"type": "json_schema"}), "response_format"),
         (
             dict(tools=[{**WEATHER, "function": {"name": "f", "parameters": {"type": 3}}}]),
@@ -246,3 +250,24 @@ async def test_grammars_are_compiled_once_per_schema(served: Api) -> None:
         assert r.status_code == 200
     (compiler,) = served.app.state.engines.decoder._grammars.values()
     assert compiler.misses == 1 and compiler.hits == 2
+
+
+async def test_a_conversation_with_earlier_tool_calls_is_accepted(served: Api) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+    }
+    messages = [
+        {"role": "user", "content": "weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"function": {"name": "x", "arguments": "not json"}}],
+        },
+    ]
+    body = {"model": "pirate", "messages": messages, "tools": [WEATHER], "max_tokens": 4}
+    r = await served.client.post("/v1/chat/completions", headers=served.key("acme"), json=body)
+    assert r.status_code == 200, r.text

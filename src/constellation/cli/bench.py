@@ -32,7 +32,10 @@ def _run_one(name: str, tiny: bool) -> None:
 
 def bench(
     name: Annotated[
-        str, typer.Argument(help="Benchmark name (encoder, decoder, fairness, finetune, ledger, structured) or 'all'.")
+        str,
+        typer.Argument(
+            help="Benchmark name (encoder, decoder, fairness, finetune, ledger, structured) or 'all'."
+        ),
     ],
     tiny: Annotated[
         bool, typer.Option("--tiny", help="Tiny sizes: checks it runs, numbers mean little.")

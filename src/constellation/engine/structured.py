@@ -23,6 +23,10 @@ from constellation.errors import InvalidInput
 # A schema past this many bytes of JSON is refused (400): compile time and the grammar's memory
 # grow with it, and every request with a new schema pays the compile on the caller's thread.
 MAX_SCHEMA_BYTES = 32_768
+# Counts a grammar unrolls (minItems, maxItems, ...): past this a schema is refused, as
+# `{"minItems": 100000}` alone takes half a minute to compile.
+MAX_REPEAT = 256
+REPEAT_KEYS = ("minItems", "maxItems", "minProperties", "maxProperties", "minContains", "maxContains")
 GRAMMAR_CACHE_SIZE = 256  # compiled grammars kept per base, least recently used out
 # Separators without spaces: a small model left free to add whitespace may add it forever.
 JSON_OPTIONS = {"whitespace_flexible": False}
@@ -41,6 +45,7 @@ class Constraint:
     def json_schema(cls, schema: dict[str, Any], param: str) -> Constraint:
         text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
         check_size(text, param)
+        check_repeats(schema, param)
         return cls("json_schema", text, param)
 
     def grammar(self) -> str:
@@ -60,6 +65,26 @@ def check_size(text: str, param: str) -> None:
             param=param,
             code="schema_too_large",
         )
+
+
+def check_repeats(schema: Any, param: str) -> None:
+    """Refuse counts past MAX_REPEAT anywhere in `schema` (a grammar unrolls them)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in REPEAT_KEYS:
+                n = node.get(key)
+                if isinstance(n, int | float) and n > MAX_REPEAT:
+                    raise InvalidInput(
+                        f"'{param}' has {key}: {n}; counts are limited to {MAX_REPEAT} in schemas "
+                        "served here: lower it",
+                        param=param,
+                        code="schema_too_large",
+                    )
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 class Matcher:
@@ -153,7 +178,7 @@ class GrammarCompiler:
 
         try:
             matcher = llguidance.LLMatcher(self._tok, c.grammar(), log_level=0)
-        except (ValueError, TypeError) as e:
+        except Exception as e:  # whatever the engine refuses is the schema's fault
             raise _invalid(c, str(e)) from None
         if matcher.is_error():
             raise _invalid(c, matcher.get_error())

@@ -119,13 +119,11 @@ class ChatMessage(BaseModel):
 
     def text(self) -> str:
         """The message as the chat template sees it; earlier tool calls as the JSON the model wrote."""
-        calls = [c.get("function", {}) for c in self.tool_calls or [] if isinstance(c, dict)]
+        fns = [c.get("function") for c in self.tool_calls or [] if isinstance(c, dict)]
+        calls: list[dict[str, Any]] = [f for f in fns if isinstance(f, dict)]
         if not calls:
             return _text_of(self.content)
-        return "\n".join(
-            json.dumps({"name": c.get("name"), "arguments": json.loads(c.get("arguments") or "{}")})
-            for c in calls
-        )
+        return "\n".join(json.dumps({"name": c.get("name"), "arguments": _arguments(c)}) for c in calls)
 
 
 class ChatIn(Sampling):
@@ -139,6 +137,15 @@ class ChatIn(Sampling):
 
     def structure(self) -> Structure:
         return plan(self.response_format, self.tools, self.tool_choice)
+
+
+def _arguments(function: dict[str, Any]) -> Any:
+    """A call's arguments as the model wrote them: JSON when they parse, else the raw text."""
+    raw = function.get("arguments")
+    try:
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return raw
 
 
 def _text_of(content: str | list[dict[str, Any]] | None) -> str:
