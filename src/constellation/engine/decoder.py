@@ -416,6 +416,7 @@ class DecoderEngine:
         )
         self._inbox: queue.SimpleQueue[tuple[BaseSpec, Seq] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._grammar_lock = threading.Lock()
         self._queued = 0  # submitted, not yet admitted to a running batch
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="decoder-engine", daemon=True)
@@ -433,13 +434,12 @@ class DecoderEngine:
 
     def grammars(self, base: BaseSpec) -> GrammarCompiler:
         """The base's grammar compiler and cache (built on first use: it indexes the vocabulary)."""
-        with self._lock:
+        with self._grammar_lock:  # one build per base, however many requests ask at once
             compiler = self._grammars.get(base.name)
-        if compiler is None:
-            tok = self.tokenizer(base)
-            compiler = GrammarCompiler(tok.tokenizer, tok.config.vocab_size, tok.eos_ids)
-            with self._lock:
-                compiler = self._grammars.setdefault(base.name, compiler)
+            if compiler is None:
+                tok = self.tokenizer(base)
+                compiler = GrammarCompiler(tok.tokenizer, tok.config.vocab_size, tok.eos_ids)
+                self._grammars[base.name] = compiler
         return compiler
 
     def prepare(
