@@ -3,7 +3,10 @@ ASGITransport, plus an admin key and an inference key for a second tenant."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +17,9 @@ from fastapi import FastAPI
 from constellation.api.app import create_app
 from constellation.config import Settings
 from constellation.engine.llm_toy import save_random_adapter, save_random_lm
+from constellation.finetune.demo import DEMO_DIR, DemoBuilder, DemoOptions, smollm2_gguf
 from constellation.platform import Platform
-from constellation.registry import tenants
+from constellation.registry import models, tenants
 
 
 @pytest.fixture
@@ -117,3 +121,59 @@ async def served(api: Api, lm_dirs: tuple[Path, Path], minilm_path: Path) -> Api
     )
     assert r.status_code == 201, r.text
     return api
+
+
+# --- The demo's real chat model (SmolLM2-135M-Instruct and its chat adapters) -----------------
+# The built demo (the GGUF import and the adapters' training, a few minutes on 2 cores) is cached
+# in pytest's cache directory, keyed by the GGUF, the demo's manifest and its chat data, so later
+# runs, and every module that asks for `smollm2_demo`, reuse one build.
+
+SMOLLM2_ADAPTERS = ("pirate-v1", "support-reply-v1", "haiku-v1")
+# Reduced training for tests: the first examples of each chat set, three epochs.
+SMOLLM2_TEST_DEMO = DemoOptions(max_examples=32, epochs=3)
+
+
+@dataclass(frozen=True)
+class Demo:
+    data: Path
+    keys: dict[str, str]
+    dirs: dict[str, Path]  # model name -> its verified artifact directory
+
+    def settings(self) -> Settings:
+        return demo_settings(self.data)
+
+
+def demo_settings(data: Path) -> Settings:
+    return Settings(data_dir=data, db_url=f"sqlite:///{data / 'constellation.db'}")
+
+
+def _smollm2_key() -> str:
+    h = hashlib.sha256()
+    h.update(smollm2_gguf().stat().st_size.to_bytes(8, "little"))
+    for path in [DEMO_DIR / "demo.yaml", *sorted((DEMO_DIR / "chat").glob("*.jsonl"))]:
+        h.update(path.read_bytes())
+    h.update(repr(SMOLLM2_TEST_DEMO).encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def smollm2_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """A private copy of the cached SmolLM2 demo (built on first use)."""
+    cache = Path(request.config.cache.mkdir(f"constellation-smollm2-{_smollm2_key()}"))
+    platform = Platform(demo_settings(cache)).open()
+    try:  # idempotent: after the first run it imports and trains nothing
+        DemoBuilder(platform, options=SMOLLM2_TEST_DEMO, say=lambda _m: None).build()
+    finally:
+        platform.close()
+    data = tmp_path_factory.mktemp("smollm2") / "data"
+    shutil.copytree(cache, data)
+    platform = Platform(demo_settings(data)).open()
+    try:
+        with platform.db.session() as s:
+            dirs = {
+                name: platform.store.open(models.get_model(s, name=name).artifact_digest)
+                for name in ("smollm2", *SMOLLM2_ADAPTERS)
+            }
+    finally:
+        platform.close()
+    yield Demo(data, json.loads((data / "demo-keys.json").read_text()), dirs)

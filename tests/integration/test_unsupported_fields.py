@@ -19,9 +19,6 @@ def db_url(sqlite_url: str) -> str:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("response_format", {"type": "json_object"}),
-        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-        ("tool_choice", "required"),
         ("logprobs", True),
         ("top_logprobs", 3),
         ("presence_penalty", 0.5),

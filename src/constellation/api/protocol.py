@@ -16,9 +16,6 @@ from constellation.errors import InvalidInput
 # OpenAI request fields this server does not implement, each with the values that ask for
 # nothing beyond what it does (a client library may send those by default).
 UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "response_format": (None, {"type": "text"}),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
     "parallel_tool_calls": (None, True, False),
     "functions": (None, []),
     "function_call": (None, "none"),
@@ -101,6 +98,60 @@ def check_text(value: object, param: str) -> None:
     elif isinstance(value, BaseModel):
         for k in type(value).model_fields:
             check_text(getattr(value, k), f"{param}.{k}")
+
+
+# --- Structured outputs (requests) -------------------------------------------------------------
+
+
+class JsonSchemaFormat(BaseModel):
+    name: str = Field(max_length=64, description="a name for the schema (OpenAI requires one)")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="a JSON Schema (draft 2020-12) the answer obeys"
+    )
+    strict: bool | None = Field(default=None, description="accepted; answers are always held to the schema")
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class ResponseFormat(BaseModel):
+    """`text` (the default), `json_object` (any JSON object) or `json_schema` (that schema)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FunctionDef(BaseModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="a JSON Schema for the arguments (an empty object when omitted)",
+    )
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToolChoiceFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 # --- Responses ----------------------------------------------------------------------------------
@@ -225,12 +276,24 @@ class CompletionUsage(BaseModel):
     estimated: bool | None = Field(default=None, description=ESTIMATED)
 
 
-FinishReason = Literal["stop", "length", "content_filter"]  # the last from provider models
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]  # the last from provider models
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="the arguments as JSON text, valid against the tool's parameters")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None = Field(description="null when the answer is tool_calls")
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -250,9 +313,22 @@ class ChatCompletion(BaseModel):
     constellation: ConstellationExt
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = Field(default=None, description="in the call's first delta only")
+    arguments: str | None = Field(default=None, description="the next piece of the arguments' JSON text")
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = Field(default=None, description="in the call's first delta only")
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, description="in the first chunk only")
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -27,6 +27,7 @@ from constellation.engine.lora import NO_ADAPTER, LoRAContext, inject_lora
 from constellation.engine.pool import ModelPool, module_bytes
 from constellation.engine.sampling import SamplingParams, TextStream, make_generator, sample
 from constellation.engine.spec import AdapterSpec, BaseSpec
+from constellation.engine.structured import Constraint, Grammar, GrammarCompiler, Matcher, mask_logits
 from constellation.errors import InvalidInput, Overloaded
 
 __all__ = ["DecoderEngine", "Delta", "Prepared", "SamplingParams", "split_largest_remainder"]
@@ -42,6 +43,7 @@ class Prepared:
     params: SamplingParams
     max_new: int
     tenant: str = ""  # fairness key: waiting sequences are admitted in turn across keys
+    grammar: Grammar | None = None  # constrained decoding: the output must match it
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,7 @@ class Seq:
     n_cached: int = 0  # tokens whose k/v are in the cache
     slot: int = NO_ADAPTER
     pinned: bool = False
+    matcher: Matcher | None = None  # where a constrained output is in its grammar
     compute_ns: int = 0
     cancelled: bool = False
     finished: bool = False
@@ -255,6 +258,7 @@ class Runner:
             self.lora.set_padded(slots)
         logits = self.model(step.to(self.kv.k.device), self.kv)  # [R, V]
         rows = [w for w in work if w.samples]
+        logits = mask_logits(logits, [w.seq.matcher for w in rows])
         tokens = (
             sample(logits, [w.seq.prep.params for w in rows], [w.seq.gen for w in rows]) if rows else None
         )
@@ -325,7 +329,12 @@ class Runner:
         self.tokens_out += 1
         eos = token in self.tok.eos_ids
         text, hit = seq.stream.push([] if eos else [token])
-        reason = "stop" if (eos or hit) else ("length" if len(seq.out) >= seq.prep.max_new else None)
+        closed = False  # a constrained output is complete: only end-of-sequence could follow
+        if seq.matcher is not None and not eos:
+            seq.matcher.advance(token)
+            closed = seq.matcher.done
+        stop = eos or hit or closed
+        reason = "stop" if stop else ("length" if len(seq.out) >= seq.prep.max_new else None)
         if reason is None:
             seq.emit(self._delta(seq, text, token, None))
             return
@@ -401,6 +410,7 @@ class DecoderEngine:
         self.limits = limits
         self._loader: BaseLoader = loader or load_runner
         self._tokenizers: dict[str, LMTokenizer] = {}
+        self._grammars: dict[str, GrammarCompiler] = {}
         self._runners: dict[str, Runner] = {}
         self._retired: Counter[str] = Counter()  # adapter cache counts of evicted bases
         self._pool: ModelPool[Runner] = ModelPool(
@@ -408,6 +418,7 @@ class DecoderEngine:
         )
         self._inbox: queue.SimpleQueue[tuple[BaseSpec, Seq] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._grammar_lock = threading.Lock()
         self._queued = 0  # submitted, not yet admitted to a running batch
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="decoder-engine", daemon=True)
@@ -423,6 +434,16 @@ class DecoderEngine:
                 self._tokenizers[base.name] = tok
         return tok
 
+    def grammars(self, base: BaseSpec) -> GrammarCompiler:
+        """The base's grammar compiler and cache (built on first use: it indexes the vocabulary)."""
+        with self._grammar_lock:  # one build per base, however many requests ask at once
+            compiler = self._grammars.get(base.name)
+            if compiler is None:
+                tok = self.tokenizer(base)
+                compiler = GrammarCompiler(tok.tokenizer, tok.config.vocab_size, tok.eos_ids)
+                self._grammars[base.name] = compiler
+        return compiler
+
     def prepare(
         self,
         base: BaseSpec,
@@ -432,9 +453,11 @@ class DecoderEngine:
         messages: list[dict[str, Any]] | None = None,
         params: SamplingParams,
         tenant: str = "",
+        constraint: Constraint | None = None,
     ) -> Prepared:
         """Tokenise and validate a request (InvalidInput says what to change); its text is
-        bounded before it is tokenised. `tenant` is the fairness key of its admission."""
+        bounded before it is tokenised. `tenant` is the fairness key of its admission; a
+        `constraint` is compiled here (once per grammar and base, then cached)."""
         if base.task != "causal-lm":
             raise InvalidInput(
                 f"model {base.name!r} is a {base.task} model; use /v1/embeddings or /v1/classify for it",
@@ -448,7 +471,8 @@ class DecoderEngine:
         ids = tok.encode_prompt(prompt) if prompt is not None else tok.encode_chat(messages or [])
         context = min(tok.config.max_positions, self._kv_tokens(tok))
         max_new = fit_max_new(len(ids), params.max_tokens, context)
-        return Prepared(base, adapter, tuple(ids), params, max_new, tenant)
+        grammar = self.grammars(base).compile(constraint) if constraint is not None else None
+        return Prepared(base, adapter, tuple(ids), params, max_new, tenant, grammar)
 
     def _kv_tokens(self, tok: LMTokenizer) -> int:
         c = tok.config
@@ -472,6 +496,7 @@ class DecoderEngine:
             emit=emit,
             stream=TextStream(self.tokenizer(prepared.base), prepared.params.stop),
             gen=make_generator(prepared.params.seed),
+            matcher=prepared.grammar.matcher() if prepared.grammar is not None else None,
         )
 
         self._submit(prepared.base, seq)

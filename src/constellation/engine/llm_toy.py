@@ -29,15 +29,25 @@ LORA_TARGETS = {
 }
 
 
-def save_toy_tokenizer(path: Path, extra_words: int = 0) -> int:
-    """A whitespace WordLevel tokenizer with a chat template; returns the vocabulary size."""
+def save_toy_tokenizer(path: Path, extra_words: int = 0, *, byte_level: bool = False) -> int:
+    """A whitespace WordLevel tokenizer with a chat template; returns the vocabulary size.
+
+    `byte_level`: a GPT-2-style byte-level BPE instead (the 256 bytes, no merges), which can
+    spell any text, JSON included, as a grammar engine needs."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = [*SPECIALS, *WORDS, *(f"w{i}" for i in range(extra_words))]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    if byte_level:
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        words = [*SPECIALS, *sorted(alphabet)]
+        tok = Tokenizer(models.BPE({w: i for i, w in enumerate(words)}, [], unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+    else:
+        words = [*SPECIALS, *WORDS, *(f"w{i}" for i in range(extra_words))]
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
@@ -63,11 +73,13 @@ def hf_config(
     )  # fmt: skip
 
 
-def save_random_lm(path: Path, family: str, *, seed: int = 0, extra_words: int = 0, **sizes: int) -> Path:
+def save_random_lm(
+    path: Path, family: str, *, seed: int = 0, extra_words: int = 0, byte_level: bool = False, **sizes: int
+) -> Path:
     """Write config.json + model.safetensors + tokenizer for a random model of `family`."""
     from transformers import AutoModelForCausalLM
 
-    vocab = save_toy_tokenizer(path, extra_words)
+    vocab = save_toy_tokenizer(path, extra_words, byte_level=byte_level)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config(family, vocab, **sizes))
     with torch.no_grad():  # larger weights than HF's init, so greedy tokens are well separated

@@ -27,11 +27,15 @@ from constellation.api.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     OpenAIRequest,
+    ResponseFormat,
     TextCompletion,
+    Tool,
+    ToolChoice,
     errors,
     sse,
 )
 from constellation.api.resolver import require_task
+from constellation.api.structured import FREE, Structure, plan, tool_call, with_tools_prompt
 from constellation.engine.decoder import Delta, Prepared
 from constellation.engine.sampling import DEFAULTABLE, SamplingParams
 from constellation.errors import ConstellationError, InvalidInput
@@ -77,6 +81,14 @@ class Sampling(OpenAIRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="json_object or json_schema: the answer is constrained to parse (and to obey the "
+        "schema); schemas are limited to 32 KiB of JSON",
+    )
+
+    def structure(self) -> Structure:
+        return plan(self.response_format)
 
     def params(self, max_tokens: int | None) -> SamplingParams:
         if self.n != 1:
@@ -103,11 +115,40 @@ class ChatMessage(BaseModel):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(
+        default=None, description="an earlier assistant turn's calls"
+    )
+    tool_call_id: str | None = Field(default=None, description="on a tool message: the call it answers")
+
+    def text(self) -> str:
+        """The message as the chat template sees it; earlier tool calls as the JSON the model wrote."""
+        fns = [c.get("function") for c in self.tool_calls or [] if isinstance(c, dict)]
+        calls: list[dict[str, Any]] = [f for f in fns if isinstance(f, dict)]
+        if not calls:
+            return _text_of(self.content)
+        return "\n".join(json.dumps({"name": c.get("name"), "arguments": _arguments(c)}) for c in calls)
 
 
 class ChatIn(Sampling):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    tools: list[Tool] | None = Field(default=None, description="functions the model may call")
+    tool_choice: ToolChoice | None = Field(
+        default=None,
+        description="none, auto (default with tools), required, or {type: function, function: {name}}",
+    )
+
+    def structure(self) -> Structure:
+        return plan(self.response_format, self.tools, self.tool_choice)
+
+
+def _arguments(function: dict[str, Any]) -> Any:
+    """A call's arguments as the model wrote them: JSON when they parse, else the raw text."""
+    raw = function.get("arguments")
+    try:
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return raw
 
 
 def _text_of(content: str | list[dict[str, Any]] | None) -> str:
@@ -126,12 +167,45 @@ def _text_of(content: str | list[dict[str, Any]] | None) -> str:
 
 @dataclass(slots=True)
 class Shape:
-    """What differs between chat and plain completions in the wire format."""
+    """What differs between chat and plain completions in the wire format, and between a
+    content answer and a tool call."""
 
     chat: bool
     id: str
     created: int
     model: str
+    structure: Structure = FREE
+    call_id: str | None = None  # a streamed named call: its id once its first delta is out
+
+    def chunks(self, text: str, finish: str | None, texts: list[str]) -> list[dict[str, Any]]:
+        """The stream's chunks for one engine delta (`texts`: every piece so far, this one last);
+        the last one carries `finish` when it is set. A call to a named function streams its
+        arguments as they come; any other call is sent whole once it has parsed."""
+        if not (self.chat and self.structure.calls_tools):
+            return [self.chunk(text, finish)] if (text or finish) else []
+        if self.structure.mode == "named":
+            out = [self._call_delta(text)] if text else []
+            return out + ([self.chunk(None, _call_finish(finish))] if finish else [])
+        if finish is None:
+            return []
+        whole = "".join(texts)
+        call = tool_call(self.structure, whole) if finish == "stop" else None
+        if call is None:
+            return [self.chunk(whole, finish)]
+        return [self._tools_chunk([{"index": 0, **call}]), self.chunk(None, "tool_calls")]
+
+    def _call_delta(self, text: str) -> dict[str, Any]:
+        if self.call_id is not None:
+            return self._tools_chunk([{"index": 0, "function": {"arguments": text}}])
+        first = tool_call(self.structure, text)
+        assert first is not None
+        self.call_id = first["id"]
+        return self._tools_chunk([{"index": 0, **first}])
+
+    def _tools_chunk(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk = self.chunk(None, None)
+        chunk["choices"][0]["delta"]["tool_calls"] = calls
+        return chunk
 
     def chunk(self, text: str | None, finish: str | None, *, first: bool = False) -> dict[str, Any]:
         if self.chat:
@@ -153,9 +227,18 @@ class Shape:
 
     def full(self, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
         if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            call = (
+                tool_call(self.structure, text)
+                if finish == "stop" or self.structure.mode == "named"
+                else None
+            )
+            if call is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
+                finish = _call_finish(finish)
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "finish_reason": finish,
                 "logprobs": None,
             }
@@ -171,6 +254,11 @@ class Shape:
             "choices": [choice],
             "usage": usage,
         }
+
+
+def _call_finish(finish: str) -> str:
+    """A call that closed is `tool_calls`; one cut short keeps `length`."""
+    return "tool_calls" if finish == "stop" else finish
 
 
 def _usage(last: Delta) -> dict[str, int]:
@@ -237,12 +325,15 @@ async def _stream(
         async for d in gen:
             texts.append(d.text)
             last = d
+            chunks = shape.chunks(d.text, d.finish_reason, texts)
             if d.finish_reason is None:
-                if d.text:
-                    yield _sse(shape.chunk(d.text, None))
+                for c in chunks:
+                    yield _sse(c)
                 continue
             ext = await call.settle(caller, _outcome(shape, texts, d), started)
-            final = shape.chunk(d.text, d.finish_reason)
+            *before, final = chunks
+            for c in before:
+                yield _sse(c)
             if include_usage:
                 yield _sse(final)
                 yield _sse(
@@ -270,12 +361,14 @@ async def _generate(
     chat: bool,
 ) -> Any:
     raw = body.model_dump()
+    structure = body.structure()
     replay = await call.prepare(caller, body.model, raw)
     shape = Shape(
         chat=chat,
         id=("chatcmpl-" if chat else "cmpl-") + call.request_id[4:],
         created=int(time.time()),
         model=body.model,
+        structure=structure,
     )
     if replay is not None:
         return _replay_stream(replay, shape) if body.stream else replay
@@ -289,9 +382,10 @@ async def _generate(
         res.base,
         res.adapter,
         prompt=prompt,
-        messages=messages,
+        messages=with_tools_prompt(messages, structure) if messages is not None else None,
         params=params,
         tenant=caller.tenant_id,
+        constraint=structure.constraint,
     )
     await call.admit(caller, est_input_tokens=len(prepared.prompt_ids), est_output_tokens=prepared.max_new)
     if body.stream:
@@ -308,10 +402,14 @@ async def _generate(
 
 def _replay_stream(stored: dict[str, Any], shape: Shape) -> StreamingResponse:
     choice = stored["choices"][0]
-    text = choice["message"]["content"] if shape.chat else choice["text"]
+    text = (choice["message"]["content"] or "") if shape.chat else choice["text"]
+    calls = choice["message"].get("tool_calls") if shape.chat else None
 
     async def chunks() -> AsyncIterator[bytes]:
-        yield _sse(shape.chunk(text, None, first=True) | {"id": stored["id"]})
+        first = shape.chunk(text, None, first=True) | {"id": stored["id"]}
+        if calls:
+            first["choices"][0]["delta"]["tool_calls"] = [{"index": i, **c} for i, c in enumerate(calls)]
+        yield _sse(first)
         yield _sse(
             shape.chunk(None, choice["finish_reason"])
             | {"id": stored["id"], "usage": stored.get("usage"), "constellation": stored.get("constellation")}
@@ -353,7 +451,7 @@ async def chat_completions(body: ChatIn, caller: InferenceCaller, call: CallDep)
         raise InvalidInput(
             "'messages' is empty; send at least one {'role': 'user', 'content': ...}", param="messages"
         )
-    messages = [{"role": m.role, "content": _text_of(m.content)} for m in body.messages]
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     return await _generate(
         call, caller, body, prompt=None, messages=messages, max_tokens=max_tokens, chat=True
