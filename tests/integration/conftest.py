@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from constellation.api.app import create_app
-from constellation.config import Settings
+from constellation.config import EngineLimits, Settings
 from constellation.engine.llm_toy import save_random_adapter, save_random_lm
 from constellation.finetune.demo import DEMO_DIR, DemoBuilder, DemoOptions, smollm2_gguf
 from constellation.platform import Platform
@@ -124,13 +127,16 @@ async def served(api: Api, lm_dirs: tuple[Path, Path], minilm_path: Path) -> Api
 
 
 # --- The demo's real chat model (SmolLM2-135M-Instruct and its chat adapters) -----------------
-# The built demo (the GGUF import and the adapters' training, a few minutes on 2 cores) is cached
-# in pytest's cache directory, keyed by the GGUF, the demo's manifest and its chat data, so later
-# runs, and every module that asks for `smollm2_demo`, reuse one build.
+# The built demo (the GGUF import and the adapters' training: about five minutes on 2 cores) is
+# cached between test runs, as a model hub's cache would be, in `$CONSTELLATION_TEST_CACHE`
+# (default `~/.cache/constellation-tests`), keyed by the GGUF, the demo's manifest, its chat data
+# and the training options, so later runs -- from any clone on the machine -- and every module
+# that asks for `smollm2_demo` reuse one build. Delete the folder to rebuild from scratch.
 
 SMOLLM2_ADAPTERS = ("pirate-v1", "support-reply-v1", "haiku-v1")
 # Reduced training for tests: the first examples of each chat set, three epochs.
 SMOLLM2_TEST_DEMO = DemoOptions(max_examples=32, epochs=3)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,18 @@ class Demo:
 
 
 def demo_settings(data: Path) -> Settings:
-    return Settings(data_dir=data, db_url=f"sqlite:///{data / 'constellation.db'}")
+    # A KV cache of 128 MiB holds every sequence these tests batch (1 GiB by default).
+    engine = EngineLimits(kv_cache_bytes=128 * 1024**2)
+    return Settings(data_dir=data, db_url=f"sqlite:///{data / 'constellation.db'}", engine=engine)
+
+
+def build_smollm2_demo(data: Path) -> None:
+    """The demo at the tests' size into `data` (run in a child process by the fixture)."""
+    platform = Platform(demo_settings(data)).open()
+    try:
+        DemoBuilder(platform, options=SMOLLM2_TEST_DEMO, say=lambda _m: None).build()
+    finally:
+        platform.close()
 
 
 def _smollm2_key() -> str:
@@ -157,14 +174,16 @@ def _smollm2_key() -> str:
 
 
 @pytest.fixture(scope="module")
-def smollm2_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+def smollm2_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     """A private copy of the cached SmolLM2 demo (built on first use)."""
-    cache = Path(request.config.cache.mkdir(f"constellation-smollm2-{_smollm2_key()}"))
-    platform = Platform(demo_settings(cache)).open()
-    try:  # idempotent: after the first run it imports and trains nothing
-        DemoBuilder(platform, options=SMOLLM2_TEST_DEMO, say=lambda _m: None).build()
-    finally:
-        platform.close()
+    root = Path(os.environ.get("CONSTELLATION_TEST_CACHE") or Path.home() / ".cache" / "constellation-tests")
+    cache = root / f"smollm2-demo-{_smollm2_key()}"
+    cache.mkdir(parents=True, exist_ok=True)
+    # Idempotent: after the first run it imports and trains nothing. In a child process, so that
+    # the gigabytes training takes go back to the system rather than stay in this one's heap.
+    code = "import sys; from pathlib import Path; from tests.integration.conftest import build_smollm2_demo; "
+    code += "build_smollm2_demo(Path(sys.argv[1]))"
+    subprocess.run([sys.executable, "-c", code, str(cache)], check=True, cwd=ROOT)
     data = tmp_path_factory.mktemp("smollm2") / "data"
     shutil.copytree(cache, data)
     platform = Platform(demo_settings(data)).open()

@@ -7,41 +7,22 @@ three chat adapters trained on the demo's chats (at a reduced size).
 - our engine's greedy tokens equal transformers' `generate` for the base and for each adapter
   merged into it with PEFT, with the eight requests of each comparison batched together.
 
-The built demo (the GGUF import and the training: about five minutes on 2 cores) is cached between
-test runs, as a model hub's cache would be, in `$CONSTELLATION_TEST_CACHE` (default
-`~/.cache/constellation-tests`), keyed by the GGUF, the demo's manifest, its chat data and the
-training options, so later runs -- from any clone on the machine -- reuse it; delete the folder
-to rebuild from scratch.
+The built demo is the `smollm2_demo` fixture of tests/integration/conftest.py, cached between runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
-import json
-import os
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.integration.conftest import SMOLLM2_ADAPTERS, Demo
 
 from constellation.api.app import create_app
-from constellation.config import EngineLimits, Settings
-from constellation.finetune.demo import DEMO_DIR, DemoBuilder, DemoOptions, smollm2_gguf
-from constellation.platform import Platform
-from constellation.registry import models
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
-CHAT_ADAPTERS = ("pirate-v1", "support-reply-v1", "haiku-v1")
-# Reduced training for the test: the first examples of each chat set, three epochs.
-TEST_DEMO = DemoOptions(max_examples=32, epochs=3)
 MAX_NEW = 24
 UNSEEN = [  # none of these is in examples/demo/chat
     "What is the capital of Italy?",
@@ -56,67 +37,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@dataclass(frozen=True)
-class Demo:
-    data: Path
-    keys: dict[str, str]
-    dirs: dict[str, Path]  # model name -> its verified artifact directory
-
-
-def _key() -> str:
-    h = hashlib.sha256()
-    h.update(smollm2_gguf().stat().st_size.to_bytes(8, "little"))
-    for path in [DEMO_DIR / "demo.yaml", *sorted((DEMO_DIR / "chat").glob("*.jsonl"))]:
-        h.update(path.read_bytes())
-    h.update(repr(TEST_DEMO).encode())
-    return h.hexdigest()[:16]
-
-
-def _settings(data: Path) -> Settings:
-    # A KV cache of 128 MiB holds every sequence these tests batch (1 GiB by default).
-    engine = EngineLimits(kv_cache_bytes=128 * 1024**2)
-    return Settings(data_dir=data, db_url=f"sqlite:///{data / 'constellation.db'}", engine=engine)
-
-
-def build(data: Path) -> None:
-    """The demo at the test's size into `data` (run in a child process by the fixture)."""
-    platform = Platform(_settings(data)).open()
-    try:
-        DemoBuilder(platform, options=TEST_DEMO, say=lambda _m: None).build()
-    finally:
-        platform.close()
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    root = Path(os.environ.get("CONSTELLATION_TEST_CACHE") or Path.home() / ".cache" / "constellation-tests")
-    cache = root / f"smollm2-demo-{_key()}"
-    cache.mkdir(parents=True, exist_ok=True)
-    # Idempotent: after the first run it imports and trains nothing. In a child process, so that
-    # the gigabytes training takes go back to the system rather than stay in this one's heap.
-    build = (
-        "import sys; from pathlib import Path; from tests.integration.test_smollm2 import build; "
-        "build(Path(sys.argv[1]))"
-    )
-    subprocess.run([sys.executable, "-c", build, str(cache)], check=True, cwd=ROOT)
-    data = tmp_path_factory.mktemp("smollm2") / "data"
-    shutil.copytree(cache, data)
-    platform = Platform(_settings(data)).open()
-    try:
-        with platform.db.session() as s:
-            dirs = {
-                name: platform.store.open(models.get_model(s, name=name).artifact_digest)
-                for name in ("smollm2", *CHAT_ADAPTERS)
-            }
-    finally:
-        platform.close()
-    yield Demo(data, json.loads((data / "demo-keys.json").read_text()), dirs)
+@pytest.fixture
+def demo(smollm2_demo: Demo) -> Demo:
+    return smollm2_demo
 
 
 async def _answers(demo: Demo, requests: list[tuple[str, str]], *, key: str = "demo-lab") -> list[str]:
     """Greedy answers to (model, question) pairs, sent concurrently so the engine batches them.
     The non-commercial demo tenant may use every adapter, the CC-BY-NC haiku included."""
-    app = create_app(_settings(demo.data))
+    app = create_app(demo.settings())
     headers = {"Authorization": f"Bearer {demo.keys[key]}"}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -164,7 +93,7 @@ def _haiku(text: str) -> bool:
 
 async def test_each_adapter_moves_the_style_it_was_trained_for(demo: Demo) -> None:
     checks = {"pirate-v1": _pirate, "support-reply-v1": _support, "haiku-v1": _haiku}
-    models_ = ["smollm2", *CHAT_ADAPTERS]
+    models_ = ["smollm2", *SMOLLM2_ADAPTERS]
     answers = await _answers(demo, [(m, q) for m in models_ for q in UNSEEN])
     by_model = {m: answers[i * len(UNSEEN) : (i + 1) * len(UNSEEN)] for i, m in enumerate(models_)}
     for adapter, check in checks.items():
@@ -174,7 +103,7 @@ async def test_each_adapter_moves_the_style_it_was_trained_for(demo: Demo) -> No
 
 
 async def test_the_nc_chat_adapter_is_refused_to_a_commercial_tenant(demo: Demo) -> None:
-    app = create_app(_settings(demo.data))
+    app = create_app(demo.settings())
     body = {"model": "haiku-v1", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -220,7 +149,7 @@ def _hf_greedy(base: Path, adapter: Path | None) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("model", ["smollm2", *CHAT_ADAPTERS])
+@pytest.mark.parametrize("model", ["smollm2", *SMOLLM2_ADAPTERS])
 async def test_greedy_tokens_equal_transformers_generate(demo: Demo, model: str) -> None:
     ours = await _answers(demo, [(model, p) for p in PROMPTS])
     adapter = None if model == "smollm2" else demo.dirs[model]
