@@ -2,8 +2,8 @@
 three chat adapters trained on the demo's chats (at a reduced size).
 
 - greedy answers to fixed questions are right ("Paris" for the capital of France);
-- each adapter moves the style the way it was trained (pirate words, Acme Support's sign-off,
-  three-line haiku), on questions it was not trained on, where the base shows none of it;
+- each adapter moves the style the way it was trained (pirate words, Acme Support's opening,
+  short verse), on questions it was not trained on, where the base shows none of it;
 - our engine's greedy tokens equal transformers' `generate` for the base and for each adapter
   merged into it with PEFT, with the eight requests of each comparison batched together.
 
