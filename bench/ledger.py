@@ -239,10 +239,11 @@ async def _embeddings(n: int, concurrency: int, rounds: int) -> tuple[float, flo
     import httpx
 
     from constellation.api.app import create_app
+    from constellation.api.state import state_of
 
     app = create_app(Settings(data_dir=Path(tempfile.mkdtemp())))
     async with app.router.lifespan_context(app):
-        p: Platform = app.state.platform
+        p: Platform = state_of(app).platform
         with p.db.session() as s:
             contributors.add_contributor(s, id="sbert", name="SBERT", kind="organisation")
             tenants.add_tenant(s, id="bench", name="Bench")
@@ -257,15 +258,16 @@ async def _embeddings(n: int, concurrency: int, rounds: int) -> tuple[float, flo
                       "task": "embedding", "author": "sbert", "license": "apache-2.0"},
             )  # fmt: skip
             r.raise_for_status()
-            meter = app.state.meter
+            state = state_of(app)
+            meter = state.meter
             await _embed_rate(client, headers, concurrency * 2, concurrency)  # warm the engine
             on, off = [], []
             for _ in range(rounds):
-                app.state.meter = meter
+                state.meter = meter
                 on.append(await _embed_rate(client, headers, n, concurrency))
-                app.state.meter = NullMeter()
+                state.meter = NullMeter()  # type: ignore[assignment]  # duck-typed: the meter's interface
                 off.append(await _embed_rate(client, headers, n, concurrency))
-            app.state.meter = meter
+            state.meter = meter
     return max(on), max(off)
 
 

@@ -15,6 +15,7 @@ import uvicorn
 from tests.e2e.conftest import free_port
 
 from constellation.api.app import create_app
+from constellation.api.state import state_of
 from constellation.config import Settings
 from constellation.registry import tenants
 
@@ -43,7 +44,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
-    with app.state.platform.db.session() as s:
+    with state_of(app).platform.db.session() as s:
         tenants.add_tenant(s, id="acme", name="acme")
         key = tenants.create_key(s, tenant_id="acme", scopes=["inference"]).secret
     yield Live(port=port, key=key)

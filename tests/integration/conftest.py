@@ -18,6 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from constellation.api.app import create_app
+from constellation.api.state import state_of
 from constellation.config import EngineLimits, Settings
 from constellation.engine.llm_toy import save_random_adapter, save_random_lm
 from constellation.finetune.demo import DEMO_DIR, DemoBuilder, DemoOptions, smollm2_gguf
@@ -74,7 +75,7 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
-            platform: Platform = app.state.platform
+            platform: Platform = state_of(app).platform
             a = Api(app=app, client=client, platform=platform, admin={})
             a.admin = a.key("ops", "admin")
             yield a

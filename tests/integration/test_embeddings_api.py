@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from tests.integration.conftest import Api
 
+from constellation.api.state import state_of
+
 pytestmark = pytest.mark.anyio
 
 
@@ -94,7 +96,7 @@ async def test_too_long_input_400_with_token_count_unless_truncate(served: Api) 
 
 
 async def test_too_many_items_400(served: Api) -> None:
-    limit = served.app.state.settings.engine.max_items_per_request
+    limit = state_of(served.app).settings.engine.max_items_per_request
     r = await served.client.post(
         "/v1/embeddings", headers=served.key("acme"), json={"model": "minilm", "input": ["a"] * (limit + 1)}
     )

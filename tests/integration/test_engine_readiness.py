@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 from tests.integration.conftest import Api
 
+from constellation.api.state import state_of
+
 pytestmark = pytest.mark.anyio
 
 
 async def test_readyz_is_503_while_a_worker_is_down(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    engines = api.app.state.engines
+    engines = state_of(api.app).engines
     monkeypatch.setattr(
         engines, "unready", lambda: "encoder worker(s) [0] of 2 stopped and are being restarted"
     )

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from tests.integration.conftest import Api
 
+from constellation.api.state import state_of
 from constellation.economy import holds, ledger
 from constellation.registry import models, tenants
 
@@ -186,7 +187,7 @@ async def test_every_field_is_checked_before_a_job_is_queued(
 async def test_uploads_are_capped_per_tenant(api: Api, tiny_bert: Path) -> None:
     h = await _setup(api, tiny_bert)
     data = jsonl(30)
-    api.app.state.finetunes.uploads.cap = int(len(data) * 1.5)
+    state_of(api.app).finetunes.uploads.cap = int(len(data) * 1.5)
     first = await _start(api, h, "first", data, epochs=50)  # holds its upload while it runs
     assert first.status_code == 202, first.text
     second = await _start(api, h, "second", data)
@@ -257,7 +258,7 @@ async def test_a_job_is_admitted_against_the_spending_limit(api: Api, tiny_bert:
 
 async def test_a_job_past_its_time_limit_is_stopped_and_billed(api: Api, tiny_bert: Path) -> None:
     h = await _setup(api, tiny_bert)
-    api.app.state.finetunes.max_s = 0.05
+    state_of(api.app).finetunes.max_s = 0.05
     r = await _start(api, h, "slow", jsonl(40), epochs=50)
     assert r.status_code == 202, r.text
     job = await _wait(api, h, r.json()["id"])

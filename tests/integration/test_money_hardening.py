@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from tests.integration.conftest import Api
 
+from constellation.api.state import state_of
 from constellation.economy import holds, ledger
 from constellation.economy.money import MAX_BALANCE_NANOS
 from constellation.economy.pricing import Leg
@@ -136,7 +137,7 @@ async def test_an_unexpected_error_is_recorded_once_and_releases_the_hold(
         raise RuntimeError("a bug, not a platform error")
         yield  # pragma: no cover
 
-    monkeypatch.setattr(served.app.state.engines.decoder, "generate", boom)
+    monkeypatch.setattr(state_of(served.app).engines.decoder, "generate", boom)
     r = await served.client.post("/v1/chat/completions", headers=h, json={**CHAT, "max_tokens": 4})
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
     r = await served.client.post(
@@ -157,7 +158,7 @@ async def test_a_platform_error_mid_stream_is_settled_once(
         yield Delta("ahoy", (1,), None, 5, 1, 10)
         raise Overloaded("the engine went away")
 
-    monkeypatch.setattr(served.app.state.engines.decoder, "generate", half)
+    monkeypatch.setattr(state_of(served.app).engines.decoder, "generate", half)
     r = await served.client.post(
         "/v1/chat/completions", headers=h, json={**CHAT, "max_tokens": 4, "stream": True}
     )
@@ -192,7 +193,7 @@ async def test_concurrent_requests_never_overrun_a_prepaid_balance(
     """50 requests at once against a balance covering 5 worst cases: 5 are served, 45 are 402,
     nothing is written off. The engine is held until every request has been admitted or refused,
     so that no early settlement frees funds for a later request."""
-    meter = served.app.state.meter
+    meter = state_of(served.app).meter
     # A worst case that holds even on a loaded 2-core machine, where attributed compute inflates.
     monkeypatch.setattr(meter, "compute_estimate", lambda _m, tokens: tokens * PER_TOKEN_NS)
     body = {**CHAT, "max_tokens": 6}
@@ -209,7 +210,7 @@ async def test_concurrent_requests_never_overrun_a_prepaid_balance(
         ledger.set_limit(s, tenant_id="thrifty", prepaid=True)
         ledger.fund(s, tenant_id="thrifty", amount_nanos=5 * worst + worst // 2)
 
-    decoder = served.app.state.engines.decoder
+    decoder = state_of(served.app).engines.decoder
     real, gate, entered = decoder.generate, asyncio.Event(), []
 
     async def gated(prepared: object) -> AsyncIterator[Delta]:

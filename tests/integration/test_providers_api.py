@@ -22,6 +22,7 @@ from sqlalchemy import select, text
 from tests.integration.upstream_fake import WORDS, FaultyUpstream, serve
 
 from constellation.api.app import create_app
+from constellation.api.state import state_of
 from constellation.config import Settings
 from constellation.economy import ledger, reports
 from constellation.economy.tables import UsageEvent
@@ -45,7 +46,7 @@ class Proxy:
 
     @property
     def platform(self) -> Platform:
-        platform: Platform = self.app.state.platform
+        platform: Platform = state_of(self.app).platform
         return platform
 
     def key(self, tenant: str, *scopes: str) -> dict[str, str]:

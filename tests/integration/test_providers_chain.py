@@ -16,6 +16,7 @@ from openai import OpenAI
 from tests.integration.upstream_fake import serve
 
 from constellation.api.app import create_app
+from constellation.api.state import state_of
 from constellation.config import Settings
 from constellation.economy import reports
 from constellation.platform import Platform
@@ -47,7 +48,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, lm_dirs: tuple[Path, Path]) 
     up_app = create_app(Settings(data_dir=tmp_path / "up", db_url=f"sqlite:///{tmp_path / 'up.db'}"))
     our_app = create_app(Settings(data_dir=tmp_path / "ours", db_url=f"sqlite:///{tmp_path / 'ours.db'}"))
     with serve(up_app) as up_url, serve(our_app) as url:
-        up: Platform = up_app.state.platform
+        up: Platform = state_of(up_app).platform
         with up.db.session() as s:
             contributors.add_contributor(s, id="lab", name="Lab", kind="organisation")
             service.register_base(
@@ -61,7 +62,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, lm_dirs: tuple[Path, Path]) 
             )
         up_key = _key(up, "downstream")
         os.environ[KEY_VAR] = up_key  # read by our server at call time
-        ours: Platform = our_app.state.platform
+        ours: Platform = state_of(our_app).platform
         admin = {"Authorization": f"Bearer {_key(ours, 'ops', 'admin')}"}
         with httpx.Client(base_url=url, headers=admin) as http:
             body = {"name": "upstream-constellation", "base_url": up_url + "/v1", "api_key_env": KEY_VAR}

@@ -14,6 +14,7 @@ import pytest
 from tests.integration.conftest import Api
 
 from constellation.api.protocol import ChatCompletion, ChatCompletionChunk
+from constellation.api.state import state_of
 from constellation.engine.llm_toy import save_random_adapter, save_random_lm
 
 pytestmark = pytest.mark.anyio
@@ -248,7 +249,7 @@ async def test_grammars_are_compiled_once_per_schema(served: Api) -> None:
             "/v1/chat/completions", headers=h, json=_chat(max_tokens=2, response_format=_fmt(schema))
         )
         assert r.status_code == 200
-    (compiler,) = served.app.state.engines.decoder._grammars.values()
+    (compiler,) = state_of(served.app).engines.decoder._grammars.values()
     assert compiler.misses == 1 and compiler.hits == 2
 
 

@@ -35,6 +35,7 @@ from constellation.api.routes import (
     tenants,
     web,
 )
+from constellation.api.state import AppState, started
 from constellation.config import Settings
 from constellation.economy.meter import Meter
 from constellation.finetune.jobs import JobManager
@@ -59,31 +60,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
 
+    device_class = "gpu" if settings.engine.device.startswith("cuda") else "cpu"
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tune_interpreter(settings)
         platform = Platform(settings).open()
-        app.state.platform = platform
-        app.state.resolver = Resolver(platform)
-        app.state.keys = KeyCache()
         upstreams = Upstreams(
             secrets_file=settings.provider_secrets_file, tokenizer=settings.provider_tokenizer
         )
-        app.state.engines = Engines(settings.engine, upstreams)
-        app.state.meter = Meter(platform.db, settings.prices) if settings.metering else None
-        app.state.finetunes = JobManager(platform, app.state.meter)
-        app.state.limiter = build_limiter(settings.rate_limits, settings.redis_url, tenant_loader(platform))
-        app.state.ready = True
+        meter = Meter(platform.db, settings.prices) if settings.metering else None
+        state = AppState(
+            settings=settings,
+            metrics=metrics,
+            device_class=device_class,
+            platform=platform,
+            resolver=Resolver(platform),
+            keys=KeyCache(),
+            engines=Engines(settings.engine, upstreams),
+            meter=meter,
+            finetunes=JobManager(platform, meter),
+            limiter=build_limiter(settings.rate_limits, settings.redis_url, tenant_loader(platform)),
+        )
+        app.state.constellation = state
         try:
             yield
         finally:
-            app.state.ready = False
-            app.state.finetunes.close()  # before the meter: a stopped job is billed as it ends
-            app.state.engines.close()
+            state.ready = False
+            state.finetunes.close()  # before the meter: a stopped job is billed as it ends
+            state.engines.close()
             await upstreams.aclose()
-            if app.state.meter is not None:
-                app.state.meter.close()
-            await app.state.limiter.close()
+            if state.meter is not None:
+                state.meter.close()
+            await state.limiter.close()
             platform.close()
 
     app = FastAPI(
@@ -97,11 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     docs.mount_assets(app)
     docs.install_openapi(app)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    metrics.watch(app.state)
-    app.state.ready = False
-    app.state.device_class = "gpu" if settings.engine.device.startswith("cuda") else "cpu"
+    app.state.constellation = None  # an AppState once the lifespan has opened the platform
+    metrics.watch(lambda: started(app))
     app.add_middleware(ForgetCachedRegistry)
     app.add_middleware(Gate, settings=settings)
     app.add_middleware(AccessLog, metrics=metrics, enabled=settings.access_log)  # outermost
@@ -143,17 +149,9 @@ class ForgetCachedRegistry:
             # SessionDep has committed by now (it ends with the handler, see deps.py): forget,
             # then let the answer start, so no client sees it before the caches are gone.
             if message["type"] == "http.response.start" and message["status"] < 400:
-                forget_cached(scope["app"].state)
+                state = started(scope["app"])
+                if state is not None:
+                    state.forget_cached()
             await send(message)
 
         await self.app(scope, receive, forget_then_send)
-
-
-def forget_cached(state: Any) -> None:
-    """Drop every short-lived registry cache this process keeps (see ForgetCachedRegistry)."""
-    caches = ("resolver", "keys", "limiter")  # the limiter caches tenants' own limits
-    for cache in (getattr(state, name, None) for name in caches):
-        if cache is not None:
-            cache.clear()
-    if getattr(state, "meter", None) is not None:
-        state.meter.invalidate_prices()

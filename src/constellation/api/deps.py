@@ -1,5 +1,5 @@
-"""Request dependencies as `Annotated` aliases: the platform, a DB session, and the caller's
-principal resolved from `Authorization: Bearer <key>` with scope checks.
+"""Request dependencies as `Annotated` aliases: the app's state, the platform, a DB session, and
+the caller's principal resolved from `Authorization: Bearer <key>` with scope checks.
 
 The inference hot path's dependencies are `async`: FastAPI runs a plain `def` dependency in a
 worker thread, a hop that costs more than the work when the key is cached."""
@@ -14,17 +14,24 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import State
 
 from constellation.api.cache import RefreshingCache
+from constellation.api.state import AppState, state_of
 from constellation.errors import Forbidden, Unauthenticated
 from constellation.platform import Platform
 from constellation.registry.tenants import authenticate
 
 
-async def get_platform(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
+async def get_state(request: Request) -> AppState:
+    """The app's state (api/state.py): its platform, engines, meter, caches and settings."""
+    return state_of(request.app)
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_platform(state: StateDep) -> Platform:
+    return state.platform
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
@@ -84,13 +91,13 @@ def _digest(secret: str) -> str:
 
 async def get_principal(request: Request) -> Principal:
     """The caller of this request, from its API key (cached; a database read on a miss)."""
-    return await principal_of(request.app.state, request.headers.get("authorization", ""))
+    return await principal_of(state_of(request.app), request.headers.get("authorization", ""))
 
 
-async def principal_of(state: State, header: str) -> Principal:
+async def principal_of(state: AppState, header: str) -> Principal:
     """The caller named by an `Authorization` header value, or Unauthenticated. The app's gate
     (api/gate.py) calls it before a request's body is read, the routes' dependencies after."""
-    platform: Platform = state.platform
+    platform = state.platform
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated(
@@ -106,11 +113,8 @@ async def principal_of(state: State, header: str) -> Principal:
             key = authenticate(s, secret=secret)
             return Principal(tenant_id=key.tenant_id, key_id=key.id, scopes=frozenset(key.scopes))
 
-    cache: KeyCache | None = getattr(state, "keys", None)
-    if cache is None:
-        return await run_in_threadpool(load)
-    hit = cache.lookup(secret)
-    return hit if hit is not None else await run_in_threadpool(cache.load, secret, load)
+    hit = state.keys.lookup(secret)
+    return hit if hit is not None else await run_in_threadpool(state.keys.load, secret, load)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

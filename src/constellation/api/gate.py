@@ -7,6 +7,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from constellation.api.deps import principal_of
 from constellation.api.errors import error_response
+from constellation.api.state import state_of
 from constellation.config import Settings
 from constellation.errors import ConstellationError, TooLarge
 
@@ -33,7 +34,7 @@ class Gate:
         try:
             if path.startswith(AUTHENTICATED):
                 header = _header(scope, b"authorization")
-                principal = await principal_of(scope["app"].state, header.decode("latin-1"))
+                principal = await principal_of(state_of(scope["app"]), header.decode("latin-1"))
                 scope.setdefault("state", {})["principal"] = principal
             declared = _header(scope, b"content-length")
             if declared.isdigit() and int(declared) > limit:

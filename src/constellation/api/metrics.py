@@ -5,14 +5,15 @@ ledger's own counters, read when /metrics is scraped rather than pushed from the
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from constellation.api.state import AppState
     from constellation.engine.decoder import Delta
 
 # Token latencies span a millisecond (a decode step on a GPU) to a minute (a long queue).
@@ -54,8 +55,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, state: Any) -> None:
-        """Read the engines' and the ledger writer's counters from `state` (the app's) per scrape."""
+    def watch(self, state: Callable[[], AppState | None]) -> None:
+        """Read the engines' and the ledger writer's counters from the app's state (None until
+        its lifespan has opened it) per scrape."""
         self.registry.register(EngineCollector(state))
         self.registry.register(LedgerCollector(state))
 
@@ -127,11 +129,12 @@ ENGINE_STATS: dict[str, tuple[str, bool, str]] = {
 class EngineCollector(Collector):
     """`engines.stats()` per engine, under conventional names and units, at scrape time."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Callable[[], AppState | None]) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
-        engines = getattr(self.state, "engines", None)
+        state = self.state()
+        engines = state.engines if state is not None else None
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         other = GaugeMetricFamily(
             "constellation_engine_stat",
@@ -155,11 +158,12 @@ class EngineCollector(Collector):
 class LedgerCollector(Collector):
     """The ledger writer's committed postings and write-offs, at scrape time."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Callable[[], AppState | None]) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
-        writer = getattr(getattr(self.state, "meter", None), "_writer", None)  # one per process
+        state = self.state()
+        writer = getattr(state.meter, "_writer", None) if state is not None else None  # one per process
         if writer is None:
             return
         postings = getattr(writer, "postings", None)

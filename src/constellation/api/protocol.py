@@ -1,16 +1,18 @@
-"""The OpenAI wire format as served here: the request models' shared base, which refuses each
-unimplemented field by name (unless it carries its neutral value) and any text that is not valid
-Unicode, and the response models that the OpenAPI document describes.
+"""The OpenAI wire format as served here, in one module: the request models (their shared base
+refuses each unimplemented field by name, unless it carries its neutral value, and any text that is
+not valid Unicode) and the response models that the OpenAPI document describes.
 
 The inference routes build their answers as plain dicts (the hot path is not validated twice);
 these models only document them, and the tests check that real answers validate against them."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from constellation.engine.sampling import DEFAULTABLE, SamplingParams
 from constellation.errors import InvalidInput
 
 # OpenAI request fields this server does not implement, each with the values that ask for
@@ -152,6 +154,161 @@ class NamedToolChoice(BaseModel):
 
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+# --- Requests -----------------------------------------------------------------------------------
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+MAX_TOKENS_BOUND = 1_000_000  # far above any context here; bounds the arithmetic on it
+
+
+class Sampling(OpenAIRequest):
+    model: str = Field(description="a causal-lm model or adapter name from GET /v1/models")
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_TOKENS_BOUND, description="cap on generated tokens (default: what fits)"
+    )
+    temperature: float = Field(
+        default=1.0, ge=0, le=2, description="0 = greedy; omitted: the model's generation_config, else 1"
+    )
+    top_p: float = Field(
+        default=1.0, gt=0, le=1, description="omitted: the model's generation_config, else 1"
+    )
+    top_k: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="extension: keep the k most likely tokens (0 = off); omitted: the model's default",
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=-(2**63),
+        le=2**64 - 1,
+        description="a 64-bit integer; same seed, same answer, whatever shares the batch",
+    )
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=128)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="json_object or json_schema: the answer is constrained to parse (and to obey the "
+        "schema); schemas are limited to 32 KiB of JSON",
+    )
+
+    def params(self, max_tokens: int | None) -> SamplingParams:
+        if self.n != 1:
+            raise InvalidInput(
+                "n > 1 is not supported; send n separate requests (with different seeds)", param="n"
+            )
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=tuple(stops),
+            unset=frozenset(f for f in DEFAULTABLE if f not in self.model_fields_set),
+        )
+
+
+class CompletionIn(Sampling):
+    prompt: str | list[str]
+
+    def the_prompt(self) -> str:
+        """The one prompt (a list of exactly one string is accepted)."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise InvalidInput(
+                "send one prompt per request (a list of exactly one string is accepted)", param="prompt"
+            )
+        return self.prompt[0]
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(
+        default=None, description="an earlier assistant turn's calls"
+    )
+    tool_call_id: str | None = Field(default=None, description="on a tool message: the call it answers")
+
+    def text(self) -> str:
+        """The message as the chat template sees it; earlier tool calls as the JSON the model wrote."""
+        fns = [c.get("function") for c in self.tool_calls or [] if isinstance(c, dict)]
+        calls: list[dict[str, Any]] = [f for f in fns if isinstance(f, dict)]
+        if not calls:
+            return _text_of(self.content)
+        return "\n".join(json.dumps({"name": c.get("name"), "arguments": _arguments(c)}) for c in calls)
+
+
+class ChatIn(Sampling):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    tools: list[Tool] | None = Field(default=None, description="functions the model may call")
+    tool_choice: ToolChoice | None = Field(
+        default=None,
+        description="none, auto (default with tools), required, or {type: function, function: {name}}",
+    )
+
+    def turns(self) -> list[dict[str, Any]]:
+        """The messages as the chat template takes them."""
+        if not self.messages:
+            raise InvalidInput(
+                "'messages' is empty; send at least one {'role': 'user', 'content': ...}", param="messages"
+            )
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def completion_cap(self) -> int | None:
+        """`max_completion_tokens`, else the older `max_tokens`."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def _arguments(function: dict[str, Any]) -> Any:
+    """A call's arguments as the model wrote them: JSON when they parse, else the raw text."""
+    raw = function.get("arguments")
+    try:
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return raw
+
+
+def _text_of(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") != "text":
+            raise InvalidInput(
+                f"content parts of type {part.get('type')!r} are not supported; send text parts",
+                param="messages",
+            )
+        parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+class EmbeddingsIn(OpenAIRequest):
+    model: str = Field(description="an embedding model or adapter name from GET /v1/models")
+    input: str | list[str] = Field(description="a string or a list of strings to embed")
+    encoding_format: Literal["float", "base64"] = "float"
+    truncate: bool = Field(
+        default=False, description="cut inputs longer than the model's limit instead of a 400"
+    )
+    user: str | None = None
+    dimensions: int | None = Field(default=None, description="not supported; leave unset")
+
+
+class ClassifyIn(OpenAIRequest):
+    model: str = Field(description="a classification adapter name from GET /v1/models")
+    input: str | list[str]
+    truncate: bool = False
 
 
 # --- Responses ----------------------------------------------------------------------------------

@@ -5,41 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pydantic_core
 from fastapi import APIRouter
 from fastapi.responses import Response
-from pydantic import Field
 
 from constellation.api import upstream
 from constellation.api.deps import InferenceCaller
-from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
-from constellation.api.protocol import ClassificationList, EmbeddingList, OpenAIRequest, errors
+from constellation.api.pipeline import CallDep, JSONBody, Outcome
+from constellation.api.protocol import ClassificationList, ClassifyIn, EmbeddingList, EmbeddingsIn, errors
 from constellation.api.resolver import require_task
 from constellation.errors import InvalidInput
 
 router = APIRouter(
     prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
 )
-
-
-class EmbeddingsIn(OpenAIRequest):
-    model: str = Field(description="an embedding model or adapter name from GET /v1/models")
-    input: str | list[str] = Field(description="a string or a list of strings to embed")
-    encoding_format: Literal["float", "base64"] = "float"
-    truncate: bool = Field(
-        default=False, description="cut inputs longer than the model's limit instead of a 400"
-    )
-    user: str | None = None
-    dimensions: int | None = Field(default=None, description="not supported; leave unset")
-
-
-class ClassifyIn(OpenAIRequest):
-    model: str = Field(description="a classification adapter name from GET /v1/models")
-    input: str | list[str]
-    truncate: bool = False
 
 
 def _texts(value: str | list[str], limit: int) -> list[str]:
@@ -72,12 +54,12 @@ async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep)
         )
     texts = _texts(body.input, call.limits.max_items_per_request)
 
-    async def run(c: Call) -> Outcome:
-        res = c.resolved
+    async def run() -> Outcome:
+        res = call.resolved
         require_task(res, "embedding")
         if res.upstream is not None:  # a provider model
-            return await upstream.embeddings(c, caller, body.model_dump(exclude_unset=True))
-        out = await c.engines.encoder.embed(
+            return await upstream.embeddings(call, body.model_dump(exclude_unset=True))
+        out = await call.engines.encoder.embed(
             res.base, res.adapter, texts, truncate=body.truncate, tenant=caller.tenant_id
         )
         # Vectors stay arrays until the answer is rendered (see `_render`).
@@ -121,14 +103,14 @@ async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> 
     """Classify text with a classification adapter: the label and every label's probability per input."""
     texts = _texts(body.input, call.limits.max_items_per_request)
 
-    async def run(c: Call) -> Outcome:
-        res = c.resolved
+    async def run() -> Outcome:
+        res = call.resolved
         require_task(res, "classification")
         if res.adapter is None:
             raise InvalidInput(
                 f"'{res.name}' has no classification head; use a classification adapter", param="model"
             )
-        out = await c.engines.encoder.classify(
+        out = await call.engines.encoder.classify(
             res.base, res.adapter, texts, truncate=body.truncate, tenant=caller.tenant_id
         )
         data = [

@@ -11,14 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
-from constellation.api.deps import InferenceCaller, PlatformDep, Principal
+from constellation.api.deps import InferenceCaller, PlatformDep, Principal, StateDep
 from constellation.api.protocol import errors
 from constellation.errors import Forbidden, InvalidInput
 from constellation.finetune import uploads
-from constellation.finetune.jobs import JobManager
 from constellation.finetune.service import FinetuneSpec, validate
 from constellation.finetune.trainer import LoraConfig
 from constellation.platform import Platform
@@ -74,11 +73,6 @@ class JobOut(BaseModel):
     created_at: float = Field(description="Unix time")
     finished_at: float | None
     price_nanos: int | None = Field(description="what the job was billed, once it ended")
-
-
-def _jobs(request: Request) -> JobManager:
-    jobs: JobManager = request.app.state.finetunes
-    return jobs
 
 
 def _credited(body: FinetuneIn, caller: Principal, platform: Platform) -> tuple[str, str]:
@@ -137,11 +131,11 @@ def _scope(caller: Principal) -> str | None:
     "", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=errors(400, 402, 409, 413)
 )
 def start(
-    body: FinetuneIn, caller: InferenceCaller, platform: PlatformDep, request: Request
+    body: FinetuneIn, caller: InferenceCaller, platform: PlatformDep, state: StateDep
 ) -> dict[str, Any]:
     """Start a LoRA fine-tuning job; poll `GET /api/finetunes/{id}` for progress and metrics.
     Bad data, names, licences or contributors are refused now, not reported by a failed job."""
-    jobs = _jobs(request)
+    jobs = state.finetunes
     spec = _spec(body, caller, platform)
     files = [(f.filename, f.content) for f in body.data]
     saved = uploads.save(platform.settings.data_dir, jobs.uploads, tenant_id=caller.tenant_id, files=files)
@@ -156,18 +150,18 @@ def start(
 
 
 @router.get("", response_model=list[JobOut])
-def list_jobs(caller: InferenceCaller, request: Request) -> list[dict[str, Any]]:
+def list_jobs(caller: InferenceCaller, state: StateDep) -> list[dict[str, Any]]:
     """Your tenant's jobs (all jobs for an admin key)."""
-    return [j.as_dict() for j in _jobs(request).list(tenant_id=_scope(caller))]
+    return [j.as_dict() for j in state.finetunes.list(tenant_id=_scope(caller))]
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, caller: InferenceCaller, request: Request) -> dict[str, Any]:
+def get_job(job_id: str, caller: InferenceCaller, state: StateDep) -> dict[str, Any]:
     """Status (queued, running, succeeded, failed, cancelled), progress, metrics or the error."""
-    return _jobs(request).get(job_id, tenant_id=_scope(caller)).as_dict()
+    return state.finetunes.get(job_id, tenant_id=_scope(caller)).as_dict()
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(409))
-def cancel_job(job_id: str, caller: InferenceCaller, request: Request) -> dict[str, Any]:
+def cancel_job(job_id: str, caller: InferenceCaller, state: StateDep) -> dict[str, Any]:
     """Cancel a queued or running job; nothing it would have registered is registered."""
-    return _jobs(request).cancel(job_id, tenant_id=_scope(caller)).as_dict()
+    return state.finetunes.cancel(job_id, tenant_id=_scope(caller)).as_dict()

@@ -7,8 +7,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from constellation.api.deps import StateDep
 from constellation.api.errors import error_response
 from constellation.api.protocol import errors
+from constellation.api.state import started
 from constellation.errors import EngineUnavailable
 from constellation.registry.db import DatabaseUnavailable
 
@@ -28,15 +30,15 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=None, responses={200: {"model": StatusOut}, **errors(503)})
 def readyz(request: Request) -> dict[str, str] | Response:
     """The process can serve: started, its database answers, and no engine worker is down."""
-    if not request.app.state.ready:
+    state = started(request.app)
+    if state is None or not state.ready:
         return error_response(DatabaseUnavailable("starting up; retry shortly"))
     try:
-        with request.app.state.platform.db.engine.connect() as conn:
+        with state.platform.db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
         return error_response(DatabaseUnavailable(f"database unreachable: {type(exc).__name__}"))
-    engines = getattr(request.app.state, "engines", None)
-    why = engines.unready() if engines is not None else None
+    why = state.engines.unready()
     if why is not None:
         return error_response(EngineUnavailable(f"{why}; retry shortly"))
     return {"status": "ready"}
@@ -47,6 +49,6 @@ def readyz(request: Request) -> dict[str, str] | Response:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
-def metrics(request: Request) -> Response:
+def metrics(state: StateDep) -> Response:
     """Prometheus text exposition (engine and ledger counters are read now: api/metrics.py)."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from constellation.api.deps import InferenceCaller, PrincipalDep, SessionDep
+from constellation.api.deps import InferenceCaller, PrincipalDep, SessionDep, StateDep
 from constellation.api.protocol import errors
 from constellation.api.routes.billing import own_contributor, own_tenant
 from constellation.economy import series
@@ -126,14 +126,14 @@ def earnings_daily(
 
 
 @router.get("/lineage", response_model=LineageGraph, response_model_exclude_none=True)
-def lineage(principal: InferenceCaller, s: SessionDep, request: Request) -> dict[str, Any]:
+def lineage(principal: InferenceCaller, s: SessionDep, state: StateDep) -> dict[str, Any]:
     """The constellation as a graph: bases -> adapters and fine-tunes -> data sets ->
     contributors, of the models your tenant can see (an admin key sees all). Each model says
     whether your tenant may use it, its effective licence terms, and its price card: the terms
     along its lineage and the split of a reference request (1,000 input tokens, 1,000 output
     tokens for a causal LM, 100 ms of compute on this server's device class)."""
     graph = lineage_graph(s, tenant_id=principal.tenant_id, all_tenants=principal.is_admin)
-    rates = rates_for(request.app.state.settings.prices, request.app.state.device_class)
+    rates = rates_for(state.settings.prices, state.device_class)
     for node in graph["nodes"]:
         if node["type"] in ("base", "adapter", "finetune"):
             node["price"] = price_card(s, model_name=node["name"], task=node["task"], rates=rates)

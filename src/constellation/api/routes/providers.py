@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from constellation.api.deps import Admin, SessionDep
+from constellation.api.deps import Admin, SessionDep, StateDep
 from constellation.api.protocol import errors
 from constellation.economy.money import MAX_RATE_NANOS
-from constellation.providers.pool import Upstreams
 from constellation.registry import providers as repo
 from constellation.registry.tables import Provider
 
@@ -83,33 +82,33 @@ class ProviderOut(BaseModel):
     created_at: str
 
 
-def _out(request: Request, p: Provider, s: SessionDep) -> dict[str, Any]:
-    upstreams: Upstreams = request.app.state.engines.upstreams
-    state = upstreams.stats().get(p.id, {})
+def _out(state: StateDep, p: Provider, s: SessionDep) -> dict[str, Any]:
+    upstreams = state.engines.upstreams
+    stats = upstreams.stats().get(p.id, {})
     key_present = p.api_key_env is None or upstreams.secrets.get(p.api_key_env) is not None
     return {
         **repo.provider_dict(p, repo.exposed_models(s, provider_id=p.id)),
         "key_present": key_present,
-        "circuit": state.get("circuit", "closed"),
+        "circuit": stats.get("circuit", "closed"),
     }
 
 
 @router.get("/providers", response_model=list[ProviderOut])
-def list_providers(request: Request, _: Admin, s: SessionDep) -> list[dict[str, Any]]:
+def list_providers(state: StateDep, _: Admin, s: SessionDep) -> list[dict[str, Any]]:
     """Every upstream provider, the models it exposes and its circuit state."""
-    return [_out(request, p, s) for p in repo.list_providers(s)]
+    return [_out(state, p, s) for p in repo.list_providers(s)]
 
 
 @router.get("/providers/{name}", response_model=ProviderOut)
-def get_provider(name: str, request: Request, _: Admin, s: SessionDep) -> dict[str, Any]:
+def get_provider(name: str, state: StateDep, _: Admin, s: SessionDep) -> dict[str, Any]:
     """One upstream provider."""
-    return _out(request, repo.get_provider(s, id=name), s)
+    return _out(state, repo.get_provider(s, id=name), s)
 
 
 @router.post(
     "/providers", status_code=status.HTTP_201_CREATED, response_model=ProviderOut, responses=errors(409)
 )
-def add_provider(body: ProviderIn, request: Request, _: Admin, s: SessionDep) -> dict[str, Any]:
+def add_provider(body: ProviderIn, state: StateDep, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Register an OpenAI-compatible upstream. Its key is read at call time from the variable
     `api_key_env` names, in the server's environment or its secrets file."""
     p = repo.add_provider(
@@ -123,7 +122,7 @@ def add_provider(body: ProviderIn, request: Request, _: Admin, s: SessionDep) ->
         max_concurrency=body.max_concurrency,
         max_retries=body.max_retries,
     )
-    return _out(request, p, s)
+    return _out(state, p, s)
 
 
 @router.post(
@@ -132,7 +131,7 @@ def add_provider(body: ProviderIn, request: Request, _: Admin, s: SessionDep) ->
     response_model=ProviderOut,
     responses=errors(409),
 )
-def expose_model(name: str, body: ExposeIn, request: Request, _: Admin, s: SessionDep) -> dict[str, Any]:
+def expose_model(name: str, body: ExposeIn, state: StateDep, _: Admin, s: SessionDep) -> dict[str, Any]:
     """Publish one upstream model under a local name, with its list price (owed to the
     provider) and its licence; it then appears in GET /v1/models with kind 'provider'."""
     repo.expose_model(
@@ -147,7 +146,7 @@ def expose_model(name: str, body: ExposeIn, request: Request, _: Admin, s: Sessi
         visibility=body.visibility,
         owner_tenant_id=body.owner_tenant,
     )
-    return _out(request, repo.get_provider(s, id=name), s)
+    return _out(state, repo.get_provider(s, id=name), s)
 
 
 @router.delete("/providers/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(409))
