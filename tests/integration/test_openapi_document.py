@@ -23,6 +23,7 @@ from tests.integration.test_finetune_api import _link, _start, _wait, jsonl
 
 from constellation.api import protocol
 from constellation.api import routes as routes_pkg
+from constellation.api import schemas as schemas_pkg
 
 pytestmark = pytest.mark.anyio
 SUCCESS = ("200", "201", "202")
@@ -102,9 +103,13 @@ async def test_every_route_documents_its_answer_and_errors(api: Api) -> None:
 
 
 def _models() -> dict[str, type[BaseModel]]:
-    """The pydantic models the routes' modules define, by name: what a `$ref` names."""
+    """The pydantic models the routes' and the schemas' modules define, by name: what a `$ref` names."""
     found: dict[str, type[BaseModel]] = {}
-    names = [f"constellation.api.routes.{m.name}" for m in pkgutil.iter_modules(routes_pkg.__path__)]
+    names = [
+        f"{pkg.__name__}.{m.name}"
+        for pkg in (routes_pkg, schemas_pkg)
+        for m in pkgutil.iter_modules(pkg.__path__)
+    ]
     for module in map(importlib.import_module, ["constellation.api.protocol", *names]):
         for v in vars(module).values():
             if isinstance(v, type) and issubclass(v, BaseModel):

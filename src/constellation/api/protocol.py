@@ -304,11 +304,35 @@ class EmbeddingsIn(OpenAIRequest):
     user: str | None = None
     dimensions: int | None = Field(default=None, description="not supported; leave unset")
 
+    def texts(self, limit: int) -> list[str]:
+        """The inputs, at most `limit` of them, none empty."""
+        if self.dimensions is not None:
+            raise InvalidInput(
+                "'dimensions' is not supported; omit it to get the model's native size", param="dimensions"
+            )
+        return _texts(self.input, limit)
+
 
 class ClassifyIn(OpenAIRequest):
     model: str = Field(description="a classification adapter name from GET /v1/models")
     input: str | list[str]
     truncate: bool = False
+
+    def texts(self, limit: int) -> list[str]:
+        """The inputs, at most `limit` of them, none empty."""
+        return _texts(self.input, limit)
+
+
+def _texts(value: str | list[str], limit: int) -> list[str]:
+    texts = [value] if isinstance(value, str) else value
+    if not texts:
+        raise InvalidInput("'input' is empty; send a string or a non-empty list of strings", param="input")
+    if len(texts) > limit:
+        raise InvalidInput(f"'input' has {len(texts)} items; send at most {limit} per request", param="input")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise InvalidInput(f"'input' item(s) {empty[:10]} are empty strings; remove them", param="input")
+    return texts
 
 
 # --- Responses ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from constellation.api import upstream
 from constellation.api.deps import InferenceCaller
-from constellation.api.pipeline import CallDep, JSONBody, Outcome
+from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
 from constellation.api.protocol import ClassificationList, ClassifyIn, EmbeddingList, EmbeddingsIn, errors
 from constellation.api.resolver import require_task
 from constellation.errors import InvalidInput
@@ -22,18 +22,6 @@ from constellation.errors import InvalidInput
 router = APIRouter(
     prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
 )
-
-
-def _texts(value: str | list[str], limit: int) -> list[str]:
-    texts = [value] if isinstance(value, str) else value
-    if not texts:
-        raise InvalidInput("'input' is empty; send a string or a non-empty list of strings", param="input")
-    if len(texts) > limit:
-        raise InvalidInput(f"'input' has {len(texts)} items; send at most {limit} per request", param="input")
-    empty = [i for i, t in enumerate(texts) if not t.strip()]
-    if empty:
-        raise InvalidInput(f"'input' item(s) {empty[:10]} are empty strings; remove them", param="input")
-    return texts
 
 
 def _vector(v: np.ndarray, fmt: str) -> list[float] | str:
@@ -48,42 +36,61 @@ def _vector(v: np.ndarray, fmt: str) -> list[float] | str:
 )
 async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep) -> Response:
     """Embed text with an embedding model or adapter; OpenAI's response shape plus `constellation`."""
-    if body.dimensions is not None:
-        raise InvalidInput(
-            "'dimensions' is not supported; omit it to get the model's native size", param="dimensions"
-        )
-    texts = _texts(body.input, call.limits.max_items_per_request)
-
-    async def run() -> Outcome:
-        res = call.resolved
-        require_task(res, "embedding")
-        if res.upstream is not None:  # a provider model
-            return await upstream.embeddings(call, body.model_dump(exclude_unset=True))
-        out = await call.engines.encoder.embed(
-            res.base, res.adapter, texts, truncate=body.truncate, tenant=caller.tenant_id
-        )
-        # Vectors stay arrays until the answer is rendered (see `_render`).
-        fmt, rows = body.encoding_format, out.embeddings
-        data = [{"object": "embedding", "index": i, "embedding": _vector(v, fmt) if fmt == "base64" else v}
-                for i, v in enumerate(rows)]  # fmt: skip
-        return _outcome(res.name, data, out.tokens, out.compute_ns)
-
+    texts = body.texts(call.limits.max_items_per_request)
     answer = await call.run(
-        caller,
-        body.model,
-        body.model_dump(),
-        run,
-        est_input_tokens=_estimate(texts),
-        max_input_tokens=_worst(texts),
+        caller, body.model, body.model_dump(), lambda: _embed(call, body, texts), **_admission(texts)
     )
     if len(answer["data"]) <= RENDER_INLINE_ROWS:
         return Response(_render(answer), media_type="application/json")
     return Response(await asyncio.to_thread(_render, answer), media_type="application/json")
 
 
-# Past this many vectors an answer is rendered in a thread: 1,024 MiniLM vectors are 7.6 MB of
-# JSON, which would hold the event loop -- and every other tenant's answer -- for about 100 ms.
-# Rendered row by row, the thread gives the GIL back between rows, so the loop keeps serving.
+@router.post("/classify", response_model=None, responses={200: {"model": ClassificationList}})
+async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> dict[str, Any]:
+    """Classify text with a classification adapter: the label and every label's probability per input."""
+    texts = body.texts(call.limits.max_items_per_request)
+    return await call.run(
+        caller, body.model, body.model_dump(), lambda: _classify(call, body, texts), **_admission(texts)
+    )
+
+
+async def _embed(call: Call, body: EmbeddingsIn, texts: list[str]) -> Outcome:
+    """The engine call of an embeddings request (or the upstream's, for a provider model)."""
+    res = call.resolved
+    require_task(res, "embedding")
+    if res.upstream is not None:
+        return await upstream.embeddings(call, body.model_dump(exclude_unset=True))
+    out = await call.engines.encoder.embed(
+        res.base, res.adapter, texts, truncate=body.truncate, tenant=call.caller.tenant_id
+    )
+    # Vectors stay arrays until the answer is rendered (see `_render`).
+    fmt, rows = body.encoding_format, out.embeddings
+    data = [{"object": "embedding", "index": i, "embedding": _vector(v, fmt) if fmt == "base64" else v}
+            for i, v in enumerate(rows)]  # fmt: skip
+    return _outcome(res.name, data, out.tokens, out.compute_ns)
+
+
+async def _classify(call: Call, body: ClassifyIn, texts: list[str]) -> Outcome:
+    """The engine call of a classification request."""
+    res = call.resolved
+    require_task(res, "classification")
+    if res.adapter is None:
+        raise InvalidInput(
+            f"'{res.name}' has no classification head; use a classification adapter", param="model"
+        )
+    out = await call.engines.encoder.classify(
+        res.base, res.adapter, texts, truncate=body.truncate, tenant=call.caller.tenant_id
+    )
+    data = [
+        {"index": i, "label": label, "probs": probs}
+        for i, (label, probs) in enumerate(zip(out.labels, out.probs, strict=True))
+    ]
+    return _outcome(res.name, data, out.tokens, out.compute_ns)
+
+
+# Past this many vectors an answer is rendered in a thread: a large answer's JSON would hold the
+# event loop -- and every other tenant's answer -- while it is written. Rendered row by row, the
+# thread gives the GIL back between rows, so the loop keeps serving (docs/decisions.md).
 RENDER_INLINE_ROWS = 64
 
 
@@ -96,37 +103,6 @@ def _render(answer: dict[str, Any]) -> bytes:
 
 def _plain(v: Any) -> Any:
     return v.tolist() if isinstance(v, np.ndarray) else v
-
-
-@router.post("/classify", response_model=None, responses={200: {"model": ClassificationList}})
-async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> dict[str, Any]:
-    """Classify text with a classification adapter: the label and every label's probability per input."""
-    texts = _texts(body.input, call.limits.max_items_per_request)
-
-    async def run() -> Outcome:
-        res = call.resolved
-        require_task(res, "classification")
-        if res.adapter is None:
-            raise InvalidInput(
-                f"'{res.name}' has no classification head; use a classification adapter", param="model"
-            )
-        out = await call.engines.encoder.classify(
-            res.base, res.adapter, texts, truncate=body.truncate, tenant=caller.tenant_id
-        )
-        data = [
-            {"index": i, "label": label, "probs": probs}
-            for i, (label, probs) in enumerate(zip(out.labels, out.probs, strict=True))
-        ]
-        return _outcome(res.name, data, out.tokens, out.compute_ns)
-
-    return await call.run(
-        caller,
-        body.model,
-        body.model_dump(),
-        run,
-        est_input_tokens=_estimate(texts),
-        max_input_tokens=_worst(texts),
-    )
 
 
 def _outcome(model: str, data: list[dict[str, Any]], tokens: list[int], compute_ns: int) -> Outcome:
@@ -144,6 +120,11 @@ def _worst(texts: list[str]) -> int:
     """At most one token per character (WordPiece) plus the two special tokens: what a spending
     hold reserves for."""
     return sum(min(len(t), ENCODER_MAX_POSITIONS) + 2 for t in texts)
+
+
+def _admission(texts: list[str]) -> dict[str, int]:
+    """The token estimates a spending hold and the rate limits take."""
+    return {"est_input_tokens": _estimate(texts), "max_input_tokens": _worst(texts)}
 
 
 def _estimate(texts: list[str]) -> int:

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 from sqlalchemy import text
 
 from constellation.api.deps import StateDep
 from constellation.api.errors import error_response
 from constellation.api.protocol import errors
+from constellation.api.schemas.health import StatusOut
 from constellation.api.state import started
 from constellation.errors import EngineUnavailable
 from constellation.registry.db import DatabaseUnavailable
 
 router = APIRouter(tags=["health"])
-
-
-class StatusOut(BaseModel):
-    status: str
 
 
 @router.get("/healthz", response_model=StatusOut)

@@ -5,19 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, status
-from pydantic import Field
 from sqlalchemy import select
 
 from constellation.api.deps import Admin, InferenceCaller, SessionDep
 from constellation.api.protocol import errors
+from constellation.api.schemas.licences import LicenceOut
 from constellation.registry import licences as repo
 from constellation.registry.tables import Licence
 
 router = APIRouter(prefix="/api/licences", tags=["licences"], responses=errors(401, 403))
-
-
-class LicenceOut(repo.LicenceTerms):
-    custom: bool = Field(description="added through the API, not from the built-in catalog")
 
 
 @router.get("", response_model=list[LicenceOut])

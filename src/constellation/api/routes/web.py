@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
 
 from constellation.api.deps import PrincipalDep
 from constellation.api.protocol import errors
+from constellation.api.schemas.web import MeOut
 from constellation.errors import NotFound
 
 router = APIRouter(tags=["web"])
@@ -72,14 +72,6 @@ def static(path: str) -> FileResponse:
     """Scripts, styles and icons of the dashboard."""
     target = _asset(path)
     return FileResponse(target, media_type=CONTENT_TYPES[target.suffix], headers=HEADERS)
-
-
-class MeOut(BaseModel):
-    tenant: str
-    key_id: str
-    scopes: list[str]
-    admin: bool
-    contributors: list[str] = Field(description="contributors whose statements this key may read")
 
 
 @router.get("/api/me", response_model=MeOut, responses=errors(401))
