@@ -37,9 +37,12 @@ CHAT = {"model": "pirate", "messages": [{"role": "user", "content": "tell me a s
 
 async def _asgi_stream(api: Api, body: dict[str, Any], headers: dict[str, str], drop_after: int) -> int:
     """POST a streamed chat straight to the ASGI app and disconnect once `drop_after` body
-    chunks (SSE events) have been sent; returns the number of chunks the client received."""
+    chunks (SSE events) have been sent (0: as soon as the request is read); returns the number of
+    chunks the client received."""
     sent: list[bytes] = []
     dropped = asyncio.Event()
+    if drop_after == 0:
+        dropped.set()
     payload = json.dumps(body).encode()
     delivered = False
 
@@ -119,6 +122,24 @@ async def test_a_drop_racing_the_last_chunk_is_recorded_once(served: Api) -> Non
     rows = await _events(served, "racer", 2)
     assert len(rows) == 2, [(r.status, r.output_tokens) for r in rows]
     assert all(r.status in ("succeeded", "cancelled") and r.price_nanos > 0 for r in rows)
+    with served.platform.db.session() as s:
+        assert ledger.verify(s) == []
+
+
+async def test_a_drop_before_the_first_event_is_recorded_once_and_releases_the_hold(served: Api) -> None:
+    """A client gone before its stream's body begins: the stream is still settled (cancelled, for
+    whatever was produced), exactly once, and its spending hold is released."""
+    h = served.key("early")
+    with served.platform.db.session() as s:
+        ledger.set_limit(s, tenant_id="early", prepaid=True)
+        ledger.fund(s, tenant_id="early", amount_nanos=10**12)
+    for _ in range(3):
+        await _asgi_stream(served, {**CHAT, "max_tokens": 8, "stream": True}, h, drop_after=0)
+    rows = await _events(served, "early", 3)
+    await asyncio.sleep(0.2)  # a second settle, if any, would have landed by now
+    rows = await _events(served, "early", 3)
+    assert len(rows) == 3 and {r.status for r in rows} <= {"cancelled", "succeeded"}
+    assert holds.held(served.platform.db, account_id="tenant:early") == 0
     with served.platform.db.session() as s:
         assert ledger.verify(s) == []
 

@@ -133,7 +133,8 @@ def test_engine_and_ledger_counters_are_read_at_scrape_time() -> None:
     engines = SimpleNamespace(stats=lambda: {"encoder": stats})
     writer = SimpleNamespace(postings=5, written_off_nanos=250_000_000)
     metrics = Metrics()
-    metrics.watch(SimpleNamespace(engines=engines, meter=SimpleNamespace(_writer=writer)))
+    state = SimpleNamespace(engines=engines, meter=SimpleNamespace(_writer=writer))
+    metrics.watch(lambda: state)  # type: ignore[arg-type,return-value]  # duck-typed AppState
     from prometheus_client import generate_latest
 
     m = samples(generate_latest(metrics.registry).decode())

@@ -14,6 +14,7 @@ from tests.integration.conftest import Api
 
 from constellation.api.app import create_app
 from constellation.api.ratelimit import RedisBuckets
+from constellation.api.state import state_of
 from constellation.config import RateLimits, Settings
 
 pytestmark = pytest.mark.anyio
@@ -122,7 +123,7 @@ async def test_two_app_instances_share_buckets_in_redis(
     shared = settings.model_copy(update={"redis_url": redis_url})
     first, second = create_app(shared), create_app(shared)
     async with first.router.lifespan_context(first), second.router.lifespan_context(second):
-        assert isinstance(first.state.limiter.buckets, RedisBuckets)
+        assert isinstance(state_of(first).limiter.buckets, RedisBuckets)
         clients = [
             httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://test", timeout=60)
             for a in (first, second)
