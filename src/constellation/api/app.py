@@ -59,7 +59,6 @@ def _telemetry(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
-
     device_class = "gpu" if settings.engine.device.startswith("cuda") else "cpu"
 
     @asynccontextmanager
@@ -69,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upstreams = Upstreams(
             secrets_file=settings.provider_secrets_file, tokenizer=settings.provider_tokenizer
         )
+        engines = Engines(settings.engine, upstreams)
         meter = Meter(platform.db, settings.prices) if settings.metering else None
         state = AppState(
             settings=settings,
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             platform=platform,
             resolver=Resolver(platform),
             keys=KeyCache(),
-            engines=Engines(settings.engine, upstreams),
+            engines=engines,
             meter=meter,
             finetunes=JobManager(platform, meter),
             limiter=build_limiter(settings.rate_limits, settings.redis_url, tenant_loader(platform)),

@@ -120,6 +120,29 @@ async def principal_of(state: AppState, header: str) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+def own_tenant(principal: Principal, tenant: str | None) -> str:
+    """The tenant whose records this key may read: its own (the default) or, for admin, any."""
+    tenant = tenant or principal.tenant_id
+    if tenant != principal.tenant_id and not principal.is_admin:
+        raise Forbidden(
+            f"this key belongs to tenant '{principal.tenant_id}' and cannot read tenant '{tenant}'; "
+            "omit ?tenant= or use an admin key",
+            code="insufficient_scope",
+        )
+    return tenant
+
+
+def own_contributor(principal: Principal, contributor: str) -> str:
+    """`contributor`, if this key may read its statement: its `contributor:<id>` scope or admin."""
+    if contributor not in principal.contributor_ids() and not principal.is_admin:
+        raise Forbidden(
+            f"this key cannot read contributor '{contributor}'s statement; "
+            f"use a key with scope 'contributor:{contributor}' or an admin key",
+            code="insufficient_scope",
+        )
+    return contributor
+
+
 def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: the caller, who must hold `scope` (or be an admin). One dependency, not one
     per step: each costs FastAPI a few microseconds per request on the inference hot path."""

@@ -10,7 +10,14 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Response, status
 
-from constellation.api.deps import Admin, InferenceCaller, Principal, PrincipalDep, SessionDep
+from constellation.api.deps import (
+    Admin,
+    InferenceCaller,
+    PrincipalDep,
+    SessionDep,
+    own_contributor,
+    own_tenant,
+)
 from constellation.api.protocol import errors
 from constellation.api.schemas.billing import (
     BalanceOut,
@@ -23,7 +30,7 @@ from constellation.api.schemas.billing import (
     UsageEventOut,
 )
 from constellation.economy import ledger, reports
-from constellation.errors import Forbidden, InvalidInput
+from constellation.errors import InvalidInput
 
 router = APIRouter(prefix="/api", tags=["billing"], responses=errors(400, 401, 403))
 
@@ -31,29 +38,6 @@ Format = Literal["json", "csv"]
 
 
 CSV = {"text/csv": {"schema": {"type": "string"}}}
-
-
-def own_tenant(principal: Principal, tenant: str | None) -> str:
-    """The tenant whose records this key may read: its own (the default) or, for admin, any."""
-    tenant = tenant or principal.tenant_id
-    if tenant != principal.tenant_id and not principal.is_admin:
-        raise Forbidden(
-            f"this key belongs to tenant '{principal.tenant_id}' and cannot read tenant '{tenant}'; "
-            "omit ?tenant= or use an admin key",
-            code="insufficient_scope",
-        )
-    return tenant
-
-
-def own_contributor(principal: Principal, contributor: str) -> str:
-    """`contributor`, if this key may read its statement: its `contributor:<id>` scope or admin."""
-    if contributor not in principal.contributor_ids() and not principal.is_admin:
-        raise Forbidden(
-            f"this key cannot read contributor '{contributor}'s statement; "
-            f"use a key with scope 'contributor:{contributor}' or an admin key",
-            code="insufficient_scope",
-        )
-    return contributor
 
 
 def _render(doc: dict[str, Any], fmt: Format) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
@@ -28,6 +29,7 @@ from constellation.api.protocol import (
 )
 from constellation.api.resolver import require_task
 from constellation.api.structured import Structure, plan, with_tools_prompt
+from constellation.engine.decoder import Delta
 
 router = APIRouter(
     prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
@@ -92,7 +94,7 @@ async def _generate(
     )
     await call.admit(est_input_tokens=len(prepared.prompt_ids), est_output_tokens=prepared.max_new)
 
-    def deltas() -> Any:  # lazy: nothing reaches the engine until it is iterated
+    def deltas() -> AsyncIterator[Delta]:  # lazy: nothing reaches the engine until it is iterated
         return timed(call.engines.decoder.generate(prepared), call.state.metrics)
 
     if body.stream:

@@ -8,9 +8,15 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from constellation.api.deps import InferenceCaller, PrincipalDep, SessionDep, StateDep
+from constellation.api.deps import (
+    InferenceCaller,
+    PrincipalDep,
+    SessionDep,
+    StateDep,
+    own_contributor,
+    own_tenant,
+)
 from constellation.api.protocol import errors
-from constellation.api.routes.billing import own_contributor, own_tenant
 from constellation.api.schemas.insights import (
     EarningsSeries,
     LineageGraph,
