@@ -37,8 +37,8 @@ run: $(STAMP) $(CHARTS)
 	$(BIN)/constellation serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench migrations
-	$(BIN)/ruff format --check src tests bench migrations
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
