@@ -24,7 +24,7 @@ from constellation.api.app import create_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 MAX_NEW = 24
-UNSEEN = [  # none of these is in examples/demo/chat
+UNSEEN = [  # none of these is in constellation/demo/chat
     "What is the capital of Italy?",
     "How do I make a cup of tea?",
     "What is a good hobby to start?",

@@ -12,6 +12,7 @@ import typer
 
 from constellation.cli._common import console, fail
 
+# Benchmarks are not shipped in the wheel: they run from a checkout, with the `bench` extra.
 BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
 
 
@@ -25,7 +26,14 @@ def _run_one(name: str, tiny: bool, model: str | None = None) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != "sentence_transformers":
+            raise
+        raise fail(
+            f"bench {name} compares against sentence-transformers: run `pip install -e '.[bench]'`"
+        ) from None
     console.rule(f"bench {name}{' (tiny)' if tiny else ''}")
     module.main(tiny=tiny, **({"model": model} if model else {}))
 
@@ -48,6 +56,8 @@ def bench(
 ) -> None:
     """Run a benchmark that compares Constellation against the peer a user would otherwise pick."""
     names = _available()
+    if not names:
+        raise fail(f"no benchmarks in {BENCH_DIR}: they run from a checkout of the repository")
     if name != "all" and name not in names:
         raise fail(f"unknown benchmark '{name}'; available: {', '.join(names) or 'none'}, or 'all'")
     if model is not None and name != "decoder":

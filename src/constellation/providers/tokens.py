@@ -1,5 +1,5 @@
 """Token counts for an upstream answer that carries no `usage`: counted with a tokenizer (a
-`tokenizer.json`, by default the packaged MiniLM's WordPiece) and marked as estimated."""
+`tokenizer.json`, by default MiniLM's WordPiece from the `demo` extra) and marked as estimated."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-CHARS_PER_TOKEN = 4  # only when no tokenizer file can be found at all
+CHARS_PER_TOKEN = 4  # only when no tokenizer file can be found (an install without the demo extra)
 
 
 class TokenCounter:

@@ -1,5 +1,5 @@
 """Database plumbing: engine creation (SQLite WAL + foreign keys, or PostgreSQL), sessions,
-and Alembic migrations applied at start."""
+and the package's Alembic migrations applied at start, one server process at a time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,8 +21,9 @@ class DatabaseUnavailable(ConstellationError):
     code = "database_unavailable"
 
 
-# Alembic scripts live at the repository root (DESIGN.md §2); the package is installed editable.
-MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
+# The key of the PostgreSQL advisory lock that migrations run under: "constell" in ASCII, the
+# same in every server process so that those starting together take turns.
+MIGRATION_LOCK = 0x636F6E7374656C6C
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -64,15 +65,28 @@ def check_reachable(engine: Engine) -> None:
 
 
 def migrate(engine: Engine) -> None:
-    """Apply every Alembic migration up to all heads (idempotent); features add independent branches."""
-    from alembic import command
-    from alembic.config import Config
+    """Apply every Alembic migration up to all heads (idempotent); features add independent branches.
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "heads")
+    One transaction, under a lock held until it ends: servers started together against one
+    database take turns, and each after the first finds the heads applied and does nothing."""
+    from alembic import command
+
+    from constellation import migrations
+
+    with engine.connect() as conn:
+        _lock_for_migration(conn)
+        command.upgrade(migrations.config(conn), "heads")
+        conn.commit()
+
+
+def _lock_for_migration(conn: Connection) -> None:
+    """PostgreSQL: a transaction-scoped advisory lock. SQLite: BEGIN EXCLUSIVE, the database's own
+    write lock taken before the first read (the driver would begin only at the first write), which
+    also makes the migration atomic; others wait for it up to the connection's busy timeout."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN EXCLUSIVE")
 
 
 class Database:

@@ -1,4 +1,5 @@
-"""Alembic environment: runs on the connection that `registry.db.migrate` hands over."""
+"""Alembic environment: runs on the connection that `registry.db.migrate` hands over (see
+`constellation.migrations.config`), or on `sqlalchemy.url` when Alembic is driven by hand."""
 
 from __future__ import annotations
 

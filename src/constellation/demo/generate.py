@@ -1,6 +1,6 @@
 """Compose the demo's classification data sets from the hand-written phrase lists below.
 
-Deterministic (fixed seed); run `python examples/demo/generate.py` to rewrite the JSONL files.
+Deterministic (fixed seed); run `python src/constellation/demo/generate.py` to rewrite the JSONL files.
 """
 
 from __future__ import annotations
