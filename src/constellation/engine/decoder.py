@@ -18,6 +18,7 @@ import torch
 
 from constellation.config import EngineLimits
 from constellation.engine.adapters import AdapterCache
+from constellation.engine.attribution import split_ns
 from constellation.engine.bounds import check_prompt
 from constellation.engine.fairness import FairQueue
 from constellation.engine.kvcache import KVCache
@@ -30,7 +31,7 @@ from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.engine.structured import Constraint, Grammar, GrammarCompiler, Matcher, mask_logits
 from constellation.errors import InvalidInput, Overloaded
 
-__all__ = ["DecoderEngine", "Delta", "Prepared", "SamplingParams", "split_largest_remainder"]
+__all__ = ["DecoderEngine", "Delta", "Prepared", "SamplingParams"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,18 +110,6 @@ class Work:
     @property
     def samples(self) -> bool:
         return self.start + self.n == self.seq.n_tokens
-
-
-def split_largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
-    """Integer shares of `total` proportional to `weights`, summing to `total` exactly."""
-    wsum = sum(weights)
-    if wsum == 0:
-        return [0] * len(weights)
-    base = [total * w // wsum for w in weights]
-    rema = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % wsum), i))
-    for i in rema[: total - sum(base)]:
-        base[i] += 1
-    return base
 
 
 class Runner:
@@ -316,7 +305,7 @@ class Runner:
         """Charge the step, append sampled tokens, stream text, retire finished sequences."""
         self.busy_ns += busy_ns
         self.steps += 1
-        for w, ns in zip(work, split_largest_remainder(busy_ns, [w.n for w in work]), strict=True):
+        for w, ns in zip(work, split_ns(busy_ns, [w.n for w in work]), strict=True):
             w.seq.compute_ns += ns
             w.seq.n_cached = w.start + w.n
         it = iter(sampled)
