@@ -18,10 +18,10 @@ from typing import NamedTuple
 from sqlalchemy.orm import Session
 
 from constellation.errors import InvalidInput
-from constellation.rounding import apportion
 from constellation.registry.models import Lineage, get_model, lineage
 from constellation.registry.providers import exposure
 from constellation.registry.terms import terms_for
+from constellation.rounding import apportion
 
 NS_PER_S = 1_000_000_000
 BPS = 10_000

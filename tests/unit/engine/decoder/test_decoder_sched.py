@@ -8,8 +8,6 @@ import time
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 from constellation.config import EngineLimits
 from constellation.engine.decoder import DecoderEngine, Seq, load_runner
