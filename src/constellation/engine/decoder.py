@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from constellation.artifacts.peft import DECODER_TARGETS
 from constellation.config import EngineLimits
 from constellation.engine.adapters import AdapterCache
 from constellation.engine.attribution import split_ns
@@ -352,12 +353,10 @@ class Runner:
 
 
 BaseLoader = Callable[[BaseSpec, EngineLimits], Runner]
-LORA_LEAVES = frozenset(
-    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc")
-)
+LORA_LEAVES = DECODER_TARGETS  # the PEFT rules: which linears adapters may target
 
 
-def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> Runner:
+def load_runner(base: BaseSpec, limits: EngineLimits) -> Runner:
     """Load `base` from its verified directory: forward, KV cache, LoRA slots, adapter cache."""
     path = base.resolve()
     dtype = serving_dtype(read_config(path), limits.device)
@@ -369,7 +368,7 @@ def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> 
 
     # Our module paths equal HF's, so an adapter's module name is the layer's own path.
     targets = lambda p: p if p.rpartition(".")[2] in LORA_LEAVES else None  # noqa: E731
-    layers = inject_lora(model, targets, ctx, limits.adapter_slots, max_rank)
+    layers = inject_lora(model, targets, ctx, limits.adapter_slots, limits.max_lora_rank)
     kv = KVCache(
         n_layers=cfg.n_layers,
         n_kv_heads=cfg.n_kv_heads,

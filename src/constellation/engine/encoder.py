@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
+from constellation.artifacts.peft import ENCODER_WRAPPERS, encoder_target
 from constellation.config import EngineLimits
 from constellation.engine import bert_packed
 from constellation.engine.adapters import AdapterCache, ClassifierHead
@@ -30,10 +31,8 @@ from constellation.errors import InvalidInput
 
 Kind = Literal["embed", "classify"]
 
-# Linear layers of a BERT block that adapters may target: all attention and MLP linears.
-BERT_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
-# Wrapper prefixes a PEFT adapter may carry when trained on a task model (BertForX.bert...).
-_WRAPPERS = ("bert.", "model.", "encoder_model.")
+# Which linears adapters may target, and the wrapper prefixes they may carry: the PEFT rules.
+_WRAPPERS = ENCODER_WRAPPERS
 BUCKET = 16  # deterministic mode pads each sequence to a multiple of this, alone or batched
 # What the packed path's LoRA layers (a matmul pair per adapter's run of tokens, per layer) cost
 # beyond the padded path's one bmm pair for all adapters, in tokens of base compute: a share of
@@ -88,7 +87,7 @@ INLINE_CHARS = 2_000  # requests up to this many characters are tokenised on the
 class EncoderModel:
     """One loaded encoder base: tokenizer, BERT with LoRA layers, pooling, adapter cache."""
 
-    def __init__(self, spec: BaseSpec, limits: EngineLimits, *, max_rank: int = 32) -> None:
+    def __init__(self, spec: BaseSpec, limits: EngineLimits) -> None:
         path = spec.resolve()
         self.name = spec.name
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -111,7 +110,9 @@ class EncoderModel:
         # that needs each sequence's GEMMs shaped alike alone or batched, so the padded path.
         self.packed = not limits.deterministic and bert_packed.supports(model)
         self.ctx = LoRAContext(limits.adapter_slots, deterministic=limits.deterministic, device=limits.device)
-        self.layers = inject_lora(self.model, _bert_target, self.ctx, limits.adapter_slots, max_rank)
+        self.layers = inject_lora(
+            self.model, _bert_target, self.ctx, limits.adapter_slots, limits.max_lora_rank
+        )
         self.adapters = AdapterCache(
             self.layers, limits.adapter_slots, limits.adapter_host_bytes, name_map=self._layer_name
         )
@@ -219,7 +220,7 @@ class EncoderModel:
 
 def _bert_target(path: str) -> str | None:
     """Every attention/MLP linear inside an encoder layer, named as in HF's BertModel."""
-    return path if ".layer." in path and path.endswith(BERT_TARGETS) else None
+    return encoder_target(path)
 
 
 def pool(h: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -252,14 +253,14 @@ class ClassifyResult:
 class EncoderEngine:
     """Async, thread-safe facade: embeddings and classification, micro-batched on one worker."""
 
-    def __init__(self, limits: EngineLimits, *, max_rank: int = 32) -> None:
+    def __init__(self, limits: EngineLimits) -> None:
         from constellation.engine.batcher import MicroBatcher  # the batcher imports this module
 
         self.limits = limits
         self._retired: Counter[str] = Counter()  # adapter cache counts of evicted bases
         self.pool: ModelPool[EncoderModel] = ModelPool(
             limits.base_model_bytes,
-            lambda s: EncoderModel(s, limits, max_rank=max_rank),
+            lambda s: EncoderModel(s, limits),
             lambda m: m.nbytes,
             lambda m: self._retired.update(m.adapters.counts),
         )
