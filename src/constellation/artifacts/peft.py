@@ -158,9 +158,10 @@ def _modules(header: Mapping[str, TensorInfo], config: Mapping[str, object], who
         factor = "A" if key.endswith(_A) else "B" if key.endswith(_B) else None
         if factor is None:
             raise InvalidInput(
-                f"{who} holds {key!r}, which is not a LoRA factor (a trained bias or a module in "
-                f"modules_to_save); serving applies lora_A/lora_B only: retrain with bias='none' and "
-                f"no modules_to_save."
+                f"{who} holds {key!r}, which is not a LoRA factor (a trained bias, a module in "
+                f"modules_to_save, or a whole layer that save_embedding_layers kept); serving applies "
+                f"lora_A/lora_B only: retrain with bias='none' and no modules_to_save, and save with "
+                f"save_embedding_layers=False."
             )
         keys.setdefault(key.removesuffix(_A if factor == "A" else _B), {})[factor] = key
     alphas = dict(config.get("alpha_pattern") or {})  # type: ignore[call-overload]
