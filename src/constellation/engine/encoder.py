@@ -26,6 +26,7 @@ from constellation.engine.adapters import AdapterCache, ClassifierHead
 from constellation.engine.bounds import check_items, cut_for_tokens, tokenize_bounded
 from constellation.engine.lora import NO_ADAPTER, LoRAContext, inject_lora
 from constellation.engine.pool import ModelPool, module_bytes
+from constellation.engine.pooling import pool, pool_packed, read_pooling
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
 
@@ -43,35 +44,6 @@ BUCKET = 16  # deterministic mode pads each sequence to a multiple of this, alon
 # is the faster whenever there is padding to save.)
 LORA_TOKEN_SHARE = 0.17
 RUN_COST_TOKENS = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Pooling:
-    """sentence-transformers pooling: mode in {mean, cls, max, mean_sqrt_len}; then L2 or not."""
-
-    mode: str = "mean"
-    normalize: bool = True
-
-
-def read_pooling(path: Path) -> Pooling:
-    """Pooling from `modules.json` + the Pooling module's config; mean + normalise if absent."""
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return Pooling()
-    modules = json.loads(modules_file.read_text())
-    mode, normalize = "mean", False
-    for m in modules:
-        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
-        if kind == "Pooling":
-            cfg = json.loads((path / m["path"] / "config.json").read_text())
-            modes = ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "mean_tokens")
-            picked = [k for k in modes if cfg.get(f"pooling_mode_{k}")]
-            mode = {"cls_token": "cls", "max_tokens": "max", "mean_sqrt_len_tokens": "mean_sqrt_len"}.get(
-                picked[0] if picked else "mean_tokens", "mean"
-            )
-        elif kind == "Normalize":
-            normalize = True
-    return Pooling(mode=mode, normalize=normalize)
 
 
 def _max_length(path: Path, tokenizer_max: int, positions: int) -> int:
@@ -165,7 +137,7 @@ class EncoderModel:
         seqs, by_slot = [ids[i] for i in order.tolist()], slots[order]
         if self.packs(ids, slots):
             h = bert_packed.packed_forward(self.model, self.ctx, seqs, by_slot.tolist())  # [T, d]
-            pooled = bert_packed.pool_packed(h, [len(x) for x in seqs], self.pooling.mode).cpu()
+            pooled = pool_packed(h, [len(x) for x in seqs], self.pooling.mode).cpu()
         else:
             pooled = self._forward_sorted(seqs, by_slot)
         out = torch.empty_like(pooled)  # [n, d]
@@ -221,18 +193,6 @@ class EncoderModel:
 def _bert_target(path: str) -> str | None:
     """Every attention/MLP linear inside an encoder layer, named as in HF's BertModel."""
     return encoder_target(path)
-
-
-def pool(h: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """sentence-transformers pooling of token states h [B, L, d] under mask [B, L] -> [B, d]."""
-    m = mask.unsqueeze(-1).to(h.dtype)  # [B, L, 1]
-    if mode == "cls":
-        return h[:, 0]
-    if mode == "max":
-        return h.masked_fill(m == 0, -1e9).max(dim=1).values
-    summed = (h * m).sum(dim=1)  # [B, d]
-    count = m.sum(dim=1).clamp(min=1e-9)  # [B, 1]
-    return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
 
 
 @dataclass(frozen=True, slots=True)
