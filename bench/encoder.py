@@ -89,7 +89,7 @@ def bench_batch(base: BaseSpec, adapters: list[AdapterSpec], tiny: bool) -> list
     rows = []
     for deterministic in (False, True):
         limits = EngineLimits(adapter_slots=len(adapters), deterministic=deterministic)
-        model = EncoderModel(base, limits, max_rank=16)
+        model = EncoderModel(base, limits)
         ids = _batch(model, n, 8 if tiny else 48)
         slots = torch.tensor(model.adapters.acquire([adapters[i % len(adapters)] for i in range(n)]))
         mixed, alone = partial(model.forward, ids, slots), partial(model.forward, ids, torch.full((n,), -1))
@@ -97,7 +97,7 @@ def bench_batch(base: BaseSpec, adapters: list[AdapterSpec], tiny: bool) -> list
         mode = "deterministic" if deterministic else "default"
         rows.append((f"(1) {len(adapters)} adapters r16 vs base alone [{mode}]", base_s / lora_s, ">= 0.80"))
     peft = _peft_mixed(base, adapters, ids)
-    fast = EncoderModel(base, EngineLimits(adapter_slots=len(adapters), deterministic=False), max_rank=16)
+    fast = EncoderModel(base, EngineLimits(adapter_slots=len(adapters), deterministic=False))
     slots = torch.tensor(fast.adapters.acquire([adapters[i % len(adapters)] for i in range(n)]))
     peft_s, ours_s = _paired_s(peft, lambda: fast.forward(ids, slots), calls)
     rows.append(("(2) ours vs PEFT adapter_names= (speed-up)", peft_s / ours_s, ">= 1.5"))
@@ -126,7 +126,7 @@ def _peft_mixed(base: BaseSpec, adapters: list[AdapterSpec], ids: list[list[int]
 
 def bench_cold_load(base: BaseSpec, spec: AdapterSpec, tiny: bool) -> list[tuple[str, float, str]]:
     """(4) disk -> host -> slot for one rank-16 adapter, on a fresh cache each time."""
-    model = EncoderModel(base, EngineLimits(adapter_slots=4), max_rank=16)
+    model = EncoderModel(base, EngineLimits(adapter_slots=4))
     times = []
     for _ in range(20 if tiny else 100):
         cache = AdapterCache(model.layers, 4, 1 << 30, name_map=model._layer_name)
@@ -153,7 +153,9 @@ def bench_zipf(base: BaseSpec, files: list[AdapterSpec], tiny: bool) -> list[tup
     results = {}
     for slots in (64, 1000):
         engine = EncoderEngine(
-            EngineLimits(adapter_slots=slots, adapter_host_bytes=1 << 34, max_batch_wait_ms=2), max_rank=16
+            EngineLimits(
+                adapter_slots=slots, adapter_host_bytes=1 << 34, max_batch_wait_ms=2, max_lora_rank=16
+            )
         )
         model = engine.pool.acquire(base)
         for a in registered:  # all in host memory for both runs: the comparison is slot churn

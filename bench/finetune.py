@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from constellation.finetune.classify import pool, pooling_mode, predict
+from constellation.engine.pooling import pool, read_pooling
+from constellation.finetune.classify import predict
 from constellation.finetune.data import TextExample, load_jsonl
 from constellation.finetune.trainer import LoraConfig, train_lora
 
@@ -47,7 +48,7 @@ def _embed(base_dir: Path, texts: list[str]) -> torch.Tensor:
     model = AutoModel.from_pretrained(base_dir, use_safetensors=True, dtype=torch.float32).eval()
     enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
     h = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[0]  # [N, S, H]
-    return torch.nn.functional.normalize(pool(h, enc["attention_mask"], pooling_mode(base_dir)), dim=-1)
+    return torch.nn.functional.normalize(pool(h, enc["attention_mask"], read_pooling(base_dir).mode), dim=-1)
 
 
 def zero_shot(base_dir: Path, descriptions: dict[str, str], texts: list[str]) -> list[str]:

@@ -40,6 +40,9 @@ class EngineLimits(BaseModel):
     respawn_backoff_s: float = Field(default=0.5, ge=0)
     respawn_max_s: float = Field(default=30.0, ge=0)
     adapter_slots: int = Field(default=64, gt=0)
+    # The largest LoRA rank either engine serves (vLLM's default limit too); adapters above it are
+    # refused when imported. Slot buffers grow to the largest rank loaded, not to this.
+    max_lora_rank: int = Field(default=64, gt=0)
     adapter_host_bytes: int = Field(default=2 * 1024**3, gt=0)
     base_model_bytes: int = Field(default=8 * 1024**3, gt=0)
     max_decode_seqs: int = Field(default=64, gt=0)

@@ -9,11 +9,10 @@ import json
 import os
 from pathlib import Path
 
-from constellation.artifacts.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_json_object
+from constellation.artifacts.peft import read_adapter, read_json_object, refuse_pickles
 from constellation.artifacts.safetensors_check import read_safetensors_header
 from constellation.errors import InvalidInput
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MANIFEST = "manifest.json"
 _SKIP_DIRS = {"__pycache__"}  # plus every dot-directory (.git, .cache from hub downloads)
 
@@ -45,19 +44,9 @@ def validate_model_dir(src: Path, files: list[tuple[str, Path]]) -> None:
 
 
 def validate_adapter_dir(src: Path, files: list[tuple[str, Path]]) -> None:
-    """A PEFT folder: adapter_config.json plus adapter_model.safetensors, no pickles."""
+    """A PEFT LoRA folder that serving can apply (`peft.read_adapter`), no pickles anywhere in it."""
     _refuse_pickles(src, files)
-    config = read_json_object(src / ADAPTER_CONFIG, what="a PEFT adapter directory")
-    if str(config.get("peft_type") or "LORA").upper() != "LORA":
-        raise InvalidInput(
-            f"{src.name}/ is a {config['peft_type']} adapter; only LoRA adapters can be served. "
-            f"Train it with peft.LoraConfig."
-        )
-    if not (src / ADAPTER_WEIGHTS).is_file():
-        raise InvalidInput(
-            f"{src.name}/ has no {ADAPTER_WEIGHTS}. Save the adapter with "
-            f"`peft_model.save_pretrained(dir, safe_serialization=True)` and import that folder."
-        )
+    read_adapter(src)
     _check_weights(src, files)
 
 
@@ -89,15 +78,7 @@ def _check_jsonl_line(path: Path, lineno: int, line: str) -> None:
 
 
 def _refuse_pickles(src: Path, files: list[tuple[str, Path]]) -> None:
-    pickles = [rel for rel, _ in files if rel.lower().endswith(PICKLE_SUFFIXES)]
-    if pickles:
-        raise InvalidInput(
-            f"{src.name}/ contains pickle-based weights ({', '.join(pickles)}); only safetensors are "
-            f"accepted, because loading a pickle can run arbitrary code. Convert with "
-            f"`model.from_pretrained(dir).save_pretrained(out_dir, safe_serialization=True)` "
-            f"(or `safetensors.torch.save_file(state_dict, 'model.safetensors')`), delete the "
-            f"pickle files, and import again."
-        )
+    refuse_pickles(f"{src.name}/", [rel for rel, _ in files])
 
 
 def _check_weights(src: Path, files: list[tuple[str, Path]]) -> None:

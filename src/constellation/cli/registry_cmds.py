@@ -18,6 +18,7 @@ from constellation.registry import models as model_repo
 from constellation.registry import tenants as tenant_repo
 from constellation.registry import terms as terms_repo
 from constellation.registry.effective import EffectiveTerms, effective_terms
+from constellation.registry.inputs import AdapterIn, BaseIn, parse
 
 models = typer.Typer(help="Register, list, inspect and remove models.", no_args_is_help=True)
 adapters = typer.Typer(help="Import LoRA adapters (PEFT format) trained anywhere.", no_args_is_help=True)
@@ -66,18 +67,12 @@ def models_add(
     `constellation models add ./minilm --name minilm --task embedding --author sbert` or
     `constellation models add SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2 --task causal-lm --author hf`."""
     with opened_platform() as p, p.db.session() as s:
-        m = service.register_base(
-            s,
-            p.store,
-            src=path,
-            name=name,
-            task=task,
-            author=author,
-            licence=license,
-            labels=split_csv(labels),
-            visibility="private" if private_to else "public",
+        spec = parse(
+            BaseIn, path=str(path), name=name, task=task, author=author, license=license,
+            labels=split_csv(labels), visibility="private" if private_to else "public",
             owner_tenant=private_to,
-        )
+        )  # fmt: skip
+        m = service.add_base(s, p.store, spec)
         emit(model_repo.model_dict(m, model_repo.lineage(s, model=m)), as_json=as_json)
 
 
@@ -161,20 +156,12 @@ def adapters_add(
 ) -> None:
     """Import a PEFT LoRA adapter onto a registered base; shapes are checked against the base."""
     with opened_platform() as p, p.db.session() as s:
-        m = service.register_adapter(
-            s,
-            p.store,
-            src=path,
-            name=name,
-            base=base,
-            author=author,
-            licence=license,
-            task=task,
-            labels=split_csv(labels),
-            datasets=[(d, None) for d in dataset or []],
-            visibility="private" if private_to else "public",
-            owner_tenant=private_to,
-        )
+        spec = parse(
+            AdapterIn, path=str(path), name=name, base=base, author=author, license=license, task=task,
+            labels=split_csv(labels), datasets=dataset or [],
+            visibility="private" if private_to else "public", owner_tenant=private_to,
+        )  # fmt: skip
+        m = service.add_adapter(s, p.store, spec, max_rank=p.settings.engine.max_lora_rank)
         emit(model_repo.model_dict(m, model_repo.lineage(s, model=m)), as_json=as_json)
 
 

@@ -21,6 +21,7 @@ from constellation.errors import InvalidInput
 from constellation.registry.models import Lineage, get_model, lineage
 from constellation.registry.providers import exposure
 from constellation.registry.terms import terms_for
+from constellation.rounding import apportion
 
 NS_PER_S = 1_000_000_000
 BPS = 10_000
@@ -79,22 +80,6 @@ class PriceInputs:
     lineage_json: str
 
 
-def allocate(numers: Sequence[int], denom: int, total: int) -> list[int]:
-    """Integers summing to `total`, each floor(n/denom) or one more, the extras going to the
-    largest remainders (ties to the earlier index; callers pass a canonical order)."""
-    floors = [n // denom for n in numers]
-    extra = total - sum(floors)
-    if extra == 0:
-        return floors
-    if extra < 0 or extra > len(numers):
-        raise ValueError(f"cannot allocate {total} over shares whose floors sum to {sum(floors)}")
-    rems = [n % denom for n in numers]
-    # A reversed sort is still stable: equal remainders keep their order, the earlier index first.
-    for i in sorted(range(len(rems)), key=rems.__getitem__, reverse=True)[:extra]:
-        floors[i] += 1
-    return floors
-
-
 def _leg_key(k: tuple[str, str, str | None]) -> tuple[int, str, str, str]:
     return (ROLE_ORDER.get(k[1], 9), k[0], k[2] or "", k[1])
 
@@ -113,7 +98,7 @@ class Tariff:
         """The price and its legs: exact shares, total rounded half up, largest remainder."""
         numers = [a * input_tokens + b * output_tokens + c + d * compute_ns for a, b, c, d in self.coef]
         total = (sum(numers) + self.denom // 2) // self.denom
-        amounts = allocate(numers, self.denom, total)
+        amounts = apportion(numers, self.denom, total)
         return total, [Leg(*k, x) for k, x in zip(self.keys, amounts, strict=True) if x > 0]
 
 
@@ -166,7 +151,7 @@ def rescale(legs: Sequence[Leg], total: int) -> list[Leg]:
         return list(legs)
     if total <= 0:
         return []
-    amounts = allocate([leg.amount_nanos * total for leg in legs], price, total)
+    amounts = apportion([leg.amount_nanos * total for leg in legs], price, total)
     return [Leg(g.account, g.role, g.artifact, a) for g, a in zip(legs, amounts, strict=True) if a > 0]
 
 

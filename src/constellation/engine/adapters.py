@@ -7,7 +7,7 @@ a batch pins the adapters it uses, and concurrent first requests load an adapter
 from __future__ import annotations
 
 import json
-import math
+import logging
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -17,15 +17,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from constellation.artifacts.peft import read_adapter
 from constellation.engine.lora import NO_ADAPTER, MultiLoRALinear
 from constellation.engine.spec import AdapterSpec
 from constellation.errors import InvalidInput, Overloaded
 
-PEFT_PREFIX = "base_model.model."
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_head.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,62 +65,17 @@ class LoadedAdapter:
 
 
 def load_adapter(spec: AdapterSpec) -> LoadedAdapter:
-    """Read a PEFT LoRA directory (safetensors only) via `spec.resolve()`."""
-    path = spec.resolve()
-    config = _read_config(path, spec.name)
-    weights_path = path / ADAPTER_WEIGHTS
-    if not weights_path.is_file():
-        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
-        hint = f" (found pickle files {pickled}: convert them to safetensors)" if pickled else ""
-        raise InvalidInput(f"adapter {spec.name!r} has no {ADAPTER_WEIGHTS}{hint}")
-    modules = _modules(load_file(str(weights_path)), config, spec.name)
-    head = _read_head(path, spec)
-    r = int(config.get("r", 8))  # type: ignore[call-overload]
-    return LoadedAdapter(
-        name=spec.name, rank=max(w.A.shape[0] for w in modules.values()), scale=_scale(config, r),
-        modules=modules, head=head,
-    )  # fmt: skip
-
-
-def _read_config(path: Path, name: str) -> dict[str, object]:
-    try:
-        config = json.loads((path / ADAPTER_CONFIG).read_text())
-    except FileNotFoundError:
-        raise InvalidInput(f"adapter {name!r} has no {ADAPTER_CONFIG}; export it with PEFT save_pretrained")
-    if config.get("peft_type", "LORA") != "LORA":
-        raise InvalidInput(f"adapter {name!r} is {config.get('peft_type')}, only LoRA adapters are served")
-    if config.get("use_dora"):
-        raise InvalidInput(f"adapter {name!r} uses DoRA; retrain it with use_dora=false")
-    return dict(config)
-
-
-def _scale(config: Mapping[str, object], r: int, alpha: object = None) -> float:
-    """alpha / r, or alpha / sqrt(r) for rsLoRA (PEFT's definition)."""
-    a = float(config.get("lora_alpha", r) if alpha is None else alpha)  # type: ignore[arg-type]
-    return a / math.sqrt(r) if config.get("use_rslora") else a / r
-
-
-def _modules(
-    state: dict[str, torch.Tensor], config: Mapping[str, object], name: str
-) -> dict[str, LoRAWeights]:
-    """Pair lora_A / lora_B per module; per-module ranks and alphas follow PEFT's patterns."""
-    alphas = dict(config.get("alpha_pattern") or {})  # type: ignore[call-overload]
-    out: dict[str, LoRAWeights] = {}
-    for key, A in state.items():
-        if not key.endswith(".lora_A.weight"):
-            continue
-        module = key.removesuffix(".lora_A.weight")
-        B = state.get(module + ".lora_B.weight")
-        if B is None:
-            raise InvalidInput(f"adapter {name!r} has {key} but no matching lora_B weight")
-        hf = module.removeprefix(PEFT_PREFIX)
-        r = A.shape[0]
-        # The rank is the tensor's (rank_pattern is already reflected in the shapes).
-        alpha = next((v for k, v in alphas.items() if hf == k or hf.endswith("." + k)), None)
-        out[hf] = LoRAWeights(A=A.float(), B=B.float(), scale=_scale(config, r, alpha))
-    if not out:
-        raise InvalidInput(f"adapter {name!r} holds no LoRA weights (no *.lora_A.weight keys)")
-    return out
+    """Read a PEFT LoRA directory via `spec.resolve()`, by the rules of `artifacts.peft`."""
+    peft = read_adapter(spec.resolve(), name=spec.name)
+    for note in peft.notes():
+        log.warning("adapter %r: %s", spec.name, note)
+    state = load_file(str(peft.weights))
+    modules = {
+        m.name: LoRAWeights(A=state[m.a_key].float(), B=state[m.b_key].float(), scale=m.scale)
+        for m in peft.modules
+    }
+    head = _read_head(peft.weights.parent, spec)
+    return LoadedAdapter(name=spec.name, rank=peft.rank, scale=peft.scale, modules=modules, head=head)
 
 
 def _read_head(path: Path, spec: AdapterSpec) -> ClassifierHead | None:

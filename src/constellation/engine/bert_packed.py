@@ -115,16 +115,3 @@ def _layer(layer: Any, x: Tensor, pk: Packing) -> Tensor:
     x = att.output.LayerNorm(att.output.dense(ctx) + x)
     h = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))
     return layer.output.LayerNorm(layer.output.dense(h) + x)
-
-
-def pool_packed(h: Tensor, lengths: list[int], mode: str) -> Tensor:
-    """sentence-transformers pooling of packed token states h [T, d] -> [B, d]."""
-    if mode == "cls":
-        return h[torch.tensor([0, *lengths[:-1]], device=h.device).cumsum(0)]
-    if mode == "max":
-        return torch.stack([p.max(dim=0).values for p in torch.split(h, lengths)])
-    n = torch.tensor(lengths, device=h.device)
-    seq = torch.repeat_interleave(torch.arange(len(lengths), device=h.device), n)  # [T]
-    summed = h.new_zeros(len(lengths), h.shape[1]).index_add_(0, seq, h)  # [B, d]
-    count = n.to(h.dtype)[:, None]
-    return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)

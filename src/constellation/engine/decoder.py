@@ -16,8 +16,10 @@ from typing import Any, Protocol
 
 import torch
 
+from constellation.artifacts.peft import DECODER_TARGETS
 from constellation.config import EngineLimits
 from constellation.engine.adapters import AdapterCache
+from constellation.engine.attribution import split_ns
 from constellation.engine.bounds import check_prompt
 from constellation.engine.fairness import FairQueue
 from constellation.engine.kvcache import KVCache
@@ -30,7 +32,7 @@ from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.engine.structured import Constraint, Grammar, GrammarCompiler, Matcher, mask_logits
 from constellation.errors import InvalidInput, Overloaded
 
-__all__ = ["DecoderEngine", "Delta", "Prepared", "SamplingParams", "split_largest_remainder"]
+__all__ = ["DecoderEngine", "Delta", "Prepared", "SamplingParams"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,18 +111,6 @@ class Work:
     @property
     def samples(self) -> bool:
         return self.start + self.n == self.seq.n_tokens
-
-
-def split_largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
-    """Integer shares of `total` proportional to `weights`, summing to `total` exactly."""
-    wsum = sum(weights)
-    if wsum == 0:
-        return [0] * len(weights)
-    base = [total * w // wsum for w in weights]
-    rema = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % wsum), i))
-    for i in rema[: total - sum(base)]:
-        base[i] += 1
-    return base
 
 
 class Runner:
@@ -316,7 +306,7 @@ class Runner:
         """Charge the step, append sampled tokens, stream text, retire finished sequences."""
         self.busy_ns += busy_ns
         self.steps += 1
-        for w, ns in zip(work, split_largest_remainder(busy_ns, [w.n for w in work]), strict=True):
+        for w, ns in zip(work, split_ns(busy_ns, [w.n for w in work]), strict=True):
             w.seq.compute_ns += ns
             w.seq.n_cached = w.start + w.n
         it = iter(sampled)
@@ -363,12 +353,10 @@ class Runner:
 
 
 BaseLoader = Callable[[BaseSpec, EngineLimits], Runner]
-LORA_LEAVES = frozenset(
-    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc")
-)
+LORA_LEAVES = DECODER_TARGETS  # the PEFT rules: which linears adapters may target
 
 
-def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> Runner:
+def load_runner(base: BaseSpec, limits: EngineLimits) -> Runner:
     """Load `base` from its verified directory: forward, KV cache, LoRA slots, adapter cache."""
     path = base.resolve()
     dtype = serving_dtype(read_config(path), limits.device)
@@ -380,7 +368,7 @@ def load_runner(base: BaseSpec, limits: EngineLimits, *, max_rank: int = 16) -> 
 
     # Our module paths equal HF's, so an adapter's module name is the layer's own path.
     targets = lambda p: p if p.rpartition(".")[2] in LORA_LEAVES else None  # noqa: E731
-    layers = inject_lora(model, targets, ctx, limits.adapter_slots, max_rank)
+    layers = inject_lora(model, targets, ctx, limits.adapter_slots, limits.max_lora_rank)
     kv = KVCache(
         n_layers=cfg.n_layers,
         n_kv_heads=cfg.n_kv_heads,

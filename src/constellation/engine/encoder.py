@@ -19,21 +19,21 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
+from constellation.artifacts.peft import ENCODER_WRAPPERS, encoder_target
 from constellation.config import EngineLimits
 from constellation.engine import bert_packed
 from constellation.engine.adapters import AdapterCache, ClassifierHead
 from constellation.engine.bounds import check_items, cut_for_tokens, tokenize_bounded
 from constellation.engine.lora import NO_ADAPTER, LoRAContext, inject_lora
 from constellation.engine.pool import ModelPool, module_bytes
+from constellation.engine.pooling import pool, pool_packed, read_pooling
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
 
 Kind = Literal["embed", "classify"]
 
-# Linear layers of a BERT block that adapters may target: all attention and MLP linears.
-BERT_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
-# Wrapper prefixes a PEFT adapter may carry when trained on a task model (BertForX.bert...).
-_WRAPPERS = ("bert.", "model.", "encoder_model.")
+# Which linears adapters may target, and the wrapper prefixes they may carry: the PEFT rules.
+_WRAPPERS = ENCODER_WRAPPERS
 BUCKET = 16  # deterministic mode pads each sequence to a multiple of this, alone or batched
 # What the packed path's LoRA layers (a matmul pair per adapter's run of tokens, per layer) cost
 # beyond the padded path's one bmm pair for all adapters, in tokens of base compute: a share of
@@ -44,35 +44,6 @@ BUCKET = 16  # deterministic mode pads each sequence to a multiple of this, alon
 # is the faster whenever there is padding to save.)
 LORA_TOKEN_SHARE = 0.17
 RUN_COST_TOKENS = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Pooling:
-    """sentence-transformers pooling: mode in {mean, cls, max, mean_sqrt_len}; then L2 or not."""
-
-    mode: str = "mean"
-    normalize: bool = True
-
-
-def read_pooling(path: Path) -> Pooling:
-    """Pooling from `modules.json` + the Pooling module's config; mean + normalise if absent."""
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return Pooling()
-    modules = json.loads(modules_file.read_text())
-    mode, normalize = "mean", False
-    for m in modules:
-        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
-        if kind == "Pooling":
-            cfg = json.loads((path / m["path"] / "config.json").read_text())
-            modes = ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "mean_tokens")
-            picked = [k for k in modes if cfg.get(f"pooling_mode_{k}")]
-            mode = {"cls_token": "cls", "max_tokens": "max", "mean_sqrt_len_tokens": "mean_sqrt_len"}.get(
-                picked[0] if picked else "mean_tokens", "mean"
-            )
-        elif kind == "Normalize":
-            normalize = True
-    return Pooling(mode=mode, normalize=normalize)
 
 
 def _max_length(path: Path, tokenizer_max: int, positions: int) -> int:
@@ -88,7 +59,7 @@ INLINE_CHARS = 2_000  # requests up to this many characters are tokenised on the
 class EncoderModel:
     """One loaded encoder base: tokenizer, BERT with LoRA layers, pooling, adapter cache."""
 
-    def __init__(self, spec: BaseSpec, limits: EngineLimits, *, max_rank: int = 32) -> None:
+    def __init__(self, spec: BaseSpec, limits: EngineLimits) -> None:
         path = spec.resolve()
         self.name = spec.name
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -111,7 +82,9 @@ class EncoderModel:
         # that needs each sequence's GEMMs shaped alike alone or batched, so the padded path.
         self.packed = not limits.deterministic and bert_packed.supports(model)
         self.ctx = LoRAContext(limits.adapter_slots, deterministic=limits.deterministic, device=limits.device)
-        self.layers = inject_lora(self.model, _bert_target, self.ctx, limits.adapter_slots, max_rank)
+        self.layers = inject_lora(
+            self.model, _bert_target, self.ctx, limits.adapter_slots, limits.max_lora_rank
+        )
         self.adapters = AdapterCache(
             self.layers, limits.adapter_slots, limits.adapter_host_bytes, name_map=self._layer_name
         )
@@ -164,7 +137,7 @@ class EncoderModel:
         seqs, by_slot = [ids[i] for i in order.tolist()], slots[order]
         if self.packs(ids, slots):
             h = bert_packed.packed_forward(self.model, self.ctx, seqs, by_slot.tolist())  # [T, d]
-            pooled = bert_packed.pool_packed(h, [len(x) for x in seqs], self.pooling.mode).cpu()
+            pooled = pool_packed(h, [len(x) for x in seqs], self.pooling.mode).cpu()
         else:
             pooled = self._forward_sorted(seqs, by_slot)
         out = torch.empty_like(pooled)  # [n, d]
@@ -219,19 +192,7 @@ class EncoderModel:
 
 def _bert_target(path: str) -> str | None:
     """Every attention/MLP linear inside an encoder layer, named as in HF's BertModel."""
-    return path if ".layer." in path and path.endswith(BERT_TARGETS) else None
-
-
-def pool(h: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """sentence-transformers pooling of token states h [B, L, d] under mask [B, L] -> [B, d]."""
-    m = mask.unsqueeze(-1).to(h.dtype)  # [B, L, 1]
-    if mode == "cls":
-        return h[:, 0]
-    if mode == "max":
-        return h.masked_fill(m == 0, -1e9).max(dim=1).values
-    summed = (h * m).sum(dim=1)  # [B, d]
-    count = m.sum(dim=1).clamp(min=1e-9)  # [B, 1]
-    return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
+    return encoder_target(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,14 +213,14 @@ class ClassifyResult:
 class EncoderEngine:
     """Async, thread-safe facade: embeddings and classification, micro-batched on one worker."""
 
-    def __init__(self, limits: EngineLimits, *, max_rank: int = 32) -> None:
+    def __init__(self, limits: EngineLimits) -> None:
         from constellation.engine.batcher import MicroBatcher  # the batcher imports this module
 
         self.limits = limits
         self._retired: Counter[str] = Counter()  # adapter cache counts of evicted bases
         self.pool: ModelPool[EncoderModel] = ModelPool(
             limits.base_model_bytes,
-            lambda s: EncoderModel(s, limits, max_rank=max_rank),
+            lambda s: EncoderModel(s, limits),
             lambda m: m.nbytes,
             lambda m: self._retired.update(m.adapters.counts),
         )

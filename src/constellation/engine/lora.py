@@ -22,6 +22,9 @@ from torch import nn
 # with one extra all-zero slot at index `n_slots`, and -1 gathers from it, so mixed batches need
 # no branch per row.
 NO_ADAPTER = -1
+# Slot buffers start at this rank (or the limit, if lower) and grow when a larger adapter comes:
+# most adapters use r = 8 or 16, and slots at the largest rank allowed would cost 4x the memory.
+INITIAL_RANK = 16
 
 
 class _Kind(Enum):
@@ -168,8 +171,11 @@ class MultiLoRALinear(nn.Module):
     """`y = base(x) + scale[s] * (x @ A[s]) @ B[s]` with `s` the row's slot, for all rows at once.
 
     A: [slots + 1, in, r], B: [slots + 1, r, out] (the extra slot is all zero, for NO_ADAPTER);
-    smaller ranks are zero-padded to `max_rank`, so mixed ranks in one batch are exact. The scale
-    is folded into B when a slot is set, so the forward has no extra multiply.
+    smaller ranks are zero-padded to the allocated rank `r`, so mixed ranks in one batch are exact.
+    `r` starts at `min(max_rank, INITIAL_RANK)` and grows (to a power of two, at most `max_rank`,
+    the limit adapters are checked against) when a larger adapter is set: slots for the largest
+    rank allowed would cost memory that most bases never use. The scale is folded into B when a
+    slot is set, so the forward has no extra multiply.
     """
 
     def __init__(self, base: nn.Linear, ctx: LoRAContext, n_slots: int, max_rank: int) -> None:
@@ -185,8 +191,9 @@ class MultiLoRALinear(nn.Module):
         self.in_features = base.in_features
         self.out_features = base.out_features
         w = base.weight
-        self.register_buffer("lora_A", w.new_zeros(n_slots + 1, self.in_features, max_rank))
-        self.register_buffer("lora_B", w.new_zeros(n_slots + 1, max_rank, self.out_features))
+        r = min(max_rank, INITIAL_RANK)
+        self.register_buffer("lora_A", w.new_zeros(n_slots + 1, self.in_features, r))
+        self.register_buffer("lora_B", w.new_zeros(n_slots + 1, r, self.out_features))
         self.register_buffer("scale", w.new_zeros(n_slots + 1))
         self.lora_A: torch.Tensor
         self.lora_B: torch.Tensor
@@ -232,12 +239,30 @@ class MultiLoRALinear(nn.Module):
             )
         if r > self.max_rank:
             raise ValueError(f"adapter rank {r} exceeds max_rank {self.max_rank}; raise max_rank")
+        if r > self.rank_capacity:
+            self._grow(r)
         self.lora_A[slot].zero_()
         self.lora_B[slot].zero_()
         self.lora_A[slot, :, :r] = A.t()  # [in, r]
         self.lora_B[slot, :r, :] = B.t() * scale  # [r, out]
         self.scale[slot] = scale
         self._rank[slot] = r
+
+    @property
+    def rank_capacity(self) -> int:
+        """The rank the slot buffers hold now (every slot zero-padded to it)."""
+        return self.lora_A.shape[2]
+
+    def _grow(self, r: int) -> None:
+        """Reallocate the slots for rank `r` (the next power of two, within `max_rank`), keeping
+        what they hold. Called between forwards, like `set_slot`."""
+        cap = min(self.max_rank, 1 << (r - 1).bit_length())
+        old = self.rank_capacity
+        A = self.lora_A.new_zeros(self.n_slots + 1, self.in_features, cap)
+        B = self.lora_B.new_zeros(self.n_slots + 1, cap, self.out_features)
+        A[:, :, :old] = self.lora_A
+        B[:, :old, :] = self.lora_B
+        self.lora_A, self.lora_B = A, B  # registered buffers: assignment replaces them
 
     @torch.no_grad()
     def clear_slot(self, slot: int) -> None:
@@ -259,7 +284,7 @@ class MultiLoRALinear(nn.Module):
             return y
         # Deterministic mode keeps the full padded rank: a row's reduction length must not
         # depend on which ranks share its batch.
-        r = self.max_rank if self.ctx.deterministic else max(self._rank[s] for s in plan.slots)
+        r = self.rank_capacity if self.ctx.deterministic else max(self._rank[s] for s in plan.slots)
         if r == 0:  # no adapter in this batch touches this layer
             return y
         if plan.pad is not None:
@@ -342,7 +367,8 @@ class MultiLoRALinear(nn.Module):
         return y if self.base.bias is None else y.add_(self.base.bias)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, slots={self.n_slots}, r={self.max_rank}"
+        shape = f"in={self.in_features}, out={self.out_features}, slots={self.n_slots}"
+        return f"{shape}, r={self.rank_capacity}, max_rank={self.max_rank}"
 
 
 SEGMENT_ROWS = 16  # mean rows per adapter from which per-run matmuls beat the padded block

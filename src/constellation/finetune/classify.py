@@ -15,51 +15,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
-from constellation.errors import InvalidInput
+from constellation.engine.pooling import pool, read_pooling
 from constellation.finetune.data import Example, TextExample
 from constellation.finetune.targets import default_targets
 
 HEAD_WEIGHTS = "classifier_head.safetensors"
 HEAD_META = "classifier_head.json"
-_ST_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_lasttoken": "lasttoken",
-}
-
 Encoded = tuple[list[int], int]  # (token ids, label index)
-
-
-def pooling_mode(base_dir: Path) -> str:
-    """The pooling of the base's sentence-transformers config; mean when it has none."""
-    modules = base_dir / "modules.json"
-    if not modules.is_file():
-        return "mean"
-    for module in json.loads(modules.read_text()):
-        if str(module.get("type", "")).endswith("Pooling"):
-            config = json.loads((base_dir / module["path"] / "config.json").read_text())
-            modes = [name for key, name in _ST_POOLING_KEYS.items() if config.get(key)]
-            if len(modes) != 1:
-                raise InvalidInput(f"{base_dir.name}: pooling {modes} is not supported; use exactly one mode")
-            return modes[0]
-    return "mean"
-
-
-def pool(h: Tensor, mask: Tensor, mode: str) -> Tensor:
-    """Sentence embedding before normalisation. h: [B, S, H], mask: [B, S] -> [B, H]."""
-    m = mask.unsqueeze(-1).to(h.dtype)  # [B, S, 1]
-    if mode == "cls":
-        return h[:, 0]
-    if mode == "max":
-        return h.masked_fill(m == 0, torch.finfo(h.dtype).min).amax(dim=1)
-    if mode == "lasttoken":
-        last = mask.sum(dim=1) - 1  # [B]; right padding, so the last real token
-        return h[torch.arange(h.shape[0]), last]
-    summed = (h * m).sum(dim=1)  # [B, H]
-    count = m.sum(dim=1).clamp(min=1e-9)  # [B, 1]
-    return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
 
 
 class ClassificationObjective:
@@ -87,7 +49,7 @@ class ClassificationObjective:
         )
         self.encoder = peft.get_peft_model(encoder, lora)
         self.head = nn.Linear(encoder.config.hidden_size, len(self.labels))
-        self.pooling = pooling_mode(base_dir)
+        self.pooling = read_pooling(base_dir).mode
         self.module: nn.Module = nn.ModuleDict({"encoder": self.encoder, "head": self.head})
 
     def param_groups(self, lr: float, head_lr: float) -> list[dict[str, object]]:
@@ -139,7 +101,7 @@ def predict(
     model = peft.PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     head = load_file(str(adapter_dir / HEAD_WEIGHTS))
     labels = json.loads((adapter_dir / HEAD_META).read_text())["labels"]
-    mode = pooling_mode(base_dir)
+    mode = read_pooling(base_dir).mode
     out: list[str] = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(

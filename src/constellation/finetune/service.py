@@ -202,6 +202,7 @@ def register(
             card=card,
             visibility=spec.visibility,
             owner_tenant=spec.owner_tenant,
+            max_rank=platform.settings.engine.max_lora_rank,
         )
     return FinetuneOutcome(model=spec.name, result=result, datasets=recorded)
 

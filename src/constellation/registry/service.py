@@ -4,6 +4,7 @@ the artifact store and record them, their licence, author and lineage, in one tr
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,17 @@ from constellation.artifacts import ArtifactStore, check_adapter_fits_base
 from constellation.artifacts.gguf import converted, is_gguf
 from constellation.artifacts.peft import names_match
 from constellation.artifacts.store import sha256_file
+from constellation.config import EngineLimits
 from constellation.errors import InvalidInput
 from constellation.registry import datasets as ds_repo
 from constellation.registry import models as model_repo
 from constellation.registry.effective import check_derived_licence
+from constellation.registry.inputs import AdapterIn, BaseIn
 from constellation.registry.licences import get_licence
 from constellation.registry.providers import mark_outputs
 from constellation.registry.tables import Artifact, Dataset, Model
+
+log = logging.getLogger(__name__)
 
 
 def _record_artifact(s: Session, art: StoredArtifact) -> None:
@@ -95,6 +100,14 @@ def register_base(
     )
 
 
+def add_base(s: Session, store: ArtifactStore, spec: BaseIn) -> Model:
+    """`register_base` from the input schema the admin API and the CLI share."""
+    return register_base(
+        s, store, src=Path(spec.path), name=spec.name, task=spec.task, author=spec.author,
+        licence=spec.license, labels=spec.labels, visibility=spec.visibility, owner_tenant=spec.owner_tenant,
+    )  # fmt: skip
+
+
 def _config_name(src: Path) -> str | None:
     try:
         value = json.loads((src / "config.json").read_text()).get("_name_or_path")
@@ -151,15 +164,20 @@ def register_adapter(
     visibility: str = "public",
     owner_tenant: str | None = None,
     card: dict[str, Any] | None = None,
+    max_rank: int | None = None,
 ) -> Model:
-    """Import a PEFT adapter directory trained anywhere onto a registered base.
+    """Import a PEFT adapter directory trained anywhere onto a registered base, refusing what the
+    base's engine cannot serve (ranks above `max_rank`: default, the engine setting's default).
 
     `datasets` are (registered data set name, weight or None = its example count)."""
     base_row = model_repo.get_model(s, name=base)
     base_dir = store.open(base_row.artifact_digest)
     _check_declared_base(src, base_row, dict(store.get(base_row.artifact_digest).files))
-    check_adapter_fits_base(src, base_dir)
-    art = store.import_adapter_dir(src, base=base_dir)
+    limit = max_rank if max_rank is not None else EngineLimits().max_lora_rank
+    notes = check_adapter_fits_base(src, base_dir, max_rank=limit, task=base_row.task)
+    for note in notes:
+        log.warning("adapter %r: %s", name, note)
+    art = store.import_adapter_dir(src)
     _record_artifact(s, art)
     head_labels = _head_labels(src)
     if labels and head_labels and labels != head_labels:
@@ -182,13 +200,23 @@ def register_adapter(
         author_id=author,
         base_name=base,
         labels=labels,
-        card={**_card_dict(art), **(card or {})},
+        card={**_card_dict(art), **({"notes": notes} if notes else {}), **(card or {})},
         visibility=visibility,
         owner_tenant_id=owner_tenant,
     )
     for d, weight in linked:
         model_repo.link_dataset(s, model=m, dataset=d, weight=weight or d.example_count)
     return m
+
+
+def add_adapter(s: Session, store: ArtifactStore, spec: AdapterIn, *, max_rank: int | None = None) -> Model:
+    """`register_adapter` from the input schema the admin API and the CLI share."""
+    return register_adapter(
+        s, store, src=Path(spec.path), name=spec.name, base=spec.base, author=spec.author,
+        licence=spec.license, task=spec.task, labels=spec.labels,
+        datasets=[(d, None) for d in spec.datasets], visibility=spec.visibility,
+        owner_tenant=spec.owner_tenant, max_rank=max_rank,
+    )  # fmt: skip
 
 
 def register_dataset(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from constellation.engine.lora import NO_ADAPTER, LoRAContext, MultiLoRALinear, inject_lora
+from constellation.engine.lora import INITIAL_RANK, NO_ADAPTER, LoRAContext, MultiLoRALinear, inject_lora
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 6, 8
 MIXES = [
@@ -184,6 +184,25 @@ def test_row_bits_do_not_depend_on_batch_in_deterministic_mode() -> None:
         for i in (0, 5, 31):
             ctx.set_mapping(slots[i : i + 1])
             assert torch.equal(layer(x[i : i + 1]), together[i : i + 1])
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_slots_grow_to_a_larger_rank_and_keep_what_they_hold(deterministic: bool) -> None:
+    gen = torch.Generator().manual_seed(3)
+    ctx = LoRAContext(SLOTS, deterministic=deterministic)
+    layer = MultiLoRALinear(nn.Linear(IN, OUT), ctx, SLOTS, max_rank=64)
+    assert layer.rank_capacity == INITIAL_RANK
+    adapters = _adapters([4, 40, 16], gen)
+    layer.set_slot(0, *adapters[0])
+    layer.set_slot(1, *adapters[1])  # past the initial rank: the slots grow to 64, not beyond
+    assert layer.rank_capacity == 64
+    layer.set_slot(2, *adapters[2])
+    x = torch.randn(9, IN, generator=gen)
+    slots = torch.tensor([0, 1, 2, NO_ADAPTER, 1, 0, 2, 2, 1])
+    ctx.set_mapping(slots)
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got, _naive(layer.base, adapters, x, slots), rtol=1e-5, atol=1e-5)
 
 
 def test_rejects_bad_shapes_and_slots() -> None:

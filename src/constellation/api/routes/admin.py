@@ -11,8 +11,6 @@ from fastapi import APIRouter, status
 from constellation.api.deps import Admin, PlatformDep, SessionDep
 from constellation.api.protocol import errors
 from constellation.api.schemas.admin import (
-    AdapterIn,
-    BaseModelIn,
     ContributorIn,
     ContributorOut,
     DatasetCreated,
@@ -29,6 +27,7 @@ from constellation.registry import models as model_repo
 from constellation.registry import service
 from constellation.registry import terms as terms_repo
 from constellation.registry.effective import effective_terms
+from constellation.registry.inputs import AdapterIn, BaseIn
 
 router = APIRouter(prefix="/api", tags=["admin"], responses=errors(400, 401, 403, 404))
 
@@ -52,40 +51,15 @@ def get_model(name: str, _: Admin, s: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/models", status_code=status.HTTP_201_CREATED, response_model=ModelOut, responses=errors(409))
-def add_base(body: BaseModelIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
+def add_base(body: BaseIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
     """Register a base model from a local Hugging Face directory (safetensors weights only)."""
-    m = service.register_base(
-        s,
-        platform.store,
-        src=Path(body.path),
-        name=body.name,
-        task=body.task,
-        author=body.author,
-        licence=body.license,
-        labels=body.labels,
-        visibility=body.visibility,
-        owner_tenant=body.owner_tenant,
-    )
-    return _model_out(s, m)
+    return _model_out(s, service.add_base(s, platform.store, body))
 
 
 @router.post("/adapters", status_code=status.HTTP_201_CREATED, response_model=ModelOut, responses=errors(409))
 def add_adapter(body: AdapterIn, _: Admin, s: SessionDep, platform: PlatformDep) -> dict[str, Any]:
     """Import a PEFT adapter (adapter_config.json + adapter_model.safetensors) onto a registered base."""
-    m = service.register_adapter(
-        s,
-        platform.store,
-        src=Path(body.path),
-        name=body.name,
-        base=body.base,
-        author=body.author,
-        licence=body.license,
-        task=body.task,
-        labels=body.labels,
-        datasets=[(d, None) for d in body.datasets],
-        visibility=body.visibility,
-        owner_tenant=body.owner_tenant,
-    )
+    m = service.add_adapter(s, platform.store, body, max_rank=platform.settings.engine.max_lora_rank)
     return _model_out(s, m)
 
 

@@ -1,4 +1,4 @@
-"""The catalog's admin schemas: models and adapters to register, data sets, contributors and
+"""The catalog's admin schemas: data sets (models and adapters register through registry/inputs.py, shared with the CLI), contributors and
 contribution terms, as sent (…In) and as answered (…Out)."""
 
 from __future__ import annotations
@@ -9,32 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from constellation.api.protocol import LineageOut
 from constellation.economy.money import MAX_RATE_NANOS
-
-
-class BaseModelIn(BaseModel):
-    name: str
-    path: str = Field(
-        description="a Hugging Face model directory on the server, or a GGUF file (dequantised to fp32)"
-    )
-    task: Literal["embedding", "classification", "causal-lm"]
-    author: str
-    license: str | None = Field(default=None, description="licence id; defaults to the model card's")
-    labels: list[str] | None = None
-    visibility: Literal["public", "private"] = "public"
-    owner_tenant: str | None = None
-
-
-class AdapterIn(BaseModel):
-    name: str
-    path: str = Field(description="a PEFT adapter directory on the server")
-    base: str
-    author: str
-    license: str | None = None
-    task: Literal["embedding", "classification", "causal-lm"] | None = None
-    labels: list[str] | None = None
-    datasets: list[str] = Field(default_factory=list, description="registered data set names")
-    visibility: Literal["public", "private"] = "public"
-    owner_tenant: str | None = None
 
 
 class DatasetIn(BaseModel):

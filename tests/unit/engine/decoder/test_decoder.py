@@ -13,7 +13,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from constellation.artifacts.peft import check_adapter_fits_base
+from constellation.config import EngineLimits
 from constellation.engine.decoder import DecoderEngine, Delta
+from constellation.engine.llm_toy import save_random_adapter
 from constellation.engine.sampling import SamplingParams
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
@@ -163,3 +166,39 @@ def test_non_causal_base_is_refused(families, engine: DecoderEngine) -> None:
     emb = BaseSpec("minilm", "embedding", resolve=lambda: path)
     with pytest.raises(InvalidInput, match="embeddings"):
         engine.prepare(emb, None, prompt="hi", params=GREEDY)
+
+
+def test_rank_32_adapter_imports_and_serves_like_merged_peft(
+    families, tmp_path_factory: pytest.TempPathFactory, limits_engine, run_all
+) -> None:
+    """Above the rank the LoRA slots start at: they grow to it; above the setting, import refuses."""
+    fam = families["llama"]
+    out = save_random_adapter(
+        fam.path, tmp_path_factory.mktemp("r32") / "llama-r32", rank=32, seed=7, std=0.05
+    )
+    limit = EngineLimits().max_lora_rank
+    assert check_adapter_fits_base(out, fam.path, task="causal-lm", max_rank=limit) == []
+    with pytest.raises(InvalidInput, match=r"rank 32 on 'model\.layers\.0\..*largest rank served \(16"):
+        check_adapter_fits_base(out, fam.path, task="causal-lm", max_rank=16)
+    engine = limits_engine()
+    adapter = AdapterSpec("llama-r32", fam.name, resolve=lambda: out)
+    prepared = [engine.prepare(fam.base, adapter, prompt=p, params=GREEDY) for p in PROMPTS]
+    for p, ans in zip(prepared, run_all(engine, prepared), strict=True):
+        assert ans.tokens == reference(fam.base, adapter, p.prompt_ids, p.max_new)
+
+
+def test_an_adapter_on_a_module_the_decoder_does_not_wrap_is_refused_at_import(
+    families, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    fam = families["llama"]
+    model = AutoModelForCausalLM.from_pretrained(str(fam.path), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    out = tmp_path_factory.mktemp("head")
+    peft_model.save_pretrained(str(out / "lora-only"), save_embedding_layers=False)
+    with pytest.raises(InvalidInput, match=r"adapts \['lm_head'\], which the causal-lm engine does not wrap"):
+        check_adapter_fits_base(out / "lora-only", fam.path, task="causal-lm")
+    peft_model.save_pretrained(str(out / "with-layers"))  # PEFT then keeps whole lm_head weights too
+    with pytest.raises(InvalidInput, match=r"lm_head\.base_layer\.weight'.*not a LoRA factor"):
+        check_adapter_fits_base(out / "with-layers", fam.path, task="causal-lm")

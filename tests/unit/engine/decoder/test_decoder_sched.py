@@ -8,11 +8,9 @@ import time
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 from constellation.config import EngineLimits
-from constellation.engine.decoder import DecoderEngine, Seq, load_runner, split_largest_remainder
+from constellation.engine.decoder import DecoderEngine, Seq, load_runner
 from constellation.engine.sampling import SamplingParams, TextStream, make_generator
 from constellation.errors import Overloaded
 
@@ -131,17 +129,6 @@ def test_attribution_sums_to_engine_busy_time(families, limits_engine, run_all) 
     ]
     answers = run_all(engine, preps)
     assert sum(a.final.compute_ns or 0 for a in answers) == engine.stats()["busy_ns"]
-
-
-@given(st.integers(0, 10**15), st.lists(st.integers(0, 5000), min_size=1, max_size=40))
-def test_largest_remainder_is_exact_and_fair(total: int, weights: list[int]) -> None:
-    shares = split_largest_remainder(total, weights)
-    wsum = sum(weights)
-    if wsum == 0:
-        assert shares == [0] * len(weights)
-        return
-    assert sum(shares) == total
-    assert all(abs(s * wsum - total * w) < wsum for s, w in zip(shares, weights, strict=True))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
