@@ -1,5 +1,5 @@
-"""The catalog's admin schemas: data sets (models and adapters register through registry/inputs.py, shared with the CLI), contributors and
-contribution terms, as sent (…In) and as answered (…Out)."""
+"""The catalog's admin schemas: data sets, contributors and contribution terms, as sent (…In) and
+as answered (…Out). Models and adapters register through registry/inputs.py, shared with the CLI."""
 
 from __future__ import annotations
 
