@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from tests.integration.conftest import Api
 
+from constellation.engine.llm_toy import save_random_adapter
+
 pytestmark = pytest.mark.anyio
 
 
@@ -167,3 +169,29 @@ async def test_no_docs_page_loads_from_a_cdn(api: Api) -> None:
     """The server runs offline: FastAPI's /redoc, which loads its script from a CDN, is off."""
     assert_error(await api.client.get("/redoc"), 404)
     assert "/redoc" not in {getattr(r, "path", None) for r in api.app.routes}
+
+
+async def test_an_adapter_above_the_rank_setting_is_refused_at_import(
+    api: Api, lm_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Refused by POST /api/adapters, never a 400 on every request after an import that passed."""
+    base, _ = lm_dirs
+    h = api.admin
+    await api.client.post(
+        "/api/contributors", headers=h, json={"id": "lab", "name": "Lab", "kind": "organisation"}
+    )
+    body = {
+        "name": "tiny-llama",
+        "path": str(base),
+        "task": "causal-lm",
+        "author": "lab",
+        "license": "apache-2.0",
+    }
+    assert (await api.client.post("/api/models", headers=h, json=body)).status_code == 201
+    adapter = save_random_adapter(base, tmp_path / "tiny-llama-r32", rank=32, seed=1)
+    api.platform.settings.engine.max_lora_rank = 16
+    body = {"name": "r32", "path": str(adapter), "base": "tiny-llama", "author": "lab", "license": "mit"}
+    err = assert_error(await api.client.post("/api/adapters", headers=h, json=body), 400)
+    assert "rank 32" in err["message"] and "largest rank served (16" in err["message"]
+    api.platform.settings.engine.max_lora_rank = 64
+    assert (await api.client.post("/api/adapters", headers=h, json=body)).status_code == 201
