@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from constellation.config import EngineLimits
-from constellation.engine.decoder import DecoderEngine, Prepared
-from constellation.engine.llm_toy import WORDS, save_random_adapters, save_random_lm
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.sampling import SamplingParams
+from constellation.engine.decoder.sequence import Prepared
 from constellation.engine.spec import AdapterSpec, BaseSpec
+from constellation.testing.toy_lm import WORDS, save_random_adapters, save_random_lm
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import BertConfig, BertModel
 
 from constellation.config import EngineLimits
-from constellation.engine.adapters import AdapterCache
-from constellation.engine.encoder import EncoderEngine, EncoderModel
+from constellation.engine.encoder.engine import EncoderEngine
+from constellation.engine.encoder.model import EncoderModel
+from constellation.engine.lora.cache import AdapterCache
 from constellation.engine.spec import AdapterSpec, BaseSpec
 
 # Loaded by file path (`constellation bench`), so the serving helper is found next to this file.

@@ -209,8 +209,8 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
     """The demo constellation on reduced data, with a tiny random Llama standing in for SmolLM2
     (whose real answers tests/integration/test_smollm2.py checks), built once for the session:
     the demo's own test and the dashboard's pictures both start from a copy of it."""
-    from constellation.engine.llm_toy import save_random_lm
     from constellation.finetune.demo import DemoBuilder, DemoOptions
+    from constellation.testing.toy_lm import save_random_lm
 
     root = tmp_path_factory.mktemp("demo")
     chat_base = save_random_lm(root / "tiny-llama", "llama", seed=0)

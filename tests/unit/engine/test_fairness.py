@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from constellation.config import EngineLimits
-from constellation.engine.batcher import FLOWS_PER_BATCH, MIN_STEP_TOKENS, Job, Pending, Row, step_budget
+from constellation.engine.encoder.batcher import (
+    FLOWS_PER_BATCH,
+    MIN_STEP_TOKENS,
+    Job,
+    Pending,
+    Row,
+    step_budget,
+)
 from constellation.engine.fairness import FairQueue
 from constellation.engine.spec import AdapterSpec, BaseSpec
 

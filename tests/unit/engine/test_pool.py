@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from constellation.config import EngineLimits
-from constellation.engine.encoder import EncoderModel
+from constellation.engine.encoder.model import EncoderModel
 from constellation.engine.pool import ModelPool
 from constellation.engine.spec import BaseSpec
 from constellation.errors import Overloaded

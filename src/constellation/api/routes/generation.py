@@ -36,8 +36,8 @@ from constellation.api.protocol import (
 )
 from constellation.api.resolver import require_task
 from constellation.api.structured import FREE, Structure, plan, tool_call, with_tools_prompt
-from constellation.engine.decoder import Delta, Prepared
-from constellation.engine.sampling import DEFAULTABLE, SamplingParams
+from constellation.engine.decoder.sampling import DEFAULTABLE, SamplingParams
+from constellation.engine.decoder.sequence import Delta, Prepared
 from constellation.errors import ConstellationError, InvalidInput
 
 router = APIRouter(

@@ -13,8 +13,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from constellation.engine.decoder import DecoderEngine, Delta
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.sampling import SamplingParams
+from constellation.engine.decoder.sequence import Delta
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
 

@@ -12,8 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from constellation.config import EngineLimits
-from constellation.engine.decoder import DecoderEngine, Seq, load_runner, split_largest_remainder
-from constellation.engine.sampling import SamplingParams, TextStream, make_generator
+from constellation.engine.decoder.detokenizer import TextStream
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.runner import load_runner, split_largest_remainder
+from constellation.engine.decoder.sampling import SamplingParams, make_generator
+from constellation.engine.decoder.sequence import Seq
 from constellation.errors import Overloaded
 
 GREEDY = SamplingParams(max_tokens=20, temperature=0.0)
@@ -41,11 +44,11 @@ def test_new_requests_join_between_decode_steps(families) -> None:
     finally:
         engine_side.close()
     seqs = [Seq(p, lambda d: None, TextStream(runner.tok, ()), make_generator(0)) for p in preps]
-    runner.waiting.push(seqs[0])
+    runner.scheduler.waiting.push(seqs[0])
     runner.step()  # prefill of the first
     runner.step()  # first decode
-    runner.waiting.push(seqs[1])
-    work = runner.schedule()
+    runner.scheduler.waiting.push(seqs[1])
+    work = runner.scheduler.schedule()
     assert [(w.seq, w.n) for w in work] == [(seqs[0], 1), (seqs[1], len(preps[1].prompt_ids))]
 
 

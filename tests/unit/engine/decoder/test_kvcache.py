@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from constellation.engine.kvcache import KVCache
+from constellation.engine.decoder.kvcache import KVCache
 from constellation.errors import InvalidInput
 
 

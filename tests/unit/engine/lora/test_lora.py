@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from constellation.engine.lora import NO_ADAPTER, LoRAContext, MultiLoRALinear, inject_lora
+from constellation.engine.lora.layer import NO_ADAPTER, LoRAContext, MultiLoRALinear, inject_lora
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 6, 8
 MIXES = [

@@ -13,12 +13,12 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from constellation.config import EngineLimits
-from constellation.engine.encoder import EncoderEngine
+from constellation.engine.encoder.engine import EncoderEngine
 from constellation.engine.pool import module_bytes
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
 
-from .conftest import Reference, base_spec, make_adapter, normalized
+from ..conftest import Reference, base_spec, make_adapter, normalized
 
 TEXTS = [
     "The cat sat on the mat.",

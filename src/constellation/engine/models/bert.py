@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from constellation.engine.lora import LoRAContext
+from constellation.engine.lora.layer import LoRAContext
 
 # Up to this padded length attention on a CPU runs as plain matmuls and softmax; past it, and
 # on a GPU, as the fused kernel (its memory stays linear in the length).

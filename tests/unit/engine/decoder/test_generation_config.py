@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from constellation.engine.llm_tokens import LMTokenizer
-from constellation.engine.llm_toy import save_random_lm
-from constellation.engine.sampling import SamplingDefaults, SamplingParams
+from constellation.engine.decoder.sampling import SamplingDefaults, SamplingParams
+from constellation.engine.decoder.tokens import LMTokenizer
 from constellation.errors import InvalidInput
+from constellation.testing.toy_lm import save_random_lm
 
 
 @pytest.fixture(scope="module")

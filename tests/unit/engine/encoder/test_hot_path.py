@@ -14,14 +14,16 @@ import torch
 from torch import nn
 
 from constellation.config import EngineLimits
-from constellation.engine.adapters import AdapterCache, LoadedAdapter, LoRAWeights
-from constellation.engine.encoder import INLINE_CHARS, EncoderEngine, EncoderModel
-from constellation.engine.lora import LoRAContext, MultiLoRALinear
+from constellation.engine.encoder.engine import INLINE_CHARS, EncoderEngine
+from constellation.engine.encoder.model import EncoderModel
+from constellation.engine.lora.adapters import LoadedAdapter, LoRAWeights
+from constellation.engine.lora.cache import AdapterCache
+from constellation.engine.lora.layer import LoRAContext, MultiLoRALinear
 from constellation.engine.pool import ModelPool
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
 
-from .conftest import base_spec, make_adapter
+from ..conftest import base_spec, make_adapter
 
 LONG = "serving many small models on one shared base " * 20  # ~160 tokens; the tiny BERT takes 64
 

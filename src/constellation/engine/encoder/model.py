@@ -6,29 +6,24 @@ classification adapters apply their head to the pooled embedding before normalis
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
 from constellation.config import EngineLimits
-from constellation.engine import bert_packed
-from constellation.engine.adapters import AdapterCache, ClassifierHead
-from constellation.engine.bounds import check_items, cut_for_tokens, tokenize_bounded
-from constellation.engine.lora import NO_ADAPTER, LoRAContext, inject_lora
-from constellation.engine.pool import ModelPool, module_bytes
-from constellation.engine.spec import AdapterSpec, BaseSpec
+from constellation.engine.bounds import cut_for_tokens, tokenize_bounded
+from constellation.engine.lora.adapters import ClassifierHead
+from constellation.engine.lora.cache import AdapterCache
+from constellation.engine.lora.layer import NO_ADAPTER, LoRAContext, inject_lora
+from constellation.engine.models import bert
+from constellation.engine.pool import module_bytes
+from constellation.engine.spec import BaseSpec
 from constellation.errors import InvalidInput
-
-Kind = Literal["embed", "classify"]
 
 # Linear layers of a BERT block that adapters may target: all attention and MLP linears.
 BERT_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
@@ -82,9 +77,6 @@ def _max_length(path: Path, tokenizer_max: int, positions: int) -> int:
     return min(tokenizer_max, positions)
 
 
-INLINE_CHARS = 2_000  # requests up to this many characters are tokenised on the event loop
-
-
 class EncoderModel:
     """One loaded encoder base: tokenizer, BERT with LoRA layers, pooling, adapter cache."""
 
@@ -109,7 +101,7 @@ class EncoderModel:
         self.deterministic = limits.deterministic
         # Packed tokens (no padding in the linears) unless bitwise batch invariance is asked for:
         # that needs each sequence's GEMMs shaped alike alone or batched, so the padded path.
-        self.packed = not limits.deterministic and bert_packed.supports(model)
+        self.packed = not limits.deterministic and bert.supports(model)
         self.ctx = LoRAContext(limits.adapter_slots, deterministic=limits.deterministic, device=limits.device)
         self.layers = inject_lora(self.model, _bert_target, self.ctx, limits.adapter_slots, max_rank)
         self.adapters = AdapterCache(
@@ -163,8 +155,8 @@ class EncoderModel:
         order = torch.argsort(self.ctx.sort_key(slots), stable=True)  # [n]
         seqs, by_slot = [ids[i] for i in order.tolist()], slots[order]
         if self.packs(ids, slots):
-            h = bert_packed.packed_forward(self.model, self.ctx, seqs, by_slot.tolist())  # [T, d]
-            pooled = bert_packed.pool_packed(h, [len(x) for x in seqs], self.pooling.mode).cpu()
+            h = bert.packed_forward(self.model, self.ctx, seqs, by_slot.tolist())  # [T, d]
+            pooled = bert.pool_packed(h, [len(x) for x in seqs], self.pooling.mode).cpu()
         else:
             pooled = self._forward_sorted(seqs, by_slot)
         out = torch.empty_like(pooled)  # [n, d]
@@ -232,146 +224,3 @@ def pool(h: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     summed = (h * m).sum(dim=1)  # [B, d]
     count = m.sum(dim=1).clamp(min=1e-9)  # [B, 1]
     return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
-
-
-@dataclass(frozen=True, slots=True)
-class EncodeResult:
-    embeddings: np.ndarray  # float32 [n, d]
-    tokens: list[int]  # per input
-    compute_ns: int  # attributed engine time
-
-
-@dataclass(frozen=True, slots=True)
-class ClassifyResult:
-    labels: list[str]
-    probs: list[dict[str, float]]
-    tokens: list[int]
-    compute_ns: int
-
-
-class EncoderEngine:
-    """Async, thread-safe facade: embeddings and classification, micro-batched on one worker."""
-
-    def __init__(self, limits: EngineLimits, *, max_rank: int = 32) -> None:
-        from constellation.engine.batcher import MicroBatcher  # the batcher imports this module
-
-        self.limits = limits
-        self._retired: Counter[str] = Counter()  # adapter cache counts of evicted bases
-        self.pool: ModelPool[EncoderModel] = ModelPool(
-            limits.base_model_bytes,
-            lambda s: EncoderModel(s, limits, max_rank=max_rank),
-            lambda m: m.nbytes,
-            lambda m: self._retired.update(m.adapters.counts),
-        )
-        self._batcher = MicroBatcher(limits, self.pool)
-
-    async def embed(
-        self,
-        base: BaseSpec,
-        adapter: AdapterSpec | None,
-        texts: list[str],
-        *,
-        truncate: bool = False,
-        tenant: str = "",
-    ) -> EncodeResult:
-        """`tenant` is the fairness key: rows are batched in turn across keys (engine/fairness.py)."""
-        out, tokens, ns = await self._run(base, adapter, texts, truncate, "embed", tenant)
-        return EncodeResult(embeddings=out.numpy().astype(np.float32), tokens=tokens, compute_ns=ns)
-
-    async def classify(
-        self,
-        base: BaseSpec,
-        adapter: AdapterSpec,
-        texts: list[str],
-        *,
-        truncate: bool = False,
-        tenant: str = "",
-    ) -> ClassifyResult:
-        out, tokens, ns = await self._run(base, adapter, texts, truncate, "classify", tenant)
-        head = await asyncio.to_thread(self._head_labels, base, adapter)
-        probs = [dict(zip(head, map(float, row), strict=True)) for row in out.tolist()]
-        labels = [head[i] for i in out.argmax(dim=1).tolist()]
-        return ClassifyResult(labels=labels, probs=probs, tokens=tokens, compute_ns=ns)
-
-    def stats(self) -> dict[str, float]:
-        s = dict(self._batcher.stats)
-        s["queue_depth"] = float(self._batcher.queue_depth())
-        s["base_loads"] = float(self.pool.loads)
-        s["base_evictions"] = float(self.pool.evictions)
-        s["memory_trims"] = float(self._batcher.trims)
-        counts = self._retired + sum((m.adapters.counts for m in self.pool.models()), Counter[str]())
-        s.update({k: float(v) for k, v in counts.items()})
-        return s
-
-    def unready(self) -> str | None:
-        """Why this engine cannot serve (never, in process: its worker is a thread of ours)."""
-        return None
-
-    def close(self) -> None:
-        self._batcher.close()
-        self.pool.close()
-
-    async def _run(
-        self,
-        base: BaseSpec,
-        adapter: AdapterSpec | None,
-        texts: list[str],
-        truncate: bool,
-        kind: Kind,
-        tenant: str,
-    ) -> tuple[torch.Tensor, list[int], int]:
-        texts = check_items(texts, self.limits, truncate=truncate)
-        prepared = self._prepare_inline(base, adapter, texts, truncate, kind)
-        if prepared is None:
-            prepared = await asyncio.to_thread(self._prepare, base, adapter, texts, truncate, kind)
-        ids, lengths = prepared
-        from constellation.engine.batcher import Job
-
-        loop = asyncio.get_running_loop()
-        job = Job(base, adapter, kind, ids, loop, loop.create_future(), tenant=tenant)
-        self._batcher.submit(job, lengths)
-        out, ns = await job.future
-        return out, [len(x) for x in ids], ns
-
-    def _prepare(
-        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
-    ) -> tuple[list[list[int]], list[int]]:
-        """Tokenise and load the adapter into host memory, off the worker and off the event loop."""
-        with self.pool.use(base) as model:
-            return self._prepare_on(model, adapter, texts, truncate, kind)
-
-    @staticmethod
-    def _prepare_on(
-        model: EncoderModel, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
-    ) -> tuple[list[list[int]], list[int]]:
-        ids = model.tokenize(texts, truncate=truncate)
-        if adapter is not None:
-            loaded = model.adapters.prefetch(adapter)
-            if kind == "classify" and loaded.head is None:
-                raise InvalidInput(
-                    f"model {adapter.name!r} has no classification head; use /v1/embeddings for it"
-                )
-        return ids, [model.padded_length(len(x)) for x in ids]
-
-    def _prepare_inline(
-        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
-    ) -> tuple[list[list[int]], list[int]] | None:
-        """`_prepare` on the calling thread when nothing needs loading and the text is short:
-        tokenising a sentence takes less than the hop to a worker thread and back. None: hop."""
-        if sum(map(len, texts)) > INLINE_CHARS:
-            return None
-        model = self.pool.try_acquire(base)
-        if model is None:
-            return None
-        try:
-            if adapter is not None and model.adapters.in_host(adapter) is None:
-                return None
-            return self._prepare_on(model, adapter, texts, truncate, kind)
-        finally:
-            self.pool.release(base.name)
-
-    def _head_labels(self, base: BaseSpec, adapter: AdapterSpec) -> tuple[str, ...]:
-        with self.pool.use(base) as model:
-            loaded = model.adapters.prefetch(adapter)
-            assert loaded.head is not None
-            return loaded.head.labels

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from constellation.engine.adapters import AdapterCache, LoadedAdapter, LoRAWeights, load_adapter
-from constellation.engine.lora import NO_ADAPTER, LoRAContext, MultiLoRALinear
+from constellation.engine.lora.adapters import LoadedAdapter, LoRAWeights, load_adapter
+from constellation.engine.lora.cache import AdapterCache
+from constellation.engine.lora.layer import NO_ADAPTER, LoRAContext, MultiLoRALinear
 from constellation.engine.spec import AdapterSpec
 from constellation.errors import InvalidInput, Overloaded
 
-from .conftest import make_adapter
+from ..conftest import make_adapter
 
 
 def _spec(name: str) -> AdapterSpec:

@@ -20,11 +20,12 @@ from itertools import groupby
 import torch
 
 from constellation.config import EngineLimits
-from constellation.engine.adapters import ClassifierHead
 from constellation.engine.attribution import split_ns
-from constellation.engine.encoder import EncoderModel, Kind
+from constellation.engine.encoder.interface import Kind
+from constellation.engine.encoder.memory import MemoryTrimmer
+from constellation.engine.encoder.model import EncoderModel
 from constellation.engine.fairness import FairQueue
-from constellation.engine.memory import MemoryTrimmer
+from constellation.engine.lora.adapters import ClassifierHead
 from constellation.engine.pool import ModelPool
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import Overloaded

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from constellation.engine.lora import NO_ADAPTER, LoRAContext, MultiLoRALinear
+from constellation.engine.lora.layer import NO_ADAPTER, LoRAContext, MultiLoRALinear
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 12, 8
 LAYOUTS = {

@@ -12,8 +12,8 @@ from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from constellation.engine.llm import LMConfig, read_config
-from constellation.engine.sampling import SamplingDefaults
+from constellation.engine.decoder.sampling import SamplingDefaults
+from constellation.engine.models.config import LMConfig, read_config
 from constellation.errors import InvalidInput
 
 ROLES = ("system", "user", "assistant", "tool", "developer")

@@ -42,7 +42,7 @@ from typing import Any
 from constellation import errors
 from constellation.config import EngineLimits
 from constellation.engine.bounds import check_items
-from constellation.engine.encoder import ClassifyResult, EncodeResult
+from constellation.engine.encoder.interface import ClassifyResult, EncodeResult
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import ConstellationError, EngineUnavailable, Overloaded
 
@@ -356,7 +356,7 @@ def _child_main(conn: Connection, limits: dict[str, Any], switch_interval_ms: fl
     import torch
 
     from constellation.config import Settings
-    from constellation.engine.encoder import EncoderEngine
+    from constellation.engine.encoder.engine import EncoderEngine
     from constellation.runtime import tune_interpreter
 
     torch.set_num_threads(threads)

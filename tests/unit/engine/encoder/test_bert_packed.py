@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from constellation.config import EngineLimits
-from constellation.engine import bert_packed
-from constellation.engine.bert_packed import supports
-from constellation.engine.encoder import EncoderModel
+from constellation.engine.encoder.model import EncoderModel
+from constellation.engine.models import bert
+from constellation.engine.models.bert import supports
 
-from .conftest import base_spec, make_adapter
+from ..conftest import base_spec, make_adapter
 
 TEXTS = ["a", "the model serves many small adapters on one shared base under load", "hello there", "ok then"]
 
@@ -58,11 +58,11 @@ def test_packs_when_the_padding_saved_outweighs_the_packed_lora_cost(
     assert not padded.packs(ids, none)  # a model that cannot pack never does
 
 
-@pytest.mark.parametrize("short", [bert_packed.SHORT_ATTENTION, 0], ids=["matmul-softmax", "fused-kernel"])
+@pytest.mark.parametrize("short", [bert.SHORT_ATTENTION, 0], ids=["matmul-softmax", "fused-kernel"])
 def test_both_attention_paths_equal_padded(
     models: tuple[EncoderModel, EncoderModel], short: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bert_packed, "SHORT_ATTENTION", short)
+    monkeypatch.setattr(bert, "SHORT_ATTENTION", short)
     packed, padded = models
     ids = packed.tokenize(TEXTS[::-1] * 3, truncate=False)
     slots = torch.tensor([-1, 0, 1, -1] * 3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from constellation.engine.batcher import Job, Row, split_by_length
+from constellation.engine.encoder.batcher import Job, Row, split_by_length
 from constellation.engine.spec import BaseSpec
 
 

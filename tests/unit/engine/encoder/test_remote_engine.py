@@ -16,12 +16,18 @@ import pytest
 from constellation.api.engines import Engines
 from constellation.artifacts.store import ArtifactOpener, ArtifactStore
 from constellation.config import EngineLimits
-from constellation.engine.encoder import EncoderEngine, EncodeResult
-from constellation.engine.remote import RemoteEncoderEngine, respawn_delay, worker_count, worker_threads
+from constellation.engine.encoder.engine import EncoderEngine
+from constellation.engine.encoder.interface import EncodeResult
+from constellation.engine.encoder.remote import (
+    RemoteEncoderEngine,
+    respawn_delay,
+    worker_count,
+    worker_threads,
+)
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import ConstellationError, EngineUnavailable, InvalidInput, NotFound, Overloaded
 
-from .conftest import make_adapter
+from ..conftest import make_adapter
 
 TEXTS = [
     "The cat sat on the mat.",
