@@ -156,7 +156,7 @@ def bench_zipf(base: BaseSpec, files: list[AdapterSpec], tiny: bool) -> list[tup
         engine = EncoderEngine(
             EngineLimits(adapter_slots=slots, adapter_host_bytes=1 << 34, max_batch_wait_ms=2), max_rank=16
         )
-        model = engine.pool.acquire(base)
+        model = engine.model_cache.acquire(base)
         for a in registered:  # all in host memory for both runs: the comparison is slot churn
             model.adapters.prefetch(a)
         if slots == 1000:

@@ -18,4 +18,23 @@ Layout (one concept per module):
   decoder/        sequence.py, scheduler.py, runner.py, engine.py (nano-vllm's concepts),
                   kvcache.py, sampling.py, detokenizer.py, tokens.py (prompt side),
                   structured.py (grammar masks)
+
+Glossary (each word means one thing across the package):
+  base           a loaded model (encoder or causal LM) that adapters run on
+  adapter        a LoRA adapter on one base; NO_ADAPTER (-1) is a row without one
+  slot           one adapter's place in the stacked A/B weights of a base's LoRA layers
+  pin            an adapter held in its slot while requests that use it are in flight
+  model cache    the loaded bases within a memory budget, least recently used out
+  adapter cache  adapters in host memory (LRU) and in slots (LRU)
+  block          a fixed run of token positions in the decoder's paged KV cache;
+                 kv_index is a token's flat index into it (block * block_size + offset)
+  pooling        sentence-transformers' token states -> one embedding (mean, cls, ...)
+  packed         tokens of several sequences laid end to end, without padding
+  prepacked      a linear weight copied into oneDNN's layout for faster CPU GEMMs
+  row            one input of an encoder batch, or one token row of a LoRA layer's input
+  op             what an encoder request asks for: "embed" or "classify"
+  prepare        decoder: validate and tokenise a request into a `Prepared`
+  step           one forward of a batch, whose busy time is attributed to its requests
+  sequence (Seq) one generation request inside the decoder loop; its `Work` is its tokens
+                 in one step, and each `Delta` one streamed piece of its answer
 """

@@ -19,8 +19,8 @@ from constellation.engine.decoder.sampling import SamplingParams, make_generator
 from constellation.engine.decoder.sequence import Delta, Prepared, Seq
 from constellation.engine.decoder.structured import Constraint, GrammarCompiler
 from constellation.engine.decoder.tokens import LMTokenizer, fit_max_new
+from constellation.engine.model_cache import ModelCache
 from constellation.engine.models.causal_lm import serving_dtype
-from constellation.engine.pool import ModelPool
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput, Overloaded
 
@@ -37,7 +37,7 @@ class DecoderEngine:
         self._grammars: dict[str, GrammarCompiler] = {}
         self._runners: dict[str, Runner] = {}
         self._retired: Counter[str] = Counter()  # adapter cache counts of evicted bases
-        self._pool: ModelPool[Runner] = ModelPool(
+        self._model_cache: ModelCache[Runner] = ModelCache(
             limits.base_model_bytes, lambda b: self._loader(b, limits), runner_bytes, self._evicted
         )
         self._inbox: queue.SimpleQueue[tuple[BaseSpec, Seq] | None] = queue.SimpleQueue()
@@ -184,7 +184,7 @@ class DecoderEngine:
         err = Overloaded("the decoder engine shut down; retry on another replica", retry_after_s=1)
         for runner in self._runners.values():
             runner.scheduler.abort_all(err)
-        self._pool.close()
+        self._model_cache.close()
 
     def _step(self, runner: Runner) -> None:
         try:
@@ -203,15 +203,15 @@ class DecoderEngine:
             return
 
     def _enqueue(self, base: BaseSpec, seq: Seq) -> None:
-        """Hold the base in the pool for as long as `seq` lives, then queue it on its runner."""
+        """Hold the base in the model cache for as long as `seq` lives, then queue it on its runner."""
         try:
-            runner = self._pool.acquire(base)
+            runner = self._model_cache.acquire(base)
         except Exception as exc:  # unloadable base or no room: this request fails, not the loop
             self._dequeued(seq)
             seq.emit(exc)
             return
         runner.scheduler.on_dequeue = self._dequeued
-        runner.scheduler.on_finish = lambda s: self._pool.release(s.prep.base.name)
+        runner.scheduler.on_finish = lambda s: self._model_cache.release(s.prep.base.name)
         self._runners[base.name] = runner
         runner.scheduler.waiting.push(seq)
 

@@ -1,6 +1,7 @@
 """Paged KV cache: fixed-size blocks preallocated within a byte budget, handed out per sequence.
 
-Sequences hold block tables; a step writes new keys/values by flat slot and gathers by table.
+Sequences hold block tables; a step writes new keys/values by flat index
+(block * block_size + offset) and gathers by table.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from constellation.errors import InvalidInput
 
 
 class KVCache:
-    """k/v pools [layers, blocks, block_size, kv_heads, head_dim], allocated once."""
+    """k/v tensors [layers, blocks, block_size, kv_heads, head_dim], allocated once."""
 
     def __init__(
         self,
@@ -64,15 +65,15 @@ class KVCache:
         self._free.extend(table)
         table.clear()
 
-    def slots(self, table: list[int], start: int, end: int) -> list[int]:
-        """Flat slot index of positions start..end-1 of a sequence with block `table`."""
+    def flat_index(self, table: list[int], start: int, end: int) -> list[int]:
+        """Flat index into the cache of positions start..end-1 of a sequence with block `table`."""
         bs = self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, end)]
 
-    def write(self, layer: int, k: Tensor, v: Tensor, slot_mapping: Tensor) -> None:
-        """k/v: [T, Hkv, D] stored at flat slots [T]."""
-        self.k[layer].view(-1, *k.shape[1:]).index_copy_(0, slot_mapping, k)
-        self.v[layer].view(-1, *v.shape[1:]).index_copy_(0, slot_mapping, v)
+    def write(self, layer: int, k: Tensor, v: Tensor, kv_index: Tensor) -> None:
+        """k/v: [T, Hkv, D] stored at flat indices [T]."""
+        self.k[layer].view(-1, *k.shape[1:]).index_copy_(0, kv_index, k)
+        self.v[layer].view(-1, *v.shape[1:]).index_copy_(0, kv_index, v)
 
     def gather(self, layer: int, block_tables: Tensor, length: int) -> tuple[Tensor, Tensor]:
         """block_tables [B, nb] -> keys, values [B, Hkv, length, D]."""
@@ -81,11 +82,11 @@ class KVCache:
         )
 
     @staticmethod
-    def _gather(pool: Tensor, block_tables: Tensor, length: int) -> Tensor:
+    def _gather(kv: Tensor, block_tables: Tensor, length: int) -> Tensor:
         b, nb = block_tables.shape
         # index_select over whole flattened blocks is a memcpy per block; advanced indexing on
-        # the 4-D pool is several times slower.
-        flat = pool.view(pool.shape[0], -1)  # [blocks, bs * Hkv * D]
+        # the 4-D tensor is several times slower.
+        flat = kv.view(kv.shape[0], -1)  # [blocks, bs * Hkv * D]
         x = flat.index_select(0, block_tables.reshape(-1))  # [B * nb, bs * Hkv * D]
-        x = x.view(b, nb * pool.shape[1], *pool.shape[2:])[:, :length]  # [B, L, Hkv, D]
+        x = x.view(b, nb * kv.shape[1], *kv.shape[2:])[:, :length]  # [B, L, Hkv, D]
         return x.transpose(1, 2)  # [B, Hkv, L, D]

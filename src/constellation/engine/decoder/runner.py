@@ -19,10 +19,10 @@ from constellation.engine.decoder.structured import mask_logits
 from constellation.engine.decoder.tokens import LMTokenizer
 from constellation.engine.lora.cache import AdapterCache
 from constellation.engine.lora.layer import LoRAContext, inject_lora
+from constellation.engine.model_cache import module_bytes
 from constellation.engine.models.causal_lm import CausalLM, load_causal_lm, serving_dtype
 from constellation.engine.models.config import read_config
 from constellation.engine.models.layers import StepInput
-from constellation.engine.pool import module_bytes
 from constellation.engine.spec import BaseSpec
 
 
@@ -85,7 +85,7 @@ class Runner:
         length = max(w.start + w.n for w in work)
         tokens: list[int] = []
         positions: list[int] = []
-        slot_map: list[int] = []
+        kv_index: list[int] = []
         lora_slots: list[int] = []
         q_index = torch.zeros(len(work), n_max, dtype=torch.long)  # [B, N]
         q_pos = torch.zeros(len(work), n_max, dtype=torch.long)  # [B, N]
@@ -95,7 +95,7 @@ class Runner:
             off = len(tokens)
             tokens += w.seq.token_slice(w.start, w.start + w.n)
             positions += range(w.start, w.start + w.n)
-            slot_map += self.kv.slots(w.seq.table, w.start, w.start + w.n)
+            kv_index += self.kv.flat_index(w.seq.table, w.start, w.start + w.n)
             lora_slots += [w.seq.slot] * w.n
             q_index[b, : w.n] = torch.arange(off, off + w.n)
             q_pos[b, : w.n] = torch.arange(w.start, w.start + w.n)
@@ -106,7 +106,7 @@ class Runner:
         step = StepInput(
             tokens=torch.tensor(tokens),
             positions=torch.tensor(positions),
-            slot_mapping=torch.tensor(slot_map),
+            kv_index=torch.tensor(kv_index),
             block_tables=tables,
             q_index=q_index,
             q_valid=q_valid,

@@ -21,12 +21,12 @@ import torch
 
 from constellation.config import EngineLimits
 from constellation.engine.attribution import split_ns
-from constellation.engine.encoder.interface import Kind
+from constellation.engine.encoder.interface import Op
 from constellation.engine.encoder.memory import MemoryTrimmer
 from constellation.engine.encoder.model import EncoderModel
 from constellation.engine.fairness import FairQueue
 from constellation.engine.lora.adapters import ClassifierHead
-from constellation.engine.pool import ModelPool
+from constellation.engine.model_cache import ModelCache
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import Overloaded
 
@@ -45,12 +45,12 @@ MIN_STEP_TOKENS = 128
 
 
 @dataclass(eq=False, slots=True)
-class Job:
+class EncoderRequest:
     """One request: its token ids, where its rows' results land, where to deliver the result."""
 
     base: BaseSpec
     adapter: AdapterSpec | None
-    kind: Kind
+    op: Op
     ids: list[list[int]]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[tuple[torch.Tensor, int]]
@@ -67,7 +67,7 @@ class Job:
 
 @dataclass(eq=False, slots=True)
 class Row:
-    job: Job
+    request: EncoderRequest
     index: int
     length: int  # padded length it runs at
     queued_ns: int
@@ -102,15 +102,15 @@ class Pending:
         if not self.rows:
             self.first_ns = rows[0].queued_ns
         self.last_ns = rows[-1].queued_ns
-        base = rows[0].job.base.name
+        base = rows[0].request.base.name
         queue = self._bases.get(base)
         if queue is None:
-            queue = self._bases[base] = FairQueue(lambda r: r.job.tenant, lambda r: r.length)
+            queue = self._bases[base] = FairQueue(lambda r: r.request.tenant, lambda r: r.length)
         for r in rows:
             queue.push(r)
         self.rows += len(rows)
         self.tokens += sum(r.length for r in rows)
-        self._by_tenant[rows[0].job.tenant] += len(rows)
+        self._by_tenant[rows[0].request.tenant] += len(rows)
 
     def admits(self, tenant: str, n: int, cap: int) -> bool:
         """Whether `n` more rows of `tenant` may queue: within `cap` rows in all, or past it while
@@ -132,24 +132,24 @@ class Pending:
             r = queue.pop()
             rows.append(r)
             longest = max(longest, r.length)
-            if r.job.adapter is not None:
-                adapters.add(r.job.adapter.name)
+            if r.request.adapter is not None:
+                adapters.add(r.request.adapter.name)
         self._bases.move_to_end(name)  # the next pick serves the next base
         if not queue:
             del self._bases[name]
         self._taken(rows)
         return rows
 
-    def remove(self, jobs: set[Job]) -> None:
+    def remove(self, requests: set[EncoderRequest]) -> None:
         for name, queue in list(self._bases.items()):
-            self._taken(queue.remove(lambda r: r.job in jobs))
+            self._taken(queue.remove(lambda r: r.request in requests))
             if not queue:
                 del self._bases[name]
 
     def _fits(self, r: Row, n_rows: int, longest: int, adapters: set[str], budget: int) -> bool:
         """Whether `r` joins a pick of `n_rows` rows: a slot for its adapter, and the pick padded
         to its longest row within `budget` tokens (a first row always joins)."""
-        name = r.job.adapter.name if r.job.adapter else None
+        name = r.request.adapter.name if r.request.adapter else None
         if name is not None and name not in adapters and len(adapters) >= self._limits.adapter_slots:
             return False
         return not n_rows or (n_rows + 1) * max(longest, r.length) <= budget
@@ -158,16 +158,16 @@ class Pending:
         self.rows -= len(rows)
         self.tokens -= sum(r.length for r in rows)
         for r in rows:
-            self._by_tenant[r.job.tenant] -= 1
+            self._by_tenant[r.request.tenant] -= 1
         self._by_tenant = +self._by_tenant  # forget tenants with nothing queued
 
 
 class MicroBatcher:
-    """`submit(job)` from any thread; the worker runs `schedule() -> run() -> deliver`."""
+    """`submit(request)` from any thread; the worker runs `schedule() -> run() -> deliver`."""
 
-    def __init__(self, limits: EngineLimits, pool: ModelPool[EncoderModel]) -> None:
+    def __init__(self, limits: EngineLimits, model_cache: ModelCache[EncoderModel]) -> None:
         self._limits = limits
-        self._pool = pool
+        self._model_cache = model_cache
         self._cond = threading.Condition()
         self._pending = Pending(limits)
         self._trimmer = MemoryTrimmer(limits.trim_after_tokens)
@@ -179,14 +179,14 @@ class MicroBatcher:
         self._worker = threading.Thread(target=self._loop, name="encoder-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, job: Job, lengths: list[int]) -> None:
+    def submit(self, request: EncoderRequest, lengths: list[int]) -> None:
         now = time.monotonic_ns()
         with self._cond:
             if self._closed:
                 raise Overloaded("the encoder engine is shutting down; retry on another replica")
-            if not self._pending.admits(job.tenant, len(job.ids), self._limits.max_queue * 64):
+            if not self._pending.admits(request.tenant, len(request.ids), self._limits.max_queue * 64):
                 raise Overloaded(f"{self._pending.rows} inputs are queued; retry shortly")
-            self._pending.push([Row(job, i, n, now) for i, n in enumerate(lengths)])
+            self._pending.push([Row(request, i, n, now) for i, n in enumerate(lengths)])
             self._cond.notify()
 
     @property
@@ -211,7 +211,7 @@ class MicroBatcher:
             try:
                 self._run(rows)
             except BaseException as exc:  # fail the pick's requests, keep serving the rest
-                self._fail({r.job for r in rows}, exc)
+                self._fail({r.request for r in rows}, exc)
             self._trimmer.processed(sum(r.length for r in rows), idle=not self.queue_depth())
 
     def _schedule(self) -> list[Row] | None:
@@ -237,7 +237,7 @@ class MicroBatcher:
         """Run a pick: in one step when the model can pack tokens (little padding to save), else
         in steps of similar length (deterministic mode: one padded length per step, so a row's
         bits never vary)."""
-        with self._pool.use(rows[0].job.base) as model:
+        with self._model_cache.use(rows[0].request.base) as model:
             if model.packed:
                 self._step(model, rows)
                 return
@@ -245,47 +245,47 @@ class MicroBatcher:
                 self._step(model, step)
 
     def _step(self, model: EncoderModel, rows: list[Row]) -> None:
-        specs = [r.job.adapter for r in rows]
+        specs = [r.request.adapter for r in rows]
         slots = model.adapters.acquire(specs)
         try:
             for r in rows:
-                if r.job.adapter is not None and r.job.kind == "classify":
-                    r.job.head = model.adapters.head(r.job.adapter.name)
-            ids, slot_ids = [r.job.ids[r.index] for r in rows], torch.tensor(slots)
+                if r.request.adapter is not None and r.request.op == "classify":
+                    r.request.head = model.adapters.head(r.request.adapter.name)
+            ids, slot_ids = [r.request.ids[r.index] for r in rows], torch.tensor(slots)
             packed = model.packs(ids, slot_ids)
             now = time.monotonic_ns()
             self.stats["queue_wait_ns"] += sum(now - r.queued_ns for r in rows)  # per input row
             start = time.perf_counter_ns()
             pooled = model.forward(ids, slot_ids)
             done = self._collect(rows, pooled)
-            results = {job: _finish(model, job) for job in done}
+            results = {request: _finish(model, request) for request in done}
             busy = time.perf_counter_ns() - start
         finally:
             model.adapters.release(specs)
         self._attribute(rows, busy)
         self._account(rows, busy, len(results), packed)
-        for job, value in results.items():
-            _deliver(job, (value, job.compute_ns), None)
+        for request, value in results.items():
+            _deliver(request, (value, request.compute_ns), None)
 
-    def _collect(self, rows: list[Row], pooled: torch.Tensor) -> list[Job]:
-        done: list[Job] = []
+    def _collect(self, rows: list[Row], pooled: torch.Tensor) -> list[EncoderRequest]:
+        done: list[EncoderRequest] = []
         for r, p in zip(rows, pooled, strict=True):
-            r.job.pooled[r.index] = p
-            r.job.left -= 1
-            if r.job.left == 0:
-                done.append(r.job)
+            r.request.pooled[r.index] = p
+            r.request.left -= 1
+            if r.request.left == 0:
+                done.append(r.request)
         return done
 
     def _attribute(self, rows: list[Row], busy: int) -> None:
-        tokens: dict[Job, int] = {}
+        tokens: dict[EncoderRequest, int] = {}
         for r in rows:
-            tokens[r.job] = tokens.get(r.job, 0) + len(r.job.ids[r.index])
-        for job, ns in zip(tokens, split_ns(busy, list(tokens.values())), strict=True):
-            job.compute_ns += ns
+            tokens[r.request] = tokens.get(r.request, 0) + len(r.request.ids[r.index])
+        for request, ns in zip(tokens, split_ns(busy, list(tokens.values())), strict=True):
+            request.compute_ns += ns
 
     def _account(self, rows: list[Row], busy: int, finished: int, packed: bool) -> None:
         s = self.stats
-        tokens = sum(len(r.job.ids[r.index]) for r in rows)
+        tokens = sum(len(r.request.ids[r.index]) for r in rows)
         s["busy_ns"] += busy
         s["steps"] += 1
         s["rows"] += len(rows)
@@ -297,11 +297,11 @@ class MicroBatcher:
         self._ns_per_token = cost if old is None else 0.8 * old + 0.2 * cost
         s["requests"] += finished
 
-    def _fail(self, jobs: set[Job], exc: BaseException) -> None:
+    def _fail(self, requests: set[EncoderRequest], exc: BaseException) -> None:
         with self._cond:
-            self._pending.remove(jobs)
-        for job in jobs:
-            _deliver(job, None, exc)
+            self._pending.remove(requests)
+        for request in requests:
+            _deliver(request, None, exc)
 
 
 def split_by_length(rows: list[Row], step_cost: int) -> list[list[Row]]:
@@ -328,25 +328,27 @@ def split_by_length(rows: list[Row], step_cost: int) -> list[list[Row]]:
     return steps[::-1]
 
 
-def _finish(model: EncoderModel, job: Job) -> torch.Tensor:
-    """A finished job's output: normalised embeddings [n, d] or label probabilities [n, k]."""
-    pooled = torch.stack([p for p in job.pooled if p is not None])  # [n, d]
-    if job.kind == "classify":
-        assert job.head is not None
-        return model.classify(pooled, job.head)
+def _finish(model: EncoderModel, request: EncoderRequest) -> torch.Tensor:
+    """A finished request's output: normalised embeddings [n, d] or label probabilities [n, k]."""
+    pooled = torch.stack([p for p in request.pooled if p is not None])  # [n, d]
+    if request.op == "classify":
+        assert request.head is not None
+        return model.classify(pooled, request.head)
     return model.embed(pooled)
 
 
-def _deliver(job: Job, value: tuple[torch.Tensor, int] | None, exc: BaseException | None) -> None:
+def _deliver(
+    request: EncoderRequest, value: tuple[torch.Tensor, int] | None, exc: BaseException | None
+) -> None:
     """Settle the caller's future on its own event loop (unless it was cancelled)."""
 
     def _settle() -> None:
-        if job.future.done():
+        if request.future.done():
             return
         if exc is not None:
-            job.future.set_exception(exc)
+            request.future.set_exception(exc)
         else:
-            job.future.set_result(value)  # type: ignore[arg-type]
+            request.future.set_result(value)  # type: ignore[arg-type]
 
     with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting
-        job.loop.call_soon_threadsafe(_settle)
+        request.loop.call_soon_threadsafe(_settle)

@@ -12,10 +12,10 @@ import torch
 
 from constellation.config import EngineLimits
 from constellation.engine.bounds import check_items
-from constellation.engine.encoder.batcher import Job, MicroBatcher
-from constellation.engine.encoder.interface import ClassifyResult, EncodeResult, Kind
+from constellation.engine.encoder.batcher import EncoderRequest, MicroBatcher
+from constellation.engine.encoder.interface import ClassifyResult, EncodeResult, Op
 from constellation.engine.encoder.model import EncoderModel
-from constellation.engine.pool import ModelPool
+from constellation.engine.model_cache import ModelCache
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
 
@@ -28,13 +28,13 @@ class EncoderEngine:
     def __init__(self, limits: EngineLimits, *, max_rank: int = 32) -> None:
         self.limits = limits
         self._retired: Counter[str] = Counter()  # adapter cache counts of evicted bases
-        self.pool: ModelPool[EncoderModel] = ModelPool(
+        self.model_cache: ModelCache[EncoderModel] = ModelCache(
             limits.base_model_bytes,
             lambda s: EncoderModel(s, limits, max_rank=max_rank),
             lambda m: m.nbytes,
             lambda m: self._retired.update(m.adapters.counts),
         )
-        self._batcher = MicroBatcher(limits, self.pool)
+        self._batcher = MicroBatcher(limits, self.model_cache)
 
     async def embed(
         self,
@@ -67,10 +67,10 @@ class EncoderEngine:
     def stats(self) -> dict[str, float]:
         s = dict(self._batcher.stats)
         s["queue_depth"] = float(self._batcher.queue_depth())
-        s["base_loads"] = float(self.pool.loads)
-        s["base_evictions"] = float(self.pool.evictions)
+        s["base_loads"] = float(self.model_cache.loads)
+        s["base_evictions"] = float(self.model_cache.evictions)
         s["memory_trims"] = float(self._batcher.trims)
-        counts = self._retired + sum((m.adapters.counts for m in self.pool.models()), Counter[str]())
+        counts = self._retired + sum((m.adapters.counts for m in self.model_cache.models()), Counter[str]())
         s.update({k: float(v) for k, v in counts.items()})
         return s
 
@@ -80,7 +80,7 @@ class EncoderEngine:
 
     def close(self) -> None:
         self._batcher.close()
-        self.pool.close()
+        self.model_cache.close()
 
     async def _run(
         self,
@@ -88,59 +88,59 @@ class EncoderEngine:
         adapter: AdapterSpec | None,
         texts: list[str],
         truncate: bool,
-        kind: Kind,
+        op: Op,
         tenant: str,
     ) -> tuple[torch.Tensor, list[int], int]:
         texts = check_items(texts, self.limits, truncate=truncate)
-        prepared = self._prepare_inline(base, adapter, texts, truncate, kind)
-        if prepared is None:
-            prepared = await asyncio.to_thread(self._prepare, base, adapter, texts, truncate, kind)
-        ids, lengths = prepared
+        tokenized = self._tokenize_inline(base, adapter, texts, truncate, op)
+        if tokenized is None:
+            tokenized = await asyncio.to_thread(self._tokenize, base, adapter, texts, truncate, op)
+        ids, lengths = tokenized
         loop = asyncio.get_running_loop()
-        job = Job(base, adapter, kind, ids, loop, loop.create_future(), tenant=tenant)
-        self._batcher.submit(job, lengths)
-        out, ns = await job.future
+        request = EncoderRequest(base, adapter, op, ids, loop, loop.create_future(), tenant=tenant)
+        self._batcher.submit(request, lengths)
+        out, ns = await request.future
         return out, [len(x) for x in ids], ns
 
-    def _prepare(
-        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
+    def _tokenize(
+        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, op: Op
     ) -> tuple[list[list[int]], list[int]]:
         """Tokenise and load the adapter into host memory, off the worker and off the event loop."""
-        with self.pool.use(base) as model:
-            return self._prepare_on(model, adapter, texts, truncate, kind)
+        with self.model_cache.use(base) as model:
+            return self._tokenize_on(model, adapter, texts, truncate, op)
 
     @staticmethod
-    def _prepare_on(
-        model: EncoderModel, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
+    def _tokenize_on(
+        model: EncoderModel, adapter: AdapterSpec | None, texts: list[str], truncate: bool, op: Op
     ) -> tuple[list[list[int]], list[int]]:
         ids = model.tokenize(texts, truncate=truncate)
         if adapter is not None:
             loaded = model.adapters.prefetch(adapter)
-            if kind == "classify" and loaded.head is None:
+            if op == "classify" and loaded.head is None:
                 raise InvalidInput(
                     f"model {adapter.name!r} has no classification head; use /v1/embeddings for it"
                 )
         return ids, [model.padded_length(len(x)) for x in ids]
 
-    def _prepare_inline(
-        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, kind: Kind
+    def _tokenize_inline(
+        self, base: BaseSpec, adapter: AdapterSpec | None, texts: list[str], truncate: bool, op: Op
     ) -> tuple[list[list[int]], list[int]] | None:
-        """`_prepare` on the calling thread when nothing needs loading and the text is short:
+        """`_tokenize` on the calling thread when nothing needs loading and the text is short:
         tokenising a sentence takes less than the hop to a worker thread and back. None: hop."""
         if sum(map(len, texts)) > INLINE_CHARS:
             return None
-        model = self.pool.try_acquire(base)
+        model = self.model_cache.try_acquire(base)
         if model is None:
             return None
         try:
             if adapter is not None and model.adapters.in_host(adapter) is None:
                 return None
-            return self._prepare_on(model, adapter, texts, truncate, kind)
+            return self._tokenize_on(model, adapter, texts, truncate, op)
         finally:
-            self.pool.release(base.name)
+            self.model_cache.release(base.name)
 
     def _head_labels(self, base: BaseSpec, adapter: AdapterSpec) -> tuple[str, ...]:
-        with self.pool.use(base) as model:
+        with self.model_cache.use(base) as model:
             loaded = model.adapters.prefetch(adapter)
             assert loaded.head is not None
             return loaded.head.labels

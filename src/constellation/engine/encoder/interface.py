@@ -1,5 +1,5 @@
 """What callers get from the encoder engine, in process or from its worker processes: the result
-types, and the two kinds of request (`Kind`) it serves.
+types, and the two kinds of request (`Op`) it serves.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-Kind = Literal["embed", "classify"]
+Op = Literal["embed", "classify"]
 
 
 @dataclass(frozen=True, slots=True)

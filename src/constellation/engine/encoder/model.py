@@ -20,8 +20,8 @@ from constellation.engine.bounds import cut_for_tokens, tokenize_bounded
 from constellation.engine.lora.adapters import ClassifierHead
 from constellation.engine.lora.cache import AdapterCache
 from constellation.engine.lora.layer import NO_ADAPTER, LoRAContext, inject_lora
+from constellation.engine.model_cache import module_bytes
 from constellation.engine.models import bert
-from constellation.engine.pool import module_bytes
 from constellation.engine.spec import BaseSpec
 from constellation.errors import InvalidInput
 

@@ -10,19 +10,19 @@ Workers (`EngineLimits.encoder_workers`): each child is a whole `EncoderEngine` 
 batcher and adapter cache, running its forwards on `torch threads / workers` threads. On a few
 cores, single-threaded workers beat one worker whose forwards span every core: a forward split
 across threads waits at a barrier after every op for its slowest thread, and the slowest is the
-one the server's own process just took the core from. Each call goes to the worker with the
+one the server's own process just took the core from. Each command goes to the worker with the
 fewest inputs outstanding.
 
-A worker that dies (killed, out of memory) fails the calls it had with `EngineUnavailable` (503,
+A worker that dies (killed, out of memory) fails the commands it had with `EngineUnavailable` (503,
 retry) and is respawned after a backoff (`respawn_backoff_s`, doubled while respawned workers
 die before answering); meanwhile the others serve, and `unready()` says a worker is down.
 
 Protocol (one `multiprocessing` pipe each way per worker, pickled; each side writes once per
 turn of its event loop, not once per request: under load that is one write for dozens of
 requests):
-  parent -> child  a list of `(call_id, op, args)`; op is "embed" or "classify", args are
+  parent -> child  a list of `(command_id, op, args)`; op is "embed" or "classify", args are
                    `(base, adapter, texts, truncate, tenant)`; `None` closes.
-  child -> parent  a list of `(call_id, ok, payload)`, then the child's engine stats.
+  child -> parent  a list of `(command_id, ok, payload)`, then the child's engine stats.
 Errors cross as `(class name, message, param, code)` and are raised again in the parent as the
 same `ConstellationError` class, so the HTTP mapping does not change.
 """
@@ -46,7 +46,7 @@ from constellation.engine.encoder.interface import ClassifyResult, EncodeResult
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import ConstellationError, EngineUnavailable, Overloaded
 
-Call = tuple[int, str, tuple[Any, ...]]
+Command = tuple[int, str, tuple[Any, ...]]
 Reply = tuple[int, bool, Any]
 _LOST = "an encoder worker process stopped under this request and is being restarted; retry it"
 _DOWN = "every encoder worker process is restarting (see the server log for the cause); retry shortly"
@@ -92,7 +92,7 @@ class _Worker:
         child.close()
         self.index = index
         self.answered = False  # has replied at least once (resets the respawn backoff)
-        self.outbox: list[Call] = []  # calls of this loop turn
+        self.outbox: list[Command] = []  # commands of this loop turn
         self.inputs = 0  # texts sent and not yet answered
         self.stats: dict[str, float] = {}
         self.alive = True
@@ -111,10 +111,10 @@ class RemoteEncoderEngine:
         cores = cores or torch.get_num_threads()
         self._threads = worker_threads(limits, cores)
         self._workers = [_Worker(i, limits, self._threads) for i in range(worker_count(limits, cores))]
-        # call id -> (its loop, its future, its worker, its number of inputs)
-        self._calls: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], _Worker, int]] = {}
+        # command id -> (its loop, its future, its worker, its number of inputs)
+        self._commands: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], _Worker, int]] = {}
         self._ids = itertools.count()
-        # guards `_calls`, `_workers`, each worker's outbox, inputs, stats; `_gone`, `_deaths`
+        # guards `_commands`, `_workers`, each worker's outbox, inputs, stats; `_gone`, `_deaths`
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a worker died or came back
         self._gone: str | None = None
@@ -207,54 +207,54 @@ class RemoteEncoderEngine:
             if not alive:
                 raise EngineUnavailable(_DOWN, retry_after_s=max(1, round(self.limits.respawn_backoff_s)))
             w = min(alive, key=lambda x: x.inputs)  # the first least loaded
-            call_id = next(self._ids)
-            self._calls[call_id] = (loop, fut, w, inputs)
+            command_id = next(self._ids)
+            self._commands[command_id] = (loop, fut, w, inputs)
             w.inputs += inputs
             if not w.outbox:
                 loop.call_soon(self._flush, w)
-            w.outbox.append((call_id, op, args))
+            w.outbox.append((command_id, op, args))
         try:
             return await fut
         finally:
             with self._lock:
-                if self._calls.pop(call_id, None) is not None:  # cancelled before its reply
+                if self._commands.pop(command_id, None) is not None:  # cancelled before its reply
                     w.inputs -= inputs
 
     def _flush(self, w: _Worker) -> None:
-        """Send this loop turn's calls in one write; a call that cannot be pickled fails alone."""
+        """Send this loop turn's commands in one write; a command that cannot be pickled fails alone."""
         with self._lock:
-            calls, w.outbox = w.outbox, []
+            commands, w.outbox = w.outbox, []
         try:
-            self._send(w, calls)
+            self._send(w, commands)
         except OSError:
             self._lost(w)
         except Exception:  # pickling failed, before any byte was written
-            for call in calls:
+            for command in commands:
                 try:
-                    self._send(w, [call])
-                except OSError:  # the worker is gone: `_lost` failed every call still on it
+                    self._send(w, [command])
+                except OSError:  # the worker is gone: `_lost` failed every command still on it
                     self._lost(w)
                     return
                 except Exception as exc:
                     why = f"this request cannot be sent to the encoder engine's process: {exc}"
-                    self._fail([call], ("ConstellationError", why, None, None))
+                    self._fail([command], ("ConstellationError", why, None, None))
 
     @staticmethod
-    def _send(w: _Worker, calls: list[Call]) -> None:
+    def _send(w: _Worker, commands: list[Command]) -> None:
         with w.send_lock:
-            w.conn.send(calls)
+            w.conn.send(commands)
 
-    def _fail(self, calls: list[Call], error: Any) -> None:
+    def _fail(self, commands: list[Command], error: Any) -> None:
         with self._lock:
-            lost = [self._take(c[0]) for c in calls if c[0] in self._calls]
+            lost = [self._take(c[0]) for c in commands if c[0] in self._commands]
         _settle([(fut, False, error) for _, fut in lost])
 
     def _lost(self, w: _Worker) -> None:
-        """A worker is gone (it died, or its pipe broke): its calls fail with EngineUnavailable,
+        """A worker is gone (it died, or its pipe broke): its commands fail with EngineUnavailable,
         the others keep serving, and it is respawned after a backoff (unless closing)."""
         with self._lock:
             first, w.alive = w.alive, False
-            orphans = [self._take(c) for c, v in list(self._calls.items()) if v[2] is w]
+            orphans = [self._take(c) for c, v in list(self._commands.items()) if v[2] is w]
             closing = self._gone is not None
             error = (
                 ("Overloaded", self._gone, None, None)
@@ -302,9 +302,9 @@ class RemoteEncoderEngine:
         w.reader = threading.Thread(target=self._read, args=(w,), name="encoder-replies", daemon=True)
         w.reader.start()
 
-    def _take(self, call_id: int) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]:
-        """Forget an answered call (under `_lock`): its inputs leave its worker's count."""
-        loop, fut, w, inputs = self._calls.pop(call_id)
+    def _take(self, command_id: int) -> tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]:
+        """Forget an answered command (under `_lock`): its inputs leave its worker's count."""
+        loop, fut, w, inputs = self._commands.pop(command_id)
         w.inputs -= inputs
         return loop, fut
 
@@ -320,9 +320,9 @@ class RemoteEncoderEngine:
                 w.stats = stats
                 if not w.answered:
                     w.answered, self._deaths[w.index] = True, 0
-                for call_id, ok, payload in replies:
-                    if call_id in self._calls:
-                        loop, fut = self._take(call_id)
+                for command_id, ok, payload in replies:
+                    if command_id in self._commands:
+                        loop, fut = self._take(command_id)
                         by_loop.setdefault(loop, []).append((fut, ok, payload))
             for loop, items in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
@@ -378,25 +378,25 @@ def _child_main(conn: Connection, limits: dict[str, Any], switch_interval_ms: fl
             loop.call_soon(flush)  # after every reply that is ready in this turn of the loop
         outbox.append(item)
 
-    async def serve(call_id: int, op: str, args: tuple[Any, ...]) -> None:
+    async def serve(command_id: int, op: str, args: tuple[Any, ...]) -> None:
         try:
             base, adapter, texts, truncate, tenant = args
             if op == "embed":
                 r = await engine.embed(base, adapter, texts, truncate=truncate, tenant=tenant)
-                reply((call_id, True, (r.embeddings, r.tokens, r.compute_ns)))
+                reply((command_id, True, (r.embeddings, r.tokens, r.compute_ns)))
             else:
                 c = await engine.classify(base, adapter, texts, truncate=truncate, tenant=tenant)
-                reply((call_id, True, (c.labels, c.probs, c.tokens, c.compute_ns)))
+                reply((command_id, True, (c.labels, c.probs, c.tokens, c.compute_ns)))
         except ConstellationError as exc:
-            reply((call_id, False, (type(exc).__name__, exc.message, exc.param, exc.code)))
+            reply((command_id, False, (type(exc).__name__, exc.message, exc.param, exc.code)))
         except Exception as exc:
-            reply((call_id, False, (type(exc).__name__, str(exc), None, None)))
+            reply((command_id, False, (type(exc).__name__, str(exc), None, None)))
 
     tasks: set[asyncio.Task[None]] = set()
 
-    def start(calls: list[Call]) -> None:
-        for call in calls:
-            task = loop.create_task(serve(*call))
+    def start(commands: list[Command]) -> None:
+        for command in commands:
+            task = loop.create_task(serve(*command))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 

@@ -24,7 +24,7 @@ from torch import nn
 NO_ADAPTER = -1
 
 
-class _Kind(Enum):
+class _Layout(Enum):
     NONE = 0  # every row is NO_ADAPTER: base output only
     SINGLE = 1  # every row uses one slot: one plain matmul pair
     GROUPED = 2  # rows sorted by slot in equal runs (NO_ADAPTER last): A, B gathered per run
@@ -34,7 +34,7 @@ class _Kind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    kind: _Kind
+    layout: _Layout
     slots: tuple[int, ...]  # distinct adapter slots in the batch (no NO_ADAPTER)
     index: torch.Tensor  # [N] slot per row, NO_ADAPTER mapped to the zero slot
     group_slots: torch.Tensor  # [G] slot of each run of rows when GROUPED
@@ -102,15 +102,15 @@ class LoRAContext:
         counts = torch.bincount(index, minlength=self.n_slots + 1)[: self.n_slots]  # [n_slots]
         runs = set(counts[list(used)].tolist())
         if values == [NO_ADAPTER]:
-            kind = _Kind.NONE
+            layout = _Layout.NONE
         elif len(values) == 1 and not self.deterministic:
-            kind = _Kind.SINGLE
+            layout = _Layout.SINGLE
         elif self.deterministic or len(runs) != 1 or bool((index[1:] < index[:-1]).any()):
-            kind = _Kind.GATHERED
+            layout = _Layout.GATHERED
         else:
-            kind = _Kind.GROUPED
+            layout = _Layout.GROUPED
         group = torch.tensor(used, dtype=torch.long, device=slots.device)  # [G]
-        self._plan = _Plan(kind=kind, slots=used, index=index, group_slots=group, run=min(runs, default=0))
+        self._plan = _Plan(layout, used, index, group_slots=group, run=min(runs, default=0))
 
     def set_padded(self, slots: Sequence[int]) -> None:
         """Slot per packed row [T], as a host list (the decoder's step builds one anyway).
@@ -127,7 +127,7 @@ class LoRAContext:
             raise ValueError(f"slot indices {bad} out of range [-1, {self.n_slots})")
         used = tuple(sorted(set(slots) - {NO_ADAPTER}))
         if not used:
-            self._plan = _Plan(_Kind.NONE, (), torch.empty(0, dtype=torch.long), torch.empty(0), 0)
+            self._plan = _Plan(_Layout.NONE, (), torch.empty(0, dtype=torch.long), torch.empty(0), 0)
             return
         dev = self.device
         lo, hi = used[0], used[-1]
@@ -151,8 +151,8 @@ class LoRAContext:
             width=width, m=m, take=torch.tensor(used, device=dev) if sparse else None,
             identity=identity, segments=tuple(runs) if by_runs and not identity else (),
         )  # fmt: skip
-        index = torch.empty(0, dtype=torch.long)  # unused by this kind
-        self._plan = _Plan(_Kind.PADDED, used, index, index, 0, pad=pad)
+        index = torch.empty(0, dtype=torch.long)  # unused by this layout
+        self._plan = _Plan(_Layout.PADDED, used, index, index, 0, pad=pad)
 
     def sort_key(self, slots: torch.Tensor) -> torch.Tensor:
         """Slot per row with NO_ADAPTER mapped past the last slot: rows sorted by it group."""
@@ -193,7 +193,7 @@ class MultiLoRALinear(nn.Module):
         self.scale: torch.Tensor
         # Rank per slot (last = the zero slot): a batch only multiplies up to its largest rank.
         self._rank = [0] * (n_slots + 1)
-        self._packed: torch.Tensor | None = None  # the base weight in oneDNN's layout (`prepack`)
+        self._prepacked: torch.Tensor | None = None  # the base weight in oneDNN's layout (`prepack`)
 
     @torch.no_grad()
     def prepack(self) -> bool:
@@ -208,15 +208,15 @@ class MultiLoRALinear(nn.Module):
         if w.device.type != "cpu" or w.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
             return False
         try:  # a private op (what torch.compile's CPU freezing uses): absent, keep the plain GEMM
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach())
+            self._prepacked = torch.ops.mkldnn._reorder_linear_weight(w.detach())
         except (AttributeError, RuntimeError):
             return False
         return True
 
     @property
-    def packed_bytes(self) -> int:
+    def prepacked_bytes(self) -> int:
         """Bytes of the prepacked weight copy (0 without one)."""
-        return 0 if self._packed is None else self.base.weight.numel() * self.base.weight.element_size()
+        return 0 if self._prepacked is None else self.base.weight.numel() * self.base.weight.element_size()
 
     @torch.no_grad()
     def set_slot(self, slot: int, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
@@ -255,7 +255,7 @@ class MultiLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._base(x)
         plan = self.ctx.plan
-        if plan is None or plan.kind is _Kind.NONE:
+        if plan is None or plan.layout is _Layout.NONE:
             return y
         # Deterministic mode keeps the full padded rank: a row's reduction length must not
         # depend on which ranks share its batch.
@@ -265,13 +265,13 @@ class MultiLoRALinear(nn.Module):
         if plan.pad is not None:
             return self._padded(x, y, plan.pad, r)
         A, B = self.lora_A[:, :, :r], self.lora_B[:, :r, :]  # views trimmed to the batch's rank
-        if plan.kind is _Kind.SINGLE:
+        if plan.layout is _Layout.SINGLE:
             s = plan.slots[0]
             return y.add_((x @ A[s]) @ B[s])
         n = x.shape[0]
         if plan.index.shape[0] != n:
             raise ValueError(f"mapping has {plan.index.shape[0]} rows but the input has {n}")
-        if plan.kind is _Kind.GROUPED:
+        if plan.layout is _Layout.GROUPED:
             return self._grouped(x, y, plan, A, B)
         xr = x.reshape(n, -1, self.in_features)  # [N, S, in]
         # index_select copies whole [in, r] blocks (memcpy); advanced indexing is several x slower.
@@ -331,8 +331,8 @@ class MultiLoRALinear(nn.Module):
         return y
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is not None and not self.ctx.deterministic:
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.base.bias, "none", [], "")
+        if self._prepacked is not None and not self.ctx.deterministic:
+            return torch.ops.mkldnn._linear_pointwise(x, self._prepacked, self.base.bias, "none", [], "")
         if not (self.ctx.deterministic and x.dim() == 3):
             return self.base(x)
         # One GEMM per sequence with the same shape whatever the batch size: bitwise stable.

@@ -20,7 +20,7 @@ class StepInput:
 
     tokens: Tensor  # [T] token ids
     positions: Tensor  # [T] absolute positions
-    slot_mapping: Tensor  # [T] flat KV-cache slot each new token is written to
+    kv_index: Tensor  # [T] flat KV-cache index each new token is written to
     block_tables: Tensor  # [B, max_blocks] cache blocks of each sequence (padded with 0)
     q_index: Tensor  # [B, N] packed row of each sequence's n-th new token (padded with 0)
     q_valid: Tensor  # [B, N] which entries of q_index are real
@@ -65,7 +65,7 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, layer: int, st
     """Write this step's k/v into the cache, then attend over each sequence's cached prefix.
 
     q: [T, H, D], k/v: [T, Hkv, D] -> [T, H*D]."""
-    kv.write(layer, k, v, step.slot_mapping)
+    kv.write(layer, k, v, step.kv_index)
     keys, values = kv.gather(layer, step.block_tables, step.mask.shape[-1])  # [B, Hkv, L, D]
     qb = q[step.q_index].transpose(1, 2)  # [B, H, N, D]
     out = F.scaled_dot_product_attention(qb, keys, values, attn_mask=step.mask, enable_gqa=True)

@@ -14,7 +14,7 @@ from sentence_transformers import SentenceTransformer
 
 from constellation.config import EngineLimits
 from constellation.engine.encoder.engine import EncoderEngine
-from constellation.engine.pool import module_bytes
+from constellation.engine.model_cache import module_bytes
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
 
@@ -61,12 +61,12 @@ def test_minilm_equals_sentence_transformers(minilm_path: Path, deterministic: b
     want = SentenceTransformer(str(minilm_path), device="cpu").encode(TEXTS)
     assert res.embeddings.dtype == np.float32
     np.testing.assert_allclose(res.embeddings, want, atol=1e-5, rtol=0)
-    model = engine.pool.acquire(base_spec(minilm_path, "minilm"))
+    model = engine.model_cache.acquire(base_spec(minilm_path, "minilm"))
     assert res.tokens == [len(x) for x in model.tokenize(TEXTS, truncate=False)]
-    packed = sum(x.packed_bytes for x in model.layers.values())
-    assert (packed > 0) == (prepacked and not deterministic)  # deterministic mode keeps its own GEMMs
+    prepacked_copy = sum(x.prepacked_bytes for x in model.layers.values())
+    assert (prepacked_copy > 0) == (prepacked and not deterministic)  # deterministic mode keeps its own GEMMs
     plain = sum(t.numel() * t.element_size() for t in [*model.model.parameters(), *model.model.buffers()])
-    assert model.nbytes == module_bytes(model.model) == plain + packed  # the copy counts in the budget
+    assert model.nbytes == module_bytes(model.model) == plain + prepacked_copy  # counted in the budget
 
 
 @pytest.mark.parametrize("mix", MIXES)
@@ -74,9 +74,9 @@ def test_minilm_equals_sentence_transformers(minilm_path: Path, deterministic: b
 def test_adapters_equal_merged_peft(
     tiny_bert: Path, adapters: list[AdapterSpec], tiny_reference: Reference, mix: str, ranks: str
 ) -> None:
-    pool = adapters[:6] if ranks == "mixed" else adapters[0:18:3]  # every third has rank 2
+    candidates = adapters[:6] if ranks == "mixed" else adapters[0:18:3]  # every third has rank 2
     rng = random.Random(mix)
-    assigned = _assign(mix, 16, pool, rng)
+    assigned = _assign(mix, 16, candidates, rng)
     engine = EncoderEngine(EngineLimits(adapter_slots=8))
 
     async def go() -> list[np.ndarray]:

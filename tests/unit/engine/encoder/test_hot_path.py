@@ -1,6 +1,6 @@
-"""The encoder's hot path: holding a base only if it is loaded (ModelPool.try_acquire), an
+"""The encoder's hot path: holding a base only if it is loaded (ModelCache.try_acquire), an
 adapter only if it is in host memory (AdapterCache.in_host), the Rust tokenizer called directly,
-inline preparation on the event loop, and the batcher's quiet rule."""
+inline tokenisation on the event loop, and the batcher's quiet rule."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from constellation.engine.encoder.model import EncoderModel
 from constellation.engine.lora.adapters import LoadedAdapter, LoRAWeights
 from constellation.engine.lora.cache import AdapterCache
 from constellation.engine.lora.layer import LoRAContext, MultiLoRALinear
-from constellation.engine.pool import ModelPool
+from constellation.engine.model_cache import ModelCache
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
 
@@ -28,17 +28,17 @@ from ..conftest import base_spec, make_adapter
 LONG = "serving many small models on one shared base " * 20  # ~160 tokens; the tiny BERT takes 64
 
 
-# -- ModelPool.try_acquire --------------------------------------------------------------------
+# -- ModelCache.try_acquire --------------------------------------------------------------------
 
 
-def _pool(budget: int, load: list[str]) -> ModelPool[str]:
-    """A pool of strings, one byte each, recording every load."""
+def _cache(budget: int, load: list[str]) -> ModelCache[str]:
+    """A cache of strings, one byte each, recording every load."""
 
     def loader(spec: BaseSpec) -> str:
         load.append(spec.name)
         return f"model:{spec.name}"
 
-    return ModelPool(budget, loader, lambda m: 1)
+    return ModelCache(budget, loader, lambda m: 1)
 
 
 def _spec(name: str) -> BaseSpec:
@@ -47,35 +47,35 @@ def _spec(name: str) -> BaseSpec:
 
 def test_try_acquire_does_not_load() -> None:
     loads: list[str] = []
-    pool = _pool(10, loads)
-    assert pool.try_acquire(_spec("a")) is None
-    assert loads == [] and pool.loaded() == [] and pool.loads == 0
+    cache = _cache(10, loads)
+    assert cache.try_acquire(_spec("a")) is None
+    assert loads == [] and cache.loaded() == [] and cache.loads == 0
 
 
 def test_try_acquire_holds_a_loaded_base_against_eviction() -> None:
     loads: list[str] = []
-    pool = _pool(1, loads)  # room for one base
-    pool.acquire(_spec("a"))
-    pool.release("a")
-    assert pool.try_acquire(_spec("a")) == "model:a"
-    with pool.use(_spec("b")):  # over budget, but "a" is held
-        assert pool.loaded() == ["a", "b"]
-    assert pool.evictions == 0
-    pool.release("a")
-    with pool.use(_spec("c")):  # no longer held: evicted
-        assert "a" not in pool.loaded()
-    assert loads == ["a", "b", "c"] and pool.evictions == 2
+    cache = _cache(1, loads)  # room for one base
+    cache.acquire(_spec("a"))
+    cache.release("a")
+    assert cache.try_acquire(_spec("a")) == "model:a"
+    with cache.use(_spec("b")):  # over budget, but "a" is held
+        assert cache.loaded() == ["a", "b"]
+    assert cache.evictions == 0
+    cache.release("a")
+    with cache.use(_spec("c")):  # no longer held: evicted
+        assert "a" not in cache.loaded()
+    assert loads == ["a", "b", "c"] and cache.evictions == 2
 
 
 def test_try_acquire_refreshes_lru_order() -> None:
-    pool = _pool(2, [])
+    cache = _cache(2, [])
     for name in "ab":
-        pool.acquire(_spec(name))
-        pool.release(name)
-    assert pool.try_acquire(_spec("a")) == "model:a"
-    pool.release("a")
-    with pool.use(_spec("c")):  # evicts the least recently used: b, not a
-        assert pool.loaded() == ["a", "c"]
+        cache.acquire(_spec(name))
+        cache.release(name)
+    assert cache.try_acquire(_spec("a")) == "model:a"
+    cache.release("a")
+    with cache.use(_spec("c")):  # evicts the least recently used: b, not a
+        assert cache.loaded() == ["a", "c"]
 
 
 def test_try_acquire_is_none_while_loading() -> None:
@@ -86,16 +86,16 @@ def test_try_acquire_is_none_while_loading() -> None:
         go.wait(5)
         return spec.name
 
-    pool: ModelPool[str] = ModelPool(10, slow, lambda m: 1)
-    t = threading.Thread(target=pool.acquire, args=(_spec("a"),))
+    cache: ModelCache[str] = ModelCache(10, slow, lambda m: 1)
+    t = threading.Thread(target=cache.acquire, args=(_spec("a"),))
     t.start()
     try:
         assert started.wait(5)
-        assert pool.try_acquire(_spec("a")) is None
+        assert cache.try_acquire(_spec("a")) is None
     finally:
         go.set()
         t.join(5)
-    assert pool.try_acquire(_spec("a")) == "a"
+    assert cache.try_acquire(_spec("a")) == "a"
 
 
 # -- AdapterCache.in_host -----------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_hf_wrapper_truncation_does_not_leak_into_tokenize(tiny_bert: Path) -> N
         model.tokenize([LONG], truncate=False)
 
 
-# -- EncoderEngine._prepare_inline --------------------------------------------------------------
+# -- EncoderEngine._tokenize_inline --------------------------------------------------------------
 
 
 @pytest.fixture
@@ -205,52 +205,52 @@ def engine() -> Iterator[EncoderEngine]:
     e.close()
 
 
-def test_prepare_inline_needs_the_base_loaded(engine: EncoderEngine, tiny_bert: Path) -> None:
+def test_tokenize_inline_needs_the_base_loaded(engine: EncoderEngine, tiny_bert: Path) -> None:
     base, texts = base_spec(tiny_bert), ["The cat sat on the mat.", "ok"]
-    assert engine._prepare_inline(base, None, texts, False, "embed") is None
-    assert engine.pool.loaded() == [] and engine.pool.loads == 0
-    want = engine._prepare(base, None, texts, False, "embed")  # loads it
-    assert engine._prepare_inline(base, None, texts, False, "embed") == want
-    assert want[0] == engine.pool.acquire(base).tokenize(texts, truncate=False)
-    engine.pool.release(base.name)
-    assert engine.pool.loads == 1
+    assert engine._tokenize_inline(base, None, texts, False, "embed") is None
+    assert engine.model_cache.loaded() == [] and engine.model_cache.loads == 0
+    want = engine._tokenize(base, None, texts, False, "embed")  # loads it
+    assert engine._tokenize_inline(base, None, texts, False, "embed") == want
+    assert want[0] == engine.model_cache.acquire(base).tokenize(texts, truncate=False)
+    engine.model_cache.release(base.name)
+    assert engine.model_cache.loads == 1
 
 
-def test_prepare_inline_releases_the_base(tiny_bert: Path) -> None:
+def test_tokenize_inline_releases_the_base(tiny_bert: Path) -> None:
     engine = EncoderEngine(EngineLimits(adapter_slots=2, base_model_bytes=1))  # room for one idle base
     try:
         base = base_spec(tiny_bert)
-        engine._prepare(base, None, ["x"], False, "embed")
-        assert engine._prepare_inline(base, None, ["x"], False, "embed") is not None
+        engine._tokenize(base, None, ["x"], False, "embed")
+        assert engine._tokenize_inline(base, None, ["x"], False, "embed") is not None
         with pytest.raises(InvalidInput):
-            engine._prepare_inline(base, None, [LONG], False, "embed")  # refused, and released
-        engine._prepare(base_spec(tiny_bert, "other"), None, ["x"], False, "embed")
-        assert engine.pool.loaded() == ["other"]  # "tiny" was idle, so evicted
+            engine._tokenize_inline(base, None, [LONG], False, "embed")  # refused, and released
+        engine._tokenize(base_spec(tiny_bert, "other"), None, ["x"], False, "embed")
+        assert engine.model_cache.loaded() == ["other"]  # "tiny" was idle, so evicted
     finally:
         engine.close()
 
 
-def test_prepare_inline_hops_for_long_text(engine: EncoderEngine, tiny_bert: Path) -> None:
+def test_tokenize_inline_hops_for_long_text(engine: EncoderEngine, tiny_bert: Path) -> None:
     base = base_spec(tiny_bert)
-    engine._prepare(base, None, ["x"], False, "embed")
+    engine._tokenize(base, None, ["x"], False, "embed")
     at_limit = "a" * INLINE_CHARS
-    assert engine._prepare_inline(base, None, [at_limit], True, "embed") is not None
-    assert engine._prepare_inline(base, None, [at_limit + "a"], True, "embed") is None
+    assert engine._tokenize_inline(base, None, [at_limit], True, "embed") is not None
+    assert engine._tokenize_inline(base, None, [at_limit + "a"], True, "embed") is None
     halves = ["a" * (INLINE_CHARS // 2 + 1)] * 2  # each short, together over the limit
-    assert engine._prepare_inline(base, None, halves, True, "embed") is None
+    assert engine._tokenize_inline(base, None, halves, True, "embed") is None
 
 
-def test_prepare_inline_needs_the_adapter_in_host(
+def test_tokenize_inline_needs_the_adapter_in_host(
     engine: EncoderEngine, tiny_bert: Path, tmp_path: Path
 ) -> None:
     base, adapter = base_spec(tiny_bert), make_adapter(tiny_bert, tmp_path / "ad", rank=2, seed=0)
-    engine._prepare(base, None, ["x"], False, "embed")
-    assert engine._prepare_inline(base, adapter, ["x"], False, "embed") is None
-    model = engine.pool.acquire(base)
-    engine.pool.release(base.name)
+    engine._tokenize(base, None, ["x"], False, "embed")
+    assert engine._tokenize_inline(base, adapter, ["x"], False, "embed") is None
+    model = engine.model_cache.acquire(base)
+    engine.model_cache.release(base.name)
     assert model.adapters.loads == 0  # the inline path never loads an adapter
-    want = engine._prepare(base, adapter, ["x"], False, "embed")
-    assert engine._prepare_inline(base, adapter, ["x"], False, "embed") == want
+    want = engine._tokenize(base, adapter, ["x"], False, "embed")
+    assert engine._tokenize_inline(base, adapter, ["x"], False, "embed") == want
     assert model.adapters.loads == 1
 
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import random
 
-from constellation.engine.encoder.batcher import Job, Row, split_by_length
+from constellation.engine.encoder.batcher import EncoderRequest, Row, split_by_length
 from constellation.engine.spec import BaseSpec
 
 
 def _rows(lengths: list[int]) -> list[Row]:
     loop = asyncio.new_event_loop()
     try:
-        job = Job(BaseSpec("b", "embedding", resolve=lambda: None), None, "embed", [[0]] * len(lengths), loop,
-                  loop.create_future())  # fmt: skip
+        base = BaseSpec("b", "embedding", resolve=lambda: None)
+        request = EncoderRequest(base, None, "embed", [[0]] * len(lengths), loop, loop.create_future())
     finally:
         loop.close()
-    return [Row(job, i, n, 0) for i, n in enumerate(lengths)]
+    return [Row(request, i, n, 0) for i, n in enumerate(lengths)]
 
 
 def _lengths(steps: list[list[Row]]) -> list[list[int]]:

@@ -116,9 +116,9 @@ def test_prepacked_base_equals_plain_linear(bias: bool, shape: tuple[int, ...]) 
     lin = nn.Linear(IN, OUT, bias=bias)
     layer = MultiLoRALinear(lin, LoRAContext(SLOTS), SLOTS, MAX_RANK)
     x = torch.randn(shape, generator=gen)
-    assert layer.packed_bytes == 0
+    assert layer.prepacked_bytes == 0
     assert layer.prepack()
-    assert layer.packed_bytes == IN * OUT * 4
+    assert layer.prepacked_bytes == IN * OUT * 4
     with torch.no_grad():
         got = layer(x)
         want = lin(x)
@@ -140,17 +140,17 @@ def test_deterministic_mode_ignores_the_prepacked_weight() -> None:
 def test_prepack_declines_what_it_does_not_cover() -> None:
     layer = MultiLoRALinear(nn.Linear(IN, OUT).double(), LoRAContext(SLOTS), SLOTS, MAX_RANK)
     assert not layer.prepack()  # float64: the plain GEMM stays
-    assert layer.packed_bytes == 0
+    assert layer.prepacked_bytes == 0
 
 
 def test_sorted_mapping_takes_grouped_path() -> None:
     _, ctx, _, _ = _layer([4] * SLOTS)
     ctx.set_mapping(torch.tensor([0, 0, 3, 5, NO_ADAPTER]))
-    assert ctx.plan is not None and ctx.plan.kind.name == "GATHERED"  # unequal runs
+    assert ctx.plan is not None and ctx.plan.layout.name == "GATHERED"  # unequal runs
     ctx.set_mapping(torch.tensor([0, 0, 3, 3, 5, 5, NO_ADAPTER]))
-    assert ctx.plan is not None and ctx.plan.kind.name == "GROUPED" and ctx.plan.run == 2
+    assert ctx.plan is not None and ctx.plan.layout.name == "GROUPED" and ctx.plan.run == 2
     ctx.set_mapping(torch.tensor([3, 0, NO_ADAPTER, 5]))
-    assert ctx.plan is not None and ctx.plan.kind.name == "GATHERED"
+    assert ctx.plan is not None and ctx.plan.layout.name == "GATHERED"
 
 
 def test_clear_slot_gives_base_output() -> None:

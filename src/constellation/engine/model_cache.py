@@ -22,10 +22,10 @@ M = TypeVar("M")
 
 def module_bytes(module: nn.Module) -> int:
     """Bytes held by a module's parameters and buffers, and by the weight copies its layers
-    keep prepacked for the CPU (`packed_bytes`, see `MultiLoRALinear.prepack`)."""
+    keep prepacked for the CPU (`prepacked_bytes`, see `MultiLoRALinear.prepack`)."""
     tensors = [*module.parameters(), *module.buffers()]
-    packed = sum(getattr(m, "packed_bytes", 0) for m in module.modules())
-    return sum(t.numel() * t.element_size() for t in tensors) + packed
+    prepacked = sum(getattr(m, "prepacked_bytes", 0) for m in module.modules())
+    return sum(t.numel() * t.element_size() for t in tensors) + prepacked
 
 
 @dataclass(slots=True)
@@ -35,7 +35,7 @@ class _Entry(Generic[M]):
     users: int = 0
 
 
-class ModelPool(Generic[M]):
+class ModelCache(Generic[M]):
     """Loaded bases keyed by name, within `budget_bytes`; a base in use is never evicted.
 
     `load(spec)` builds a base (it must call `spec.resolve()`, which verifies the artifact, on

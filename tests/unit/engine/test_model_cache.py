@@ -1,4 +1,4 @@
-"""ModelPool: MiniLM plus a tiny random BERT within a budget that forces LRU eviction."""
+"""ModelCache: MiniLM plus a tiny random BERT within a budget that forces LRU eviction."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from constellation.config import EngineLimits
 from constellation.engine.encoder.model import EncoderModel
-from constellation.engine.pool import ModelPool
+from constellation.engine.model_cache import ModelCache
 from constellation.engine.spec import BaseSpec
 from constellation.errors import Overloaded
 
@@ -28,18 +28,19 @@ def test_lru_eviction_between_minilm_and_tiny(minilm_path: Path, tiny_bert: Path
     sizes = {n: load(s).nbytes for n, s in [("minilm", minilm), ("tiny", tiny)]}
     resolves.clear()
     # Room for MiniLM or tiny alone, not both.
-    pool: ModelPool[EncoderModel] = ModelPool(sizes["minilm"] + sizes["tiny"] - 1, load, lambda m: m.nbytes)
-    with pool.use(minilm):
+    budget = sizes["minilm"] + sizes["tiny"] - 1
+    cache: ModelCache[EncoderModel] = ModelCache(budget, load, lambda m: m.nbytes)
+    with cache.use(minilm):
         pass
-    with pool.use(tiny):
-        assert pool.loaded() == ["tiny"]
-    with pool.use(minilm):
-        assert pool.loaded() == ["minilm"]
+    with cache.use(tiny):
+        assert cache.loaded() == ["tiny"]
+    with cache.use(minilm):
+        assert cache.loaded() == ["minilm"]
     assert resolves == ["minilm", "tiny", "minilm"]  # every (re)load resolves the artifact
-    assert pool.evictions == 2
+    assert cache.evictions == 2
     sized = BaseSpec(name="tiny", task="embedding", resolve=lambda: tiny_bert, size_bytes=sizes["tiny"])
-    with pool.use(minilm), pytest.raises(Overloaded, match="no room"):
-        pool.acquire(sized)  # MiniLM is in use: never evicted
+    with cache.use(minilm), pytest.raises(Overloaded, match="no room"):
+        cache.acquire(sized)  # MiniLM is in use: never evicted
 
 
 def test_concurrent_first_uses_load_once(tiny_bert: Path) -> None:
@@ -49,10 +50,10 @@ def test_concurrent_first_uses_load_once(tiny_bert: Path) -> None:
         calls.append(spec.name)
         return spec.name
 
-    pool: ModelPool[str] = ModelPool(10, load, lambda m: 1)
+    cache: ModelCache[str] = ModelCache(10, load, lambda m: 1)
     spec = base_spec(tiny_bert, "tiny")
     threads = [
-        threading.Thread(target=lambda: pool.release(spec.name) if pool.acquire(spec) else None)
+        threading.Thread(target=lambda: cache.release(spec.name) if cache.acquire(spec) else None)
         for _ in range(8)
     ]
     for t in threads:
