@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,16 +25,17 @@ def _spec(name: str) -> AdapterSpec:
 
 
 class _Loader:
-    """Fake disk: counts loads and is slow enough for threads to collide."""
+    """Fake disk: counts loads; `hold()` makes it wait until released (threads collide)."""
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
         self.lock = threading.Lock()
+        self.gate: Callable[[], None] = lambda: None
 
     def __call__(self, spec: AdapterSpec) -> LoadedAdapter:
         with self.lock:
             self.calls[spec.name] = self.calls.get(spec.name, 0) + 1
-        time.sleep(0.05)
+        self.gate()
         w = LoRAWeights(A=torch.ones(2, 4), B=torch.ones(4, 2), scale=1.0)
         return LoadedAdapter(name=spec.name, rank=2, scale=1.0, modules={"lin": w})
 
@@ -44,13 +46,37 @@ def _cache(slots: int, host_bytes: int = 10**9) -> tuple[AdapterCache, _Loader]:
     return AdapterCache({"lin": layer}, slots, host_bytes, loader=loader), loader
 
 
+class _Watched(dict[str, threading.Event]):
+    """The cache's in-flight loads, counting the look-ups that precede waiting on one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looked = threading.Condition()
+        self.lookups = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self.looked:
+            self.lookups += 1
+            self.looked.notify_all()
+        return super().get(key, default)
+
+
 def test_concurrent_first_requests_load_once() -> None:
+    n = 16
     cache, loader = _cache(4)
-    threads = [threading.Thread(target=cache.acquire, args=([_spec("a")],)) for _ in range(16)]
+    loading = cache._loading = _Watched()
+
+    def gate() -> None:  # the load finishes only once every other caller is waiting on it
+        with loading.looked:
+            assert loading.looked.wait_for(lambda: loading.lookups >= n, timeout=60), loading.lookups
+
+    loader.gate = gate
+    threads = [threading.Thread(target=cache.acquire, args=([_spec("a")],)) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert loading.lookups == n  # every caller found the load in flight, or started it
     assert loader.calls == {"a": 1}
     assert cache.slot_writes == 1
 
