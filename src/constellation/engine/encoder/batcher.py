@@ -30,8 +30,8 @@ from constellation.engine.model_cache import ModelCache
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import Overloaded
 
-# What one more forward costs, in padded tokens' worth of compute (MiniLM on 2 CPU cores: a
-# forward's fixed cost is a few milliseconds, a token about 0.16 ms).
+# What one more forward costs, in padded tokens' worth of compute: its fixed cost divided by
+# the cost of a token (docs/decisions.md has the figures behind it).
 STEP_COST_TOKENS = 48
 # A busy tenant yields its turn after this share of a batch's tokens, so up to this many
 # tenants' rows share each batch and a newcomer's row runs in the next batch at the latest.

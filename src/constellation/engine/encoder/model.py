@@ -33,10 +33,9 @@ BUCKET = 16  # deterministic mode pads each sequence to a multiple of this, alon
 # What the packed path's LoRA layers (a matmul pair per adapter's run of tokens, per layer) cost
 # beyond the padded path's one bmm pair for all adapters, in tokens of base compute: a share of
 # the batch's tokens plus a cost per adapter. A batch with adapters packs when the padding it
-# saves is larger. Fit to side-by-side timings of the two paths on MiniLM with prepacked GEMMs
-# on 2 CPU cores (31 batches of 16 to 64 sequences, 2 to 32 adapters, 8% to 50% padding): the
-# rule picked the faster path in 30, and the miss cost 5%. (Without adapters the packed path
-# is the faster whenever there is padding to save.)
+# saves is larger. Fit to side-by-side timings of the two paths (docs/decisions.md has the fit
+# and how often the rule picks the faster path). Without adapters the packed path is the faster
+# whenever there is padding to save.
 LORA_TOKEN_SHARE = 0.17
 RUN_COST_TOKENS = 8
 

@@ -199,11 +199,10 @@ class MultiLoRALinear(nn.Module):
     def prepack(self) -> bool:
         """Run the base linear from now on as a oneDNN GEMM on a copy of its weight reordered,
         once, into that library's blocked layout, instead of the BLAS library's GEMM on the plain
-        weight. Both are fp32. Where the BLAS GEMM takes a narrower vector path than the CPU has
-        (MKL on an AMD CPU with AVX-512 uses AVX2), this measured about 2.4x faster per GEMM at
-        MiniLM's shapes; where MKL already uses the widest vectors expect less (not measured
-        here). Not used in deterministic mode (its per-sequence bmm stays). False, and nothing
-        changes, off a CPU, for other dtypes, or in a torch built without oneDNN."""
+        weight. Both are fp32. Why: where the BLAS GEMM takes a narrower vector path than the CPU
+        has (MKL on an AMD CPU with AVX-512 uses AVX2), oneDNN's uses the widest (docs/decisions.md
+        has the measurement). Not used in deterministic mode (its per-sequence bmm stays). False,
+        and nothing changes, off a CPU, for other dtypes, or in a torch built without oneDNN."""
         w = self.base.weight
         if w.device.type != "cpu" or w.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
             return False
