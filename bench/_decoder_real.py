@@ -22,13 +22,15 @@ import torch
 
 from constellation.artifacts.store import ArtifactOpener
 from constellation.config import EngineLimits, Settings
-from constellation.engine.decoder import DecoderEngine, Prepared, Runner, load_runner
-from constellation.engine.llm_toy import save_random_adapters
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.runner import Runner, load_runner
+from constellation.engine.decoder.sampling import SamplingParams
+from constellation.engine.decoder.sequence import Prepared
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.platform import Platform
 from constellation.registry import contributors as contrib_repo
 from constellation.registry import service
+from constellation.testing.toy_lm import save_random_adapters
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"

@@ -11,6 +11,7 @@ import statistics
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,13 @@ from typing import Any
 import torch
 
 from constellation.config import EngineLimits
-from constellation.engine.decoder import DecoderEngine, Prepared
-from constellation.engine.llm_toy import WORDS, save_random_adapters, save_random_lm
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.decoder.detokenizer import TextStream
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.sampling import SamplingParams
+from constellation.engine.decoder.sequence import Prepared
+from constellation.engine.decoder.tokens import LMTokenizer
 from constellation.engine.spec import AdapterSpec, BaseSpec
+from constellation.testing.toy_lm import WORDS, save_random_adapters, save_random_lm
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +255,7 @@ def main(tiny: bool = False, size: str | None = None, device: str = "cpu", model
                     f"p99 {ms[1]} ms; ITL p50 {ms[2]} ms, p99 {ms[3]} ms",
                 )
             )
+        rows.append(detokenizer_row(engine.tokenizer(base), 64 if s is TINY else 512))
         engine.close()
     # PEFT injected its adapters into `model`: count the base's own weights apart from theirs.
     counts = [(n, p.numel()) for n, p in model.named_parameters()]
@@ -266,6 +271,29 @@ def main(tiny: bool = False, size: str | None = None, device: str = "cpu", model
     )
     for name, value, note in rows:
         print(f"  {name:<38} {value:>18}  {note}")
+
+
+def detokenizer_row(tok: LMTokenizer, n: int) -> tuple[str, str, str]:
+    """(5) Streaming `n` tokens' text: the old full re-decode per token against the incremental
+    decoder the engine uses (both hold back stop strings alike, so only the decoding differs)."""
+    ids = tok.encode_prompt(" ".join(WORDS[i % len(WORDS)] for i in range(n)))[:n]
+
+    def old() -> None:
+        for i in range(1, len(ids) + 1):
+            tok.decode(ids[:i])
+
+    def new() -> None:
+        ts = TextStream(tok, ())
+        for i in ids:
+            ts.push([i])
+        ts.flush()
+
+    t_old, t_new = (min(timeit.repeat(f, number=1, repeat=3)) for f in (old, new))
+    return (
+        f"(5) detokenise {len(ids)} tokens, per-token",
+        f"{t_old / t_new:.1f}x",
+        f"full re-decode {t_old / len(ids) * 1e6:.1f} us/token, incremental {t_new / len(ids) * 1e6:.1f}",
+    )
 
 
 REAL_MODELS = ("smollm2",)

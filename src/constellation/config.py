@@ -51,12 +51,12 @@ class EngineLimits(BaseModel):
     # Encoder outputs bitwise identical alone or batched (slower: per-sequence GEMMs, padded
     # lengths). Seeded/greedy decoding is batch-invariant whatever this says.
     deterministic: bool = False
-    # Run the encoder engine in a child process of its own (see engine/remote.py): its forward
+    # Run the encoder engine in a child process of its own (see engine/encoder/remote.py): its forward
     # passes then stop waiting on the GIL while the event loop serves requests. `constellation
     # serve` turns it on unless you set it; in-process is the default for embedding the app.
     encoder_process: bool = False
     # With `encoder_process`: that many engine processes, the cores shared out among them (see
-    # engine/remote.py). 0 picks: one per core up to 4 on a CPU, one on a GPU. Each worker
+    # engine/encoder/remote.py). 0 picks: one per core up to 4 on a CPU, one on a GPU. Each worker
     # loads its own copy of the models it serves, within the byte budgets above (per worker).
     encoder_workers: int = Field(default=0, ge=0)
     # Encoder linears on a CPU run as oneDNN GEMMs on weights reordered once at load, instead of

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from tests.e2e.conftest import Server, make_server
 
-from constellation.engine.llm_toy import save_random_lm
+from constellation.testing.toy_lm import save_random_lm
 
 CHROMIUM = Path("/usr/bin/chromium")
 

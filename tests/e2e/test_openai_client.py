@@ -10,7 +10,7 @@ import openai
 import pytest
 from tests.e2e.conftest import Server
 
-from constellation.engine.llm_toy import save_random_adapter, save_random_lm
+from constellation.testing.toy_lm import save_random_adapter, save_random_lm
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from fastapi import FastAPI
 from constellation.api.app import create_app
 from constellation.api.state import state_of
 from constellation.config import EngineLimits, Settings
-from constellation.engine.llm_toy import save_random_adapter, save_random_lm
 from constellation.finetune.demo import DEMO_DIR, DemoBuilder, DemoOptions, smollm2_gguf
 from constellation.platform import Platform
 from constellation.registry import models, tenants
+from constellation.testing.toy_lm import save_random_adapter, save_random_lm
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.integration.conftest import Api
 
-from constellation.engine.llm_toy import save_random_adapter
+from constellation.testing.toy_lm import save_random_adapter
 
 pytestmark = pytest.mark.anyio
 

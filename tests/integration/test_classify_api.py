@@ -85,11 +85,11 @@ async def test_classify_equals_reference(api: Api, minilm_path: Path, adapter_di
 
 async def test_adapter_for_another_base_is_400(api: Api, minilm_path: Path, tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    tiny = BertModel(
-        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    )
+    from constellation.testing.tiny_bert import tiny_bert_config
+
+    tiny = BertModel(tiny_bert_config(layers=1, heads=2, positions=512))
     peft_model = get_peft_model(tiny, LoraConfig(r=2, target_modules=["query"]))
     peft_model.save_pretrained(str(tmp_path / "a"))
     await api.register(minilm_path, name="minilm")

@@ -1,5 +1,5 @@
 """/readyz answers 503 (engine_unavailable, with Retry-After) while an engine worker is down, and
-200 again once it is back (engine/remote.py respawns it; the unit tests kill real workers)."""
+200 again once it is back (engine/encoder/remote.py respawns it; the unit tests kill real workers)."""
 
 from __future__ import annotations
 

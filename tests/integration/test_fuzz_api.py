@@ -22,10 +22,10 @@ from schemathesis.checks import response_schema_conformance, status_code_conform
 
 from constellation.api.app import create_app
 from constellation.config import Settings
-from constellation.engine.llm_toy import save_random_lm
 from constellation.platform import Platform
 from constellation.registry import ownership, service, tenants
 from constellation.registry.contributors import add_contributor
+from constellation.testing.toy_lm import save_random_lm
 
 # Per route, each sent with five keys: about 40 s for ~50 routes on 2 cores.
 EXAMPLES = int(os.environ.get("CONSTELLATION_FUZZ_EXAMPLES", "10"))

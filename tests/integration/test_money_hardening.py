@@ -20,7 +20,7 @@ from constellation.economy import holds, ledger
 from constellation.economy.money import MAX_BALANCE_NANOS
 from constellation.economy.pricing import Leg
 from constellation.economy.tables import UsageEvent
-from constellation.engine.decoder import Delta
+from constellation.engine.decoder.sequence import Delta
 from constellation.errors import Overloaded
 
 pytestmark = pytest.mark.anyio

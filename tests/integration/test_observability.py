@@ -15,7 +15,7 @@ from tests.integration.conftest import Api
 
 from constellation.api.access_log import JSONFormatter
 from constellation.api.metrics import Metrics
-from constellation.engine.llm_toy import save_random_lm
+from constellation.testing.toy_lm import save_random_lm
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,7 @@ from tests.integration.conftest import Api
 
 from constellation.api.protocol import ChatCompletion, ChatCompletionChunk
 from constellation.api.state import state_of
-from constellation.engine.llm_toy import save_random_adapter, save_random_lm
+from constellation.testing.toy_lm import save_random_adapter, save_random_lm
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from constellation.api.pipeline import DONE, Outcome, sse
 from constellation.api.structured import FREE, Structure, tool_call
-from constellation.engine.decoder import Delta, Prepared
+from constellation.engine.decoder.sequence import Delta, Prepared
 
 
 @dataclass(slots=True)

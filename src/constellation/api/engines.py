@@ -11,9 +11,9 @@ from constellation.config import EngineLimits
 from constellation.providers.pool import Upstreams
 
 if TYPE_CHECKING:
-    from constellation.engine.decoder import DecoderEngine
-    from constellation.engine.encoder import EncoderEngine
-    from constellation.engine.remote import RemoteEncoderEngine
+    from constellation.engine.decoder.engine import DecoderEngine
+    from constellation.engine.encoder.engine import EncoderEngine
+    from constellation.engine.encoder.remote import RemoteEncoderEngine
 
 
 class Engines:
@@ -29,11 +29,11 @@ class Engines:
         with self._lock:
             if self._encoder is None:
                 if self.limits.encoder_process:
-                    from constellation.engine.remote import RemoteEncoderEngine
+                    from constellation.engine.encoder.remote import RemoteEncoderEngine
 
                     self._encoder = RemoteEncoderEngine(self.limits)
                 else:
-                    from constellation.engine.encoder import EncoderEngine
+                    from constellation.engine.encoder.engine import EncoderEngine
 
                     self._encoder = EncoderEngine(self.limits)
             return self._encoder
@@ -42,7 +42,7 @@ class Engines:
     def decoder(self) -> DecoderEngine:
         with self._lock:
             if self._decoder is None:
-                from constellation.engine.decoder import DecoderEngine
+                from constellation.engine.decoder.engine import DecoderEngine
 
                 self._decoder = DecoderEngine(self.limits)
             return self._decoder

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from constellation.api.state import AppState
-    from constellation.engine.decoder import Delta
+    from constellation.engine.decoder.sequence import Delta
 
 # Token latencies span a millisecond (a decode step on a GPU) to a minute (a long queue).
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from constellation.engine.sampling import DEFAULTABLE, SamplingParams
+from constellation.engine.decoder.sampling import DEFAULTABLE, SamplingParams
 from constellation.errors import InvalidInput
 
 # OpenAI request fields this server does not implement, each with the values that ask for

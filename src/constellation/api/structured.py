@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from constellation.api.protocol import NamedToolChoice, ResponseFormat, Tool, ToolChoice
-from constellation.engine.structured import Constraint, check_size
+from constellation.engine.decoder.structured import Constraint, check_size
 from constellation.errors import InvalidInput
 
 MAX_TOOLS = 64

@@ -27,19 +27,9 @@ tags: [test]
 
 
 def _save_bert(path: Path, *, hidden: int) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel
+    from constellation.testing.tiny_bert import save_tiny_bert
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=32,
-    )
-    BertModel(config).save_pretrained(path)
+    save_tiny_bert(path, vocab=64, hidden=hidden, heads=2, positions=32)
     (path / "README.md").write_text(CARD)
     return path
 

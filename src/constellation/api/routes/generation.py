@@ -29,7 +29,7 @@ from constellation.api.protocol import (
 )
 from constellation.api.resolver import require_task
 from constellation.api.structured import Structure, plan, with_tools_prompt
-from constellation.engine.decoder import Delta
+from constellation.engine.decoder.sequence import Delta
 
 router = APIRouter(
     prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)

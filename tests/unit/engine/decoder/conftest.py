@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from constellation.config import EngineLimits
-from constellation.engine.decoder import DecoderEngine, Delta, Prepared
-from constellation.engine.llm_toy import save_random_adapter, save_random_lm
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.sequence import Delta, Prepared
 from constellation.engine.spec import AdapterSpec, BaseSpec
+from constellation.testing.toy_lm import save_random_adapter, save_random_lm
 
 FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
 RANKS = (4, 8, 4)  # mixed ranks share one batch

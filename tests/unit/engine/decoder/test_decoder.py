@@ -15,11 +15,12 @@ from transformers import AutoModelForCausalLM
 
 from constellation.artifacts.peft import check_adapter_fits_base
 from constellation.config import EngineLimits
-from constellation.engine.decoder import DecoderEngine, Delta
-from constellation.engine.llm_toy import save_random_adapter
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.sampling import SamplingParams
+from constellation.engine.decoder.sequence import Delta
 from constellation.engine.spec import AdapterSpec, BaseSpec
 from constellation.errors import InvalidInput
+from constellation.testing.toy_lm import save_random_adapter
 
 PROMPTS = ("the cat sat", "hello dog and bird run fast and swim", "red", "a big old tree by the river")
 MIXES = ("identical", "distinct", "uniform", "skewed")

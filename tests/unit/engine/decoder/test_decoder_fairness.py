@@ -4,8 +4,11 @@ admitted next, not after another tenant's backlog."""
 from __future__ import annotations
 
 from constellation.config import EngineLimits
-from constellation.engine.decoder import DecoderEngine, Seq, load_runner
-from constellation.engine.sampling import SamplingParams, TextStream, make_generator
+from constellation.engine.decoder.detokenizer import TextStream
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.runner import load_runner
+from constellation.engine.decoder.sampling import SamplingParams, make_generator
+from constellation.engine.decoder.sequence import Seq
 
 GREEDY = SamplingParams(max_tokens=4, temperature=0.0)
 
@@ -26,11 +29,11 @@ def test_decoder_admits_a_quiet_tenant_before_anothers_backlog(families) -> None
         return Seq(p, lambda d: None, TextStream(runner.tok, ()), make_generator(0))
 
     for p in busy:
-        runner.waiting.push(seq(p))
+        runner.scheduler.waiting.push(seq(p))
     runner.step()  # two of A's sequences run; eighteen wait
-    runner.waiting.push(seq(quiet))
-    while len(runner.running) == 2:
+    runner.scheduler.waiting.push(seq(quiet))
+    while len(runner.scheduler.running) == 2:
         runner.step()  # until one of the running sequences finishes
-    work = runner.schedule()
+    work = runner.scheduler.schedule()
     admitted = [w.seq.prep for w in work if w.start == 0]
     assert admitted[0] == quiet  # next, ahead of A's eighteen

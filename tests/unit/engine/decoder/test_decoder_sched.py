@@ -10,21 +10,25 @@ import pytest
 import torch
 
 from constellation.config import EngineLimits
-from constellation.engine.decoder import DecoderEngine, Seq, load_runner
-from constellation.engine.sampling import SamplingParams, TextStream, make_generator
+from constellation.engine.decoder.detokenizer import TextStream
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.runner import load_runner
+from constellation.engine.decoder.sampling import SamplingParams, make_generator
+from constellation.engine.decoder.sequence import Seq
 from constellation.errors import Overloaded
 
 GREEDY = SamplingParams(max_tokens=20, temperature=0.0)
 
 
 def _wait_idle(engine: DecoderEngine) -> dict[str, float]:
-    """The loop frees sequences between steps; give it a moment (not a timing assertion)."""
-    for _ in range(200):
+    """The loop frees sequences between steps; give it a moment (not a timing assertion: a
+    generous bound, past which the engine has leaked a sequence or its blocks)."""
+    for _ in range(1000):
         s = engine.stats()
         if s["running"] == 0 and s["queued"] == 0 and s["kv_free_blocks"] == s["kv_blocks"]:
             return s
         time.sleep(0.01)
-    return engine.stats()
+    pytest.fail(f"the decoder engine did not go idle: {engine.stats()}")
 
 
 def test_new_requests_join_between_decode_steps(families) -> None:
@@ -39,11 +43,11 @@ def test_new_requests_join_between_decode_steps(families) -> None:
     finally:
         engine_side.close()
     seqs = [Seq(p, lambda d: None, TextStream(runner.tok, ()), make_generator(0)) for p in preps]
-    runner.waiting.push(seqs[0])
+    runner.scheduler.waiting.push(seqs[0])
     runner.step()  # prefill of the first
     runner.step()  # first decode
-    runner.waiting.push(seqs[1])
-    work = runner.schedule()
+    runner.scheduler.waiting.push(seqs[1])
+    work = runner.scheduler.schedule()
     assert [(w.seq, w.n) for w in work] == [(seqs[0], 1), (seqs[1], len(preps[1].prompt_ids))]
 
 

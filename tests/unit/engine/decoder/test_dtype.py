@@ -11,12 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from constellation.engine import llm
-from constellation.engine.decoder import DecoderEngine, load_runner
-from constellation.engine.llm import LMConfig, serving_dtype
-from constellation.engine.llm_toy import save_random_adapter, save_random_lm
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.runner import load_runner
+from constellation.engine.decoder.sampling import SamplingParams
+from constellation.engine.models import causal_lm
+from constellation.engine.models.causal_lm import serving_dtype
+from constellation.engine.models.config import LMConfig
 from constellation.engine.spec import AdapterSpec, BaseSpec
+from constellation.testing.toy_lm import save_random_adapter, save_random_lm
 
 from .conftest import make_limits
 
@@ -41,7 +43,7 @@ def _config(**kw: object) -> LMConfig:
 def test_serving_dtype(
     monkeypatch: pytest.MonkeyPatch, declared: dict[str, str], native: bool, served: torch.dtype
 ) -> None:
-    monkeypatch.setattr(llm, "native_bf16", lambda device: native)
+    monkeypatch.setattr(causal_lm, "native_bf16", lambda device: native)
     assert serving_dtype(_config(**declared), "cpu") == served
 
 
@@ -65,7 +67,7 @@ def test_bf16_checkpoint_served_in_bf16_with_adapters(
     limits_engine: Callable[..., DecoderEngine],
     run_all: Callable[..., list[Any]],
 ) -> None:
-    monkeypatch.setattr(llm, "native_bf16", lambda device: True)
+    monkeypatch.setattr(causal_lm, "native_bf16", lambda device: True)
     base, adapter = bf16_model
     runner = load_runner(base, make_limits())
     assert runner.model.lm_head.weight.dtype == torch.bfloat16
@@ -81,7 +83,7 @@ def test_bf16_checkpoint_served_in_bf16_with_adapters(
 def test_bf16_checkpoint_served_in_fp32_without_native_bf16(
     monkeypatch: pytest.MonkeyPatch, bf16_model: tuple[BaseSpec, AdapterSpec]
 ) -> None:
-    monkeypatch.setattr(llm, "native_bf16", lambda device: False)
+    monkeypatch.setattr(causal_lm, "native_bf16", lambda device: False)
     runner = load_runner(bf16_model[0], make_limits())
     assert runner.model.lm_head.weight.dtype == torch.float32
     assert runner.kv.k.dtype == torch.float32

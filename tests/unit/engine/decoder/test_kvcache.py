@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from constellation.engine.kvcache import KVCache
+from constellation.engine.decoder.kvcache import KVCache
 from constellation.errors import InvalidInput
 
 
@@ -40,8 +40,8 @@ def test_write_then_gather_returns_each_sequence_in_order() -> None:
     kv.grow(t2, 3)  # interleave allocations so tables are not contiguous
     kv.grow(t1, 6)
     k1, k2 = torch.randn(6, 2, 3), torch.randn(3, 2, 3)
-    slots = torch.tensor(kv.slots(t1, 0, 6) + kv.slots(t2, 0, 3))
-    kv.write(1, torch.cat([k1, k2]), torch.cat([k1, k2]) * 2, slots)
+    index = torch.tensor(kv.flat_index(t1, 0, 6) + kv.flat_index(t2, 0, 3))
+    kv.write(1, torch.cat([k1, k2]), torch.cat([k1, k2]) * 2, index)
     tables = torch.tensor([t1, [t2[0], 0]])  # [B, nb], padded
     keys, values = kv.gather(1, tables, 6)  # [B, H, L, D]
     assert torch.equal(keys[0].transpose(0, 1), k1)

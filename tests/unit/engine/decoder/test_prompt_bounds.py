@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.decoder.sampling import SamplingParams
 from constellation.errors import InvalidInput
 
 PARAMS = SamplingParams(max_tokens=4, temperature=0.0)

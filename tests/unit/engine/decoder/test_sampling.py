@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from constellation.engine.sampling import SamplingParams, TextStream, make_generator, sample
+from constellation.engine.decoder.detokenizer import TextStream
+from constellation.engine.decoder.sampling import SamplingParams, make_generator, sample
 from constellation.errors import InvalidInput
 
 

@@ -14,12 +14,13 @@ import jsonschema
 import pytest
 import torch
 
-from constellation.engine.decoder import DecoderEngine, Prepared
-from constellation.engine.llm_toy import save_random_adapter, save_random_lm
-from constellation.engine.sampling import SamplingParams
+from constellation.engine.decoder.engine import DecoderEngine
+from constellation.engine.decoder.sampling import SamplingParams
+from constellation.engine.decoder.sequence import Prepared
+from constellation.engine.decoder.structured import Constraint, GrammarCompiler, mask_logits
 from constellation.engine.spec import AdapterSpec, BaseSpec
-from constellation.engine.structured import Constraint, GrammarCompiler, mask_logits
 from constellation.errors import InvalidInput
+from constellation.testing.toy_lm import save_random_adapter, save_random_lm
 
 ENUM = {
     "type": "object",

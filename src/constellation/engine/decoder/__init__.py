@@ -1,0 +1,1 @@
+"""Generation: continuous batching of causal LMs over a paged KV cache, streamed."""

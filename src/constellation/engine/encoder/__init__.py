@@ -1,0 +1,1 @@
+"""Embeddings and classification: encoder bases, micro-batched, in process or in workers."""

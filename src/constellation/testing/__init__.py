@@ -1,0 +1,1 @@
+"""Fixtures for tests, benchmarks and demos: small models built locally, never downloaded."""
