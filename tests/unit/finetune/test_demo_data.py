@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
 from constellation.finetune.data import load_jsonl
+from constellation.finetune.demo import DEMO_DIR
 
-DEMO = Path(__file__).resolve().parents[3] / "examples" / "demo"
+DEMO = DEMO_DIR
 MANIFEST = yaml.safe_load((DEMO / "demo.yaml").read_text())
 CLASSIFIERS = [d for d in MANIFEST["datasets"] if "test" in d]
 

@@ -22,7 +22,7 @@ from constellation.engine.lora.adapters import load_adapter
 from constellation.engine.spec import AdapterSpec
 from constellation.errors import InvalidInput
 
-from .conftest import base_spec
+from ..conftest import base_spec
 
 TEXTS = ["The cat sat on the mat.", "ok", "Adapters trained anywhere, served from one shared base model."]
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
