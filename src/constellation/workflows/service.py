@@ -1,0 +1,363 @@
+"""One workflow run for the API: load the version, check every model any branch can reach for
+the tenant (before any compute), admit the author's fee, run the steps, then record the fee,
+the run and its steps, and answer with every step's bill and the run's merged split."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from constellation.api.deps import Principal
+from constellation.api.pipeline import MAX_IDEMPOTENCY_KEY, fingerprint, new_request_id
+from constellation.economy.meter import Meter, UsageRecord
+from constellation.economy.money import usd
+from constellation.economy.tables import UsageEvent
+from constellation.economy.workflow_fee import fee_model_name
+from constellation.errors import Conflict, ConstellationError, InvalidInput
+from constellation.registry.workflow_tables import WorkflowRun, WorkflowRunStep
+from constellation.registry.workflows import get_workflow
+from constellation.workflows.calls import PipelineModels, StepRecord
+from constellation.workflows.executor import Emit, Run, StepFailed
+from constellation.workflows.spec import Spec, check_inputs, parse
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Per-app caches: parsed workflow versions (immutable, so kept by id) and the embedded
+    texts of `nearest` steps."""
+
+    specs: dict[int, Spec] = field(default_factory=dict)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def runtime(request: Request) -> Runtime:
+    state = request.app.state
+    rt = getattr(state, "workflow_runtime", None)
+    if rt is None:
+        rt = state.workflow_runtime = Runtime()
+    return rt
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    id: int
+    name: str
+    version: int
+    author: str
+    fee: int
+    output_kind: str
+    spec: Spec
+
+
+class RunFailed(ConstellationError):
+    """A run that failed: the cause's status and code, plus what the body's `constellation` says
+    (the run id, the failed step, the steps charged)."""
+
+    def __init__(self, cause: ConstellationError, extra: dict[str, Any]) -> None:
+        super().__init__(cause.message, param=cause.param, code=cause.code)
+        self.status, self.type, self.extra = cause.status, cause.type, extra
+
+
+class RunTimeout(ConstellationError):
+    status = 504
+    type = "server_error"
+    code = "workflow_timeout"
+
+
+async def load(request: Request, caller: Principal, ref: str) -> Loaded:
+    """The workflow version `ref` names, as this tenant may see it (parsed once per version)."""
+
+    def read() -> tuple[int, str, int, str, int, str, dict[str, Any]]:
+        with request.app.state.platform.db.session() as s:
+            wf = get_workflow(s, ref=ref, tenant_id=caller.tenant_id)
+            return wf.id, wf.name, wf.version, wf.author_id, wf.fee_per_run_nanos, wf.output_kind, wf.document
+
+    wf_id, name, version, author, fee, kind, doc = await run_in_threadpool(read)
+    rt = runtime(request)
+    spec = rt.specs.get(wf_id)
+    if spec is None:
+        spec = rt.specs[wf_id] = parse(doc)
+    return Loaded(wf_id, name, version, author, fee, kind, spec)
+
+
+def replay(request: Request, caller: Principal, fp: str) -> dict[str, Any] | None:
+    """The first answer of a run sent again under the same Idempotency-Key (the run's fee event
+    keeps it), or None."""
+    key = request.headers.get("idempotency-key")
+    if key is None or request.app.state.meter is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", param="Idempotency-Key"
+        )
+    with request.app.state.platform.db.session() as s:
+        row = s.execute(
+            select(UsageEvent.fingerprint, UsageEvent.response).where(
+                UsageEvent.tenant_id == caller.tenant_id, UsageEvent.idempotency_key == key
+            )
+        ).first()
+    if row is None:
+        return None
+    if row.fingerprint != fp:
+        raise Conflict(
+            f"the Idempotency-Key '{key}' was already used with a different request body; use a new key "
+            "for a new request, or resend the original body",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return dict(row.response or {})
+
+
+async def reachable(
+    models: PipelineModels, spec: Spec, prefix: str = "", depth: int = 1
+) -> list[tuple[str, str]]:
+    """(step path, model) for every model any branch of the run can call, sub-workflows included."""
+    out = [(prefix + st.name, c.model) for st in spec.steps.values() for c in st.calls()]
+    for st in spec.steps.values():
+        if st.kind == "workflow" and st.workflow is not None and depth < 16:
+            sub, _ = await models.workflow(prefix + st.name, st.workflow)
+            out += await reachable(models, sub, f"{prefix}{st.name}/", depth + 1)
+    return out
+
+
+async def check_licences(request: Request, caller: Principal, pairs: list[tuple[str, str]]) -> None:
+    """Resolve every reachable model for the tenant (visibility, residency, licences) before any
+    step runs; a refusal keeps its status and code and names the step."""
+    resolver = request.app.state.resolver
+    for path, model in dict.fromkeys(pairs):
+        if resolver.cached(model, tenant_id=caller.tenant_id) is not None:
+            continue
+        try:
+            await run_in_threadpool(resolver.resolve, model, tenant_id=caller.tenant_id)
+        except ConstellationError as e:
+            e.message = f"step '{path}' uses the model '{model}': {e.message}"
+            e.param = f"steps.{path}"
+            raise
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A finished run, for the route to shape into its answer."""
+
+    run_id: str
+    loaded: Loaded
+    output: Any
+    outputs: dict[str, Any]
+    selected: dict[str, str]
+    constellation: dict[str, Any]
+
+
+async def execute(
+    request: Request,
+    caller: Principal,
+    loaded: Loaded,
+    raw_inputs: Any,
+    *,
+    seed: int | None,
+    body: dict[str, Any],
+    emit: Emit | None = None,
+    shape: Any = None,
+) -> Outcome | dict[str, Any]:
+    """Run `loaded` once (or replay its first answer: then the stored dict is returned). `shape`
+    turns the outcome into the body the idempotency record keeps (the route's answer)."""
+    state = request.app.state
+    inputs = check_inputs(loaded.spec, raw_inputs)
+    fp = fingerprint(request.url.path, body)
+    stored = await run_in_threadpool(replay, request, caller, fp)
+    if stored is not None:
+        return stored
+    run_id = getattr(request.state, "request_id", None) or new_request_id()
+    rt = runtime(request)
+    models = PipelineModels(request, caller, run_id, rt.vectors, rt.specs)
+    await check_licences(request, caller, await reachable(models, loaded.spec))
+    meter: Meter | None = state.meter
+    fee_name = fee_model_name(loaded.name, loaded.version)
+    held = await _admit_fee(meter, caller, fee_name, run_id, state.device_class)
+    limits = state.settings.workflows
+    run = Run(loaded.spec, inputs, models, limits, seed)
+    started, t0 = datetime.now(UTC), time.monotonic()
+    try:
+        async with asyncio.timeout(limits.run_timeout_s):
+            output = await run.execute(emit)
+    except TimeoutError:
+        await run.cancel()
+        cause: ConstellationError = RunTimeout(
+            f"the run took longer than {limits.run_timeout_s:g} s (CONSTELLATION_WORKFLOWS__RUN_TIMEOUT_S)"
+        )
+        await _fail(request, caller, loaded, run_id, models, cause, None, started, held, fee_name)
+        raise AssertionError from None  # _fail raises
+    except (StepFailed, ConstellationError) as e:
+        await _fail(
+            request, caller, loaded, run_id, models, e, getattr(e, "step", None), started, held, fee_name
+        )
+        raise AssertionError from None
+    ext = _extension(run_id, loaded, models.records, list(models.notices), time.monotonic() - t0)
+    out = Outcome(run_id, loaded, output, dict(run.outputs), dict(run.selected), ext)
+    answer = shape(out) if shape is not None else None
+    if meter is not None:
+        fee_bill = await meter.record(
+            UsageRecord(
+                request_id=run_id,
+                tenant_id=caller.tenant_id,
+                model_name=fee_name,
+                idempotency_key=request.headers.get("idempotency-key"),
+                fingerprint=fp,
+                input_tokens=0,
+                output_tokens=0,
+                compute_ns=0,
+                device_class=state.device_class,
+                status="succeeded",
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                response=answer,
+                hold=held,
+            )
+        )
+        ext["fee"] = {"request_id": run_id, "price_nanos": fee_bill.price_nanos, "split": fee_bill.split}
+        _total(ext)
+    await run_in_threadpool(
+        _write_run, request, caller, loaded, run_id, models.records, ext, started, None, None
+    )
+    return out
+
+
+async def _admit_fee(meter: Meter | None, caller: Principal, fee_name: str, run_id: str, device: str) -> bool:
+    """Hold the author's fee before any step: a tenant that cannot pay it is refused (402) first."""
+    if meter is None or meter.unlimited(caller.tenant_id):
+        return False
+    total, _ = await run_in_threadpool(meter.price, model_name=fee_name, device_class=device)
+    if total <= 0:
+        return False
+    return await run_in_threadpool(
+        meter.admit, tenant_id=caller.tenant_id, estimate_nanos=total, hold_id=run_id
+    )
+
+
+async def _fail(
+    request: Request,
+    caller: Principal,
+    loaded: Loaded,
+    run_id: str,
+    models: PipelineModels,
+    cause: ConstellationError,
+    step: str | None,
+    started: datetime,
+    held: bool,
+    fee_name: str,
+) -> RunFailed:
+    """Record the failed run (its completed steps stay charged; the fee is not): the error to raise."""
+    meter: Meter | None = request.app.state.meter
+    if meter is not None and held:  # releases the fee's hold; a failed event is never charged
+        await meter.record(
+            UsageRecord(
+                request_id=run_id,
+                tenant_id=caller.tenant_id,
+                model_name=fee_name,
+                idempotency_key=None,
+                fingerprint="",
+                input_tokens=0,
+                output_tokens=0,
+                compute_ns=0,
+                device_class=request.app.state.device_class,
+                status="failed",
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                response=None,
+                hold=True,
+            )
+        )
+    ext = _extension(run_id, loaded, models.records, list(models.notices), 0.0)
+    ext["failed_step"] = step
+    charged = [r for r in models.records if r.status == "succeeded"]
+    note = (
+        f"; the {len(charged)} step(s) that completed were charged ({usd(ext['price_nanos'])} USD: "
+        f"{', '.join(r.step for r in charged)}), the others were not"
+        if charged
+        else "; nothing was charged"
+    )
+    await run_in_threadpool(
+        _write_run, request, caller, loaded, run_id, models.records, ext, started, step, cause.message
+    )
+    cause.message += note
+    return RunFailed(cause, ext)
+
+
+def _extension(
+    run_id: str, loaded: Loaded, records: list[StepRecord], notices: list[str], seconds: float
+) -> dict[str, Any]:
+    ext: dict[str, Any] = {
+        "request_id": run_id,
+        "run_id": run_id,
+        "workflow": loaded.name,
+        "version": loaded.version,
+        "steps": [r.as_dict() for r in records],
+        "compute_ns": sum(r.compute_ns for r in records),
+        "notices": notices,
+        "fee": {"request_id": run_id, "price_nanos": 0, "split": []},
+    }
+    _total(ext)
+    return ext
+
+
+def _total(ext: dict[str, Any]) -> None:
+    """The run's price and its split merged by account: the steps' legs and the fee's, summed."""
+    merged: dict[str, int] = {}
+    for split in [*(s["split"] for s in ext["steps"]), ext["fee"]["split"]]:
+        for leg in split:
+            merged[leg["account"]] = merged.get(leg["account"], 0) + int(leg["amount_nanos"])
+    price = sum(s["price_nanos"] for s in ext["steps"]) + ext["fee"]["price_nanos"]
+    ext["price_nanos"], ext["price_usd"] = price, usd(price)
+    ext["split"] = [
+        {"account": a, "amount_nanos": x} for a, x in sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
+def _write_run(
+    request: Request,
+    caller: Principal,
+    loaded: Loaded,
+    run_id: str,
+    records: list[StepRecord],
+    ext: dict[str, Any],
+    started: datetime,
+    failed_step: str | None,
+    error: str | None,
+) -> None:
+    """The run and the usage event of each executed step, for invoices and the dashboard."""
+    us = lambda t: int(t.timestamp() * 1_000_000)  # noqa: E731
+    with request.app.state.platform.db.session() as s:
+        s.add(
+            WorkflowRun(
+                id=run_id,
+                tenant_id=caller.tenant_id,
+                workflow_id=loaded.id,
+                workflow=loaded.name,
+                version=loaded.version,
+                status="failed" if error else "succeeded",
+                price_nanos=ext["price_nanos"],
+                failed_step=failed_step,
+                error=error,
+                started_us=us(started),
+                finished_us=us(datetime.now(UTC)),
+            )
+        )
+        s.flush()
+        for r in records:
+            s.add(
+                WorkflowRunStep(
+                    request_id=r.request_id,
+                    run_id=run_id,
+                    step=r.step,
+                    model=r.model,
+                    status=r.status,
+                    price_nanos=r.price_nanos,
+                )
+            )
