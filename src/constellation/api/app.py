@@ -34,6 +34,7 @@ from constellation.api.routes import (
     providers,
     tenants,
     web,
+    workflows,
 )
 from constellation.config import Settings
 from constellation.economy.meter import Meter
@@ -120,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         licences.router,
         providers.router,
         tenants.router,
+        workflows.router,
+        workflows.admin_router,
         web.router,
     ):
         app.include_router(router)

@@ -379,7 +379,9 @@ class Refusal(BaseModel):
 
 class ModelExt(BaseModel):
     task: str = Field(description="embedding, classification or causal-lm")
-    kind: str = Field(description="base, adapter, finetune, or provider (served by an upstream)")
+    kind: str = Field(
+        description="base, adapter, finetune, provider (served by an upstream) or workflow"
+    )
     base: str | None
     license: str | None
     labels: list[str] | None = Field(description="a classifier's labels")
@@ -391,6 +393,8 @@ class ModelExt(BaseModel):
     permitted: bool = Field(description="whether the lineage's licences permit this tenant's use")
     refusal: Refusal | None = Field(description="what a request would get (403) when not permitted")
     notices: list[str]
+    version: int | None = Field(default=None, description="a workflow: the version `id` resolves to")
+    models: list[str] | None = Field(default=None, description="a workflow: every model it can reach")
 
 
 class ModelCard(BaseModel):

@@ -18,7 +18,8 @@ from constellation.api.deps import InferenceCaller
 from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
 from constellation.api.protocol import ClassificationList, EmbeddingList, OpenAIRequest, errors
 from constellation.api.resolver import require_task
-from constellation.errors import InvalidInput
+from constellation.api.routes import workflows
+from constellation.errors import InvalidInput, NotFound
 
 router = APIRouter(
     prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
@@ -137,14 +138,18 @@ async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> 
         ]
         return _outcome(res.name, data, out.tokens, out.compute_ns)
 
-    return await call.run(
-        caller,
-        body.model,
-        body.model_dump(),
-        run,
-        est_input_tokens=_estimate(texts),
-        max_input_tokens=_worst(texts),
-    )
+    try:
+        return await call.run(
+            caller,
+            body.model,
+            body.model_dump(),
+            run,
+            est_input_tokens=_estimate(texts),
+            max_input_tokens=_worst(texts),
+        )
+    except NotFound as e:  # no model of that name: perhaps a workflow (api/routes/workflows.py)
+        wf = await workflows.or_workflow(call.request, caller, e, body.model)
+        return await workflows.as_classification(call.request, caller, wf, body.model_dump())
 
 
 def _outcome(model: str, data: list[dict[str, Any]], tokens: list[int], compute_ns: int) -> Outcome:

@@ -35,10 +35,11 @@ from constellation.api.protocol import (
     sse,
 )
 from constellation.api.resolver import require_task
+from constellation.api.routes import workflows
 from constellation.api.structured import FREE, Structure, plan, tool_call, with_tools_prompt
 from constellation.engine.decoder import Delta, Prepared
 from constellation.engine.sampling import DEFAULTABLE, SamplingParams
-from constellation.errors import ConstellationError, InvalidInput
+from constellation.errors import ConstellationError, InvalidInput, NotFound
 
 router = APIRouter(
     prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
@@ -435,9 +436,15 @@ async def completions(body: CompletionIn, caller: InferenceCaller, call: CallDep
         prompt = body.prompt[0]
     else:
         prompt = body.prompt
-    return await _generate(
-        call, caller, body, prompt=prompt, messages=None, max_tokens=body.max_tokens, chat=False
-    )
+    try:
+        return await _generate(
+            call, caller, body, prompt=prompt, messages=None, max_tokens=body.max_tokens, chat=False
+        )
+    except NotFound as e:  # no model of that name: perhaps a workflow (api/routes/workflows.py)
+        wf = await workflows.or_workflow(call.request, caller, e, body.model)
+        return await workflows.as_generation(
+            call.request, caller, wf, body.model_dump(), text=prompt, chat=False
+        )
 
 
 @router.post(
@@ -453,6 +460,15 @@ async def chat_completions(body: ChatIn, caller: InferenceCaller, call: CallDep)
         )
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    return await _generate(
-        call, caller, body, prompt=None, messages=messages, max_tokens=max_tokens, chat=True
-    )
+    try:
+        return await _generate(
+            call, caller, body, prompt=None, messages=messages, max_tokens=max_tokens, chat=True
+        )
+    except NotFound as e:  # no model of that name: perhaps a workflow (api/routes/workflows.py)
+        wf = await workflows.or_workflow(call.request, caller, e, body.model)
+        last = next(
+            (m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"]
+        )
+        return await workflows.as_generation(
+            call.request, caller, wf, body.model_dump(), text=last, chat=True
+        )

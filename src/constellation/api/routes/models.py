@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from constellation.api.deps import InferenceCaller, SessionDep
 from constellation.api.protocol import ModelCard, ModelList, errors
+from constellation.api.routes import workflows
 from constellation.registry import models as repo
 from constellation.registry.effective import EffectiveTerms, Refusal, permissions
 from constellation.registry.providers import RESIDENCY_CODE, provider_of, residency_refusal
@@ -69,7 +70,8 @@ def list_models(caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     )
     return {
         "object": "list",
-        "data": [openai_model(s, m, verdicts[m.name], exposed.get(m.id)) for m in found],
+        "data": [openai_model(s, m, verdicts[m.name], exposed.get(m.id)) for m in found]
+        + workflows.models_entries(s, caller.tenant_id, verdicts),  # constellation.kind = "workflow"
     }
 
 
