@@ -220,6 +220,10 @@ class _Encode:
         enc = call.engines.encoder
         tenant = self.caller.tenant_id
         if self.kind == "classify":
+            if res.adapter is None:
+                raise InvalidInput(
+                    f"'{res.name}' has no classification head", param="model", code="wrong_task"
+                )
             out = await enc.classify(res.base, res.adapter, self.texts, truncate=self.truncate, tenant=tenant)
             rows = [{"label": lb, "probs": p} for lb, p in zip(out.labels, out.probs, strict=True)]
             tokens, ns = out.tokens, out.compute_ns
@@ -254,7 +258,7 @@ class _Generate:
         if self.schema is not None:
             structure = plan(
                 ResponseFormat(
-                    type="json_schema", json_schema=JsonSchemaFormat(name="extract", schema=self.schema)
+                    type="json_schema", json_schema=JsonSchemaFormat(name="extract", schema_=self.schema)
                 )
             )
         stop = self.sampling.get("stop")

@@ -301,10 +301,11 @@ class Run:
             assert step.texts is not None
             texts = list(step.texts)
             key = hashlib.sha256(json.dumps([step.call.model, texts]).encode()).hexdigest()
-            vectors = self.models.cached_vectors(key)
-            if vectors is None:  # the first run embeds them (and pays for it); later runs reuse them
-                vectors = await self._embed(path + ".texts", step.call.model, texts)
-                self.models.cache_vectors(key, vectors)
+            cached = self.models.cached_vectors(key)
+            if cached is None:  # the first run embeds them (and pays for it); later runs reuse them
+                cached = await self._embed(path + ".texts", step.call.model, texts)
+                self.models.cache_vectors(key, cached)
+            vectors = cached
         q = (await self._embed(path, step.call.model, [query]))[0]
         scores = vectors @ q / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(q) + 1e-12)  # [n]
         top = np.argsort(-scores, kind="stable")[: step.top_k]

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 from constellation.errors import InvalidInput
 from constellation.workflows import templates as tpl
@@ -16,7 +18,7 @@ from constellation.workflows.templates import Expr, Text
 
 CALL_KINDS = ("classify", "embed", "chat", "complete", "extract")
 STEP_KINDS = (*CALL_KINDS, "switch", "cascade", "map", "nearest", "workflow")
-INPUT_TYPES = {
+INPUT_TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,
     "number": (int, float),
     "integer": int,
@@ -295,6 +297,8 @@ class _Ctx:
         schema = body.get("schema")
         if kind == "extract" and not isinstance(schema, dict):
             raise InvalidInput(f"{where}.schema: a JSON schema (a mapping)", param=f"{where}.schema")
+        if kind == "extract":
+            _check_schema(schema, f"{where}.schema")
         truncate = body.get("truncate", False)
         if not isinstance(truncate, bool):
             raise InvalidInput(f"{where}.truncate: true or false", param=f"{where}.truncate")
@@ -420,6 +424,16 @@ class _Ctx:
             for k, v in raw.items()
         }
         return Step(name, "workflow", workflow=body["name"], inputs=inputs)
+
+
+def _check_schema(schema: Any, where: str) -> None:
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        at = "/".join(str(p) for p in e.path) or "(top level)"
+        raise InvalidInput(
+            f"{where}: not a valid JSON Schema at {at}: {e.message[:200]}", param=where, code="invalid_schema"
+        ) from None
 
 
 def _check_shapes(kind: str, args: dict[str, Any], body: dict[str, Any], where: str) -> None:

@@ -37,13 +37,14 @@ def _refs(ast: nodes.Template | nodes.Expr) -> Refs:
     steps: set[str] = set()
     inputs: set[str] = set()
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        base = node.node
+        base = getattr(node, "node", None)
         if not isinstance(base, nodes.Name) or base.name not in ("steps", "inputs"):
             continue
         if isinstance(node, nodes.Getattr):
             key: object = node.attr
         else:
-            key = node.arg.value if isinstance(node.arg, nodes.Const) else None
+            arg = getattr(node, "arg", None)
+            key = arg.value if isinstance(arg, nodes.Const) else None
         if isinstance(key, str):
             (steps if base.name == "steps" else inputs).add(key)
     names = {n.name for n in ast.find_all(nodes.Name) if n.ctx == "load"}
