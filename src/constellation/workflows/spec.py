@@ -143,6 +143,19 @@ class Spec:
     fee_per_run_nanos: int = 0
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true/false, so a switch's `on:` stays a key and a case `no:` a text."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def load_document(text: str | bytes) -> dict[str, Any]:
     """A YAML (or JSON, which YAML reads too) document as a mapping."""
     if len(text) > MAX_DOCUMENT_BYTES:
@@ -150,7 +163,7 @@ def load_document(text: str | bytes) -> dict[str, Any]:
             f"the workflow document is over {MAX_DOCUMENT_BYTES // 1024} KiB", param="document"
         )
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except yaml.YAMLError as e:
         raise InvalidInput(
             f"the workflow document is not valid YAML or JSON: {e}", param="document"

@@ -17,7 +17,14 @@ from constellation.errors import InvalidInput
 CONTEXT_NAMES = frozenset({"inputs", "steps", "item", "output"})
 MAX_RENDERED_CHARS = 200_000  # a template that expands past this is refused, not rendered on
 
-_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+class _Env(SandboxedEnvironment):
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:  # a key wins over a method: `inputs.items`
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_env = _Env(undefined=StrictUndefined, autoescape=False)
 
 
 class TemplateFailed(InvalidInput):
