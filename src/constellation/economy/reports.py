@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from constellation.economy.ledger import contributor_account, tenant_account
 from constellation.economy.money import usd
 from constellation.economy.tables import LedgerLeg, LedgerTransaction, UsageEvent
+from constellation.economy.workflow_lines import run_lines
 from constellation.errors import InvalidInput
 from constellation.registry.effective import effective_terms
 from constellation.registry.tables import Model
@@ -106,6 +107,8 @@ def invoice(s: Session, *, tenant_id: str, period: str | None = None) -> dict[st
         "lines_by_model": by_model,
         "lines_by_artifact": by_artifact,
         "notices": notices(s, models),
+        # A workflow run as one line, its steps beneath (its steps are also in the lines above).
+        "workflow_runs": run_lines(s, ((rid, -leg.amount_nanos) for leg, rid, *_ in own)),
     }
 
 

@@ -192,14 +192,19 @@ async def execute(
         cause: ConstellationError = RunTimeout(
             f"the run took longer than {limits.run_timeout_s:g} s (CONSTELLATION_WORKFLOWS__RUN_TIMEOUT_S)"
         )
-        await _fail(request, caller, loaded, run_id, models, cause, None, started, held, fee_name)
-        raise AssertionError from None  # _fail raises
-    except (StepFailed, ConstellationError) as e:
-        await _fail(
-            request, caller, loaded, run_id, models, e, getattr(e, "step", None), started, held, fee_name
-        )
-        raise AssertionError from None
+        raise await _fail(
+            request, caller, loaded, run_id, models, cause, None, started, held, fee_name
+        ) from None
+    except ConstellationError as e:
+        step = e.step if isinstance(e, StepFailed) else None
+        raise await _fail(request, caller, loaded, run_id, models, e, step, started, held, fee_name) from None
     ext = _extension(run_id, loaded, models.records, list(models.notices), time.monotonic() - t0)
+    if meter is not None:  # the fee as it will be charged, so that the kept answer carries it too
+        total, legs = await run_in_threadpool(
+            meter.price, model_name=fee_name, device_class=state.device_class
+        )
+        ext["fee"] = {"request_id": run_id, "price_nanos": total, "split": [g.as_dict() for g in legs]}
+        _total(ext)
     out = Outcome(run_id, loaded, output, dict(run.outputs), dict(run.selected), ext)
     answer = shape(out) if shape is not None else None
     if meter is not None:

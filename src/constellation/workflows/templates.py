@@ -17,6 +17,7 @@ from constellation.errors import InvalidInput
 CONTEXT_NAMES = frozenset({"inputs", "steps", "item", "output"})
 MAX_RENDERED_CHARS = 200_000  # a template that expands past this is refused, not rendered on
 
+
 class _Env(SandboxedEnvironment):
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict) and attribute in obj:  # a key wins over a method: `inputs.items`
