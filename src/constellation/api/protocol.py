@@ -393,8 +393,6 @@ class ModelExt(BaseModel):
     permitted: bool = Field(description="whether the lineage's licences permit this tenant's use")
     refusal: Refusal | None = Field(description="what a request would get (403) when not permitted")
     notices: list[str]
-    version: int | None = Field(default=None, description="a workflow: the version `id` resolves to")
-    models: list[str] | None = Field(default=None, description="a workflow: every model it can reach")
 
 
 class ModelCard(BaseModel):

@@ -41,7 +41,87 @@ class WorkflowIn(BaseModel):
     )
 
 
-@admin_router.post("/workflows", status_code=status.HTTP_201_CREATED)
+class GraphOut(BaseModel):
+    nodes: list[dict[str, Any]] = Field(description="steps: id, kind, models, workflow")
+    edges: list[dict[str, Any]] = Field(description="from, to, kind: data (reads) or select (a switch)")
+    output: str
+
+
+class WorkflowOut(BaseModel):
+    """A workflow version as registered (GET /api/workflows/{name})."""
+
+    name: str
+    version: int
+    versions: list[int]
+    description: str
+    author: str
+    fee_per_run_nanos: int
+    visibility: str
+    owner_tenant: str | None
+    output_kind: str = Field(description="text, classification, embedding or json")
+    inputs: dict[str, dict[str, Any]]
+    output: str
+    graph: GraphOut
+    models: list[str] = Field(description="every model any branch can reach")
+    effective_terms: dict[str, Any] = Field(description="the union of those models' effective licence terms")
+    document: str
+    created_at: str
+
+
+class WorkflowList(BaseModel):
+    object: str = "list"
+    data: list[WorkflowOut]
+
+
+class RunStepOut(BaseModel):
+    step: str
+    model: str
+    request_id: str
+    status: str
+    price_nanos: int
+
+
+class RunRecordOut(BaseModel):
+    run_id: str
+    workflow: str
+    version: int
+    tenant: str
+    status: str
+    price_nanos: int
+    failed_step: str | None
+    error: str | None
+    started_us: int
+    finished_us: int
+    steps: list[RunStepOut]
+
+
+class RunList(BaseModel):
+    object: str = "list"
+    data: list[RunRecordOut]
+
+
+class WorkflowRunOut(BaseModel):
+    """A run's answer: the output step's value, every executed step's output, and the bill."""
+
+    id: str
+    object: str = "workflow.run"
+    workflow: str
+    version: int
+    output: Any
+    steps: dict[str, Any] = Field(description="step name -> its output")
+    selected: dict[str, str] = Field(description="switch (or cascade) -> the step (or tier) it chose")
+    constellation: dict[str, Any] = Field(
+        description="run_id, steps (model, usage, compute_ns, price_nanos, split), fee, price_nanos, "
+        "split merged by account, notices"
+    )
+
+
+@admin_router.post(
+    "/workflows",
+    status_code=status.HTTP_201_CREATED,
+    response_model=None,
+    responses={201: {"model": WorkflowOut}},
+)
 def add_workflow(body: WorkflowIn, _: Admin, s: SessionDep, request: Request) -> dict[str, Any]:
     """Register a workflow (a new version when the name exists): every step, template, model and
     sub-workflow is checked first; an error names the step and the field."""
@@ -59,20 +139,20 @@ def add_workflow(body: WorkflowIn, _: Admin, s: SessionDep, request: Request) ->
     return describe(s, wf)
 
 
-@admin_router.get("/workflows")
+@admin_router.get("/workflows", response_model=None, responses={200: {"model": WorkflowList}})
 def list_workflows(_: Admin, s: SessionDep) -> dict[str, Any]:
     """The latest version of every workflow, with its graph."""
     return {"object": "list", "data": [describe(s, wf) for wf in repo.list_workflows(s)]}
 
 
-@admin_router.get("/workflows/{name}")
+@admin_router.get("/workflows/{name}", response_model=None, responses={200: {"model": WorkflowOut}})
 def get_workflow(name: str, _: Admin, s: SessionDep) -> dict[str, Any]:
     """One workflow (`name` or `name@N`): its document, graph, reachable models and their
     effective licence terms (the union over every model any branch can reach)."""
     return describe(s, repo.get_workflow(s, ref=name))
 
 
-@admin_router.get("/workflows/{name}/runs")
+@admin_router.get("/workflows/{name}/runs", response_model=None, responses={200: {"model": RunList}})
 def workflow_runs(name: str, _: Admin, s: SessionDep, limit: int = 20) -> dict[str, Any]:
     """Recent runs of a workflow, newest first, each with its executed steps and their prices."""
     wf = repo.get_workflow(s, ref=name)
@@ -91,7 +171,7 @@ class RunIn(BaseModel):
     )
 
 
-@router.post("/workflows/{name}/runs", response_model=None)
+@router.post("/workflows/{name}/runs", response_model=None, responses={200: {"model": WorkflowRunOut}})
 async def run_workflow(name: str, body: RunIn, caller: InferenceCaller, request: Request) -> Any:
     """Run a workflow (`name` or `name@N`) with its declared inputs; the answer has every executed
     step's output and, in `constellation`, each step's model, usage, compute, price and split."""
@@ -377,8 +457,6 @@ def models_entries(s: Any, tenant_id: str, verdicts: dict[str, Any]) -> list[dic
                     "permitted": why is None,
                     "refusal": why,
                     "notices": notices,
-                    "version": wf.version,
-                    "models": wf.models,
                 },
             }
         )
