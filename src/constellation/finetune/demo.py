@@ -24,6 +24,8 @@ from constellation.finetune.trainer import LoraConfig
 from constellation.platform import Platform
 from constellation.registry import contributors, models, ownership, service, tenants, terms
 from constellation.registry import datasets as ds_repo
+from constellation.registry import workflows as workflow_repo
+from constellation.workflows.validate import register as register_workflow
 
 DEMO_DIR = Path(__file__).resolve().parents[3] / "examples" / "demo"
 TERM_KINDS = ("per_1k_input_tokens", "per_1k_output_tokens", "per_request", "per_compute_second")
@@ -90,6 +92,8 @@ class DemoBuilder:
             self._dataset(ds)
         for adapter in self.manifest["adapters"]:
             self._adapter(adapter)
+        for wf in self.manifest.get("workflows", []):
+            self._workflow(wf)
         self._tenants()
         return self.result
 
@@ -228,6 +232,21 @@ class DemoBuilder:
             f"  {spec['name']}: {outcome.result.duration_s:.0f} s"
             + (f", valid accuracy {acc:.2f}" if acc else "")
         )
+
+    def _workflow(self, spec: dict[str, Any]) -> None:
+        """Register a demo workflow once (a rebuild leaves the registered version alone)."""
+        with self.platform.db.session() as s:
+            if workflow_repo.is_workflow(s, spec["name"]):
+                self.result.reused.append(spec["name"])
+                return
+            register_workflow(
+                s,
+                name=spec["name"],
+                source=(self.root / spec["file"]).read_text(),
+                author_id=spec["author"],
+                limits=self.platform.settings.workflows,
+            )
+        self.say(f"registered workflow {spec['name']}")
 
     def _provider(self, spec: dict[str, Any]) -> str:
         first = next(d for d in self.manifest["datasets"] if d["name"] == spec["data"][0])
