@@ -81,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ready = False
             app.state.finetunes.close()  # before the meter: a stopped job is billed as it ends
             app.state.engines.close()
+            if getattr(app.state, "workflow_runtime", None) is not None:  # workflows/service.py
+                app.state.workflow_runtime.close()
             await upstreams.aclose()
             if app.state.meter is not None:
                 app.state.meter.close()

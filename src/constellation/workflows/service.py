@@ -15,6 +15,7 @@ from fastapi import Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from constellation.api.cache import RefreshingCache
 from constellation.api.deps import Principal
 from constellation.api.pipeline import MAX_IDEMPOTENCY_KEY, fingerprint, new_request_id
 from constellation.economy.meter import Meter, UsageRecord
@@ -26,23 +27,31 @@ from constellation.registry.workflow_tables import WorkflowRun, WorkflowRunStep
 from constellation.registry.workflows import get_workflow
 from constellation.workflows.calls import PipelineModels, StepRecord
 from constellation.workflows.executor import Emit, Run, StepFailed
+from constellation.workflows.records import RunRecorder
 from constellation.workflows.spec import Spec, check_inputs, parse
 
 
 @dataclass(slots=True)
 class Runtime:
-    """Per-app caches: parsed workflow versions (immutable, so kept by id) and the embedded
-    texts of `nearest` steps."""
+    """Per-app state: parsed workflow versions (immutable, so kept by id), what a name means
+    to a tenant (for a couple of seconds, like the resolver's), the embedded texts of `nearest`
+    steps, and the writer of run records."""
 
+    recorder: RunRecorder
     specs: dict[int, Spec] = field(default_factory=dict)
+    loaded: RefreshingCache[tuple[str, str], Loaded] = field(default_factory=lambda: RefreshingCache(2.0))
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.recorder.close()
 
 
 def runtime(request: Request) -> Runtime:
+    """The app's workflow runtime (made on first use; app.py closes it with the app)."""
     state = request.app.state
     rt = getattr(state, "workflow_runtime", None)
     if rt is None:
-        rt = state.workflow_runtime = Runtime()
+        rt = state.workflow_runtime = Runtime(RunRecorder(state.platform.db))
     return rt
 
 
@@ -73,19 +82,25 @@ class RunTimeout(ConstellationError):
 
 
 async def load(request: Request, caller: Principal, ref: str) -> Loaded:
-    """The workflow version `ref` names, as this tenant may see it (parsed once per version)."""
+    """The workflow version `ref` names, as this tenant may see it (parsed once per version,
+    looked up at most every couple of seconds)."""
+    rt = runtime(request)
+    key = (ref, caller.tenant_id)
+    hit = rt.loaded.get(key)
+    if hit is not None:
+        return hit
 
-    def read() -> tuple[int, str, int, str, int, str, dict[str, Any]]:
+    def read() -> Loaded:
         with request.app.state.platform.db.session() as s:
             wf = get_workflow(s, ref=ref, tenant_id=caller.tenant_id)
-            return wf.id, wf.name, wf.version, wf.author_id, wf.fee_per_run_nanos, wf.output_kind, wf.document
+            spec = rt.specs.get(wf.id)
+            if spec is None:
+                spec = rt.specs[wf.id] = parse(wf.document)
+            return Loaded(
+                wf.id, wf.name, wf.version, wf.author_id, wf.fee_per_run_nanos, wf.output_kind, spec
+            )
 
-    wf_id, name, version, author, fee, kind, doc = await run_in_threadpool(read)
-    rt = runtime(request)
-    spec = rt.specs.get(wf_id)
-    if spec is None:
-        spec = rt.specs[wf_id] = parse(doc)
-    return Loaded(wf_id, name, version, author, fee, kind, spec)
+    return await run_in_threadpool(rt.loaded.load, key, read)
 
 
 def replay(request: Request, caller: Principal, fp: str) -> dict[str, Any] | None:
@@ -171,7 +186,8 @@ async def execute(
     state = request.app.state
     inputs = check_inputs(loaded.spec, raw_inputs)
     fp = fingerprint(request.url.path, body)
-    stored = await run_in_threadpool(replay, request, caller, fp)
+    key = request.headers.get("idempotency-key")
+    stored = await run_in_threadpool(replay, request, caller, fp) if key is not None else None
     if stored is not None:
         return stored
     run_id = getattr(request.state, "request_id", None) or new_request_id()
@@ -199,21 +215,21 @@ async def execute(
         step = e.step if isinstance(e, StepFailed) else None
         raise await _fail(request, caller, loaded, run_id, models, e, step, started, held, fee_name) from None
     ext = _extension(run_id, loaded, models.records, list(models.notices), time.monotonic() - t0)
-    if meter is not None:  # the fee as it will be charged, so that the kept answer carries it too
-        total, legs = await run_in_threadpool(
-            meter.price, model_name=fee_name, device_class=state.device_class
-        )
+    # The fee's event: the author's charge, and the record an Idempotency-Key replays.
+    fee_event = meter is not None and (loaded.fee > 0 or key is not None or held)
+    if meter is not None and fee_event:  # the fee as it will be charged: the kept answer carries it too
+        total, legs = meter.price(model_name=fee_name, device_class=state.device_class)  # cached
         ext["fee"] = {"request_id": run_id, "price_nanos": total, "split": [g.as_dict() for g in legs]}
         _total(ext)
     out = Outcome(run_id, loaded, output, dict(run.outputs), dict(run.selected), ext)
     answer = shape(out) if shape is not None else None
-    if meter is not None:
+    if meter is not None and fee_event:
         fee_bill = await meter.record(
             UsageRecord(
                 request_id=run_id,
                 tenant_id=caller.tenant_id,
                 model_name=fee_name,
-                idempotency_key=request.headers.get("idempotency-key"),
+                idempotency_key=key,
                 fingerprint=fp,
                 input_tokens=0,
                 output_tokens=0,
@@ -228,9 +244,7 @@ async def execute(
         )
         ext["fee"] = {"request_id": run_id, "price_nanos": fee_bill.price_nanos, "split": fee_bill.split}
         _total(ext)
-    await run_in_threadpool(
-        _write_run, request, caller, loaded, run_id, models.records, ext, started, None, None
-    )
+    await _write_run(request, caller, loaded, run_id, models.records, ext, started, None, None)
     return out
 
 
@@ -238,7 +252,7 @@ async def _admit_fee(meter: Meter | None, caller: Principal, fee_name: str, run_
     """Hold the author's fee before any step: a tenant that cannot pay it is refused (402) first."""
     if meter is None or meter.unlimited(caller.tenant_id):
         return False
-    total, _ = await run_in_threadpool(meter.price, model_name=fee_name, device_class=device)
+    total, _ = meter.price(model_name=fee_name, device_class=device)
     if total <= 0:
         return False
     return await run_in_threadpool(
@@ -288,9 +302,7 @@ async def _fail(
         if charged
         else "; nothing was charged"
     )
-    await run_in_threadpool(
-        _write_run, request, caller, loaded, run_id, models.records, ext, started, step, cause.message
-    )
+    await _write_run(request, caller, loaded, run_id, models.records, ext, started, step, cause.message)
     cause.message += note
     return RunFailed(cause, ext)
 
@@ -325,7 +337,7 @@ def _total(ext: dict[str, Any]) -> None:
     ]
 
 
-def _write_run(
+async def _write_run(
     request: Request,
     caller: Principal,
     loaded: Loaded,
@@ -337,32 +349,32 @@ def _write_run(
     error: str | None,
 ) -> None:
     """The run and the usage event of each executed step, for invoices and the dashboard."""
-    us = lambda t: int(t.timestamp() * 1_000_000)  # noqa: E731
-    with request.app.state.platform.db.session() as s:
-        s.add(
-            WorkflowRun(
-                id=run_id,
-                tenant_id=caller.tenant_id,
-                workflow_id=loaded.id,
-                workflow=loaded.name,
-                version=loaded.version,
-                status="failed" if error else "succeeded",
-                price_nanos=ext["price_nanos"],
-                failed_step=failed_step,
-                error=error,
-                started_us=us(started),
-                finished_us=us(datetime.now(UTC)),
-            )
+    run = WorkflowRun(
+        id=run_id,
+        tenant_id=caller.tenant_id,
+        workflow_id=loaded.id,
+        workflow=loaded.name,
+        version=loaded.version,
+        status="failed" if error else "succeeded",
+        price_nanos=ext["price_nanos"],
+        failed_step=failed_step,
+        error=error,
+        started_us=_us(started),
+        finished_us=_us(datetime.now(UTC)),
+    )
+    steps = [
+        WorkflowRunStep(
+            request_id=r.request_id,
+            run_id=run_id,
+            step=r.step,
+            model=r.model,
+            status=r.status,
+            price_nanos=r.price_nanos,
         )
-        s.flush()
-        for r in records:
-            s.add(
-                WorkflowRunStep(
-                    request_id=r.request_id,
-                    run_id=run_id,
-                    step=r.step,
-                    model=r.model,
-                    status=r.status,
-                    price_nanos=r.price_nanos,
-                )
-            )
+        for r in records
+    ]
+    await runtime(request).recorder.write(run, steps)
+
+
+def _us(t: datetime) -> int:
+    return int(t.timestamp() * 1_000_000)

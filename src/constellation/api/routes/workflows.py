@@ -13,7 +13,6 @@ from typing import Any
 from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from constellation.api.deps import Admin, InferenceCaller, Principal, SessionDep
 from constellation.api.errors import error_body
@@ -211,17 +210,10 @@ def failed(e: RunFailed) -> JSONResponse:
 async def workflow_named(request: Request, caller: Principal, model: str) -> Loaded | None:
     """The workflow a model name means, when no model has that name (the routes ask after the
     resolver said 404), or None."""
-
-    def exists() -> bool:
-        with request.app.state.platform.db.session() as s:
-            return repo.is_workflow(s, model)
-
     try:
-        if not await run_in_threadpool(exists):
-            return None
-    except InvalidInput:
+        return await service.load(request, caller, model)
+    except (NotFound, InvalidInput):
         return None
-    return await service.load(request, caller, model)
 
 
 def _single_input(loaded: Loaded, endpoint: str) -> str:
