@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from constellation.api.deps import Admin, InferenceCaller, Principal, SessionDep
 from constellation.api.errors import error_body
+from constellation.api.pipeline import JSONBody
 from constellation.api.protocol import errors
 from constellation.errors import ConstellationError, InvalidInput, NotFound
 from constellation.registry import workflows as repo
@@ -194,7 +195,7 @@ async def run_workflow(name: str, body: RunIn, caller: InferenceCaller, request:
         )
     except RunFailed as e:
         return failed(e)
-    return out if isinstance(out, dict) else shape(out)
+    return JSONBody(out if isinstance(out, dict) else shape(out))
 
 
 def failed(e: RunFailed) -> JSONResponse:
@@ -283,7 +284,7 @@ async def as_generation(
             )
         except RunFailed as e:
             return failed(e)
-        return out if isinstance(out, dict) else shape(out)
+        return JSONBody(out if isinstance(out, dict) else shape(out))
     include = bool((raw.get("stream_options") or {}).get("include_usage"))
     return StreamingResponse(
         _stream(
@@ -406,7 +407,7 @@ async def as_classification(request: Request, caller: Principal, loaded: Loaded,
         )
     except RunFailed as e:
         return failed(e)
-    return out if isinstance(out, dict) else shape(out)
+    return JSONBody(out if isinstance(out, dict) else shape(out))
 
 
 async def or_workflow(request: Request, caller: Principal, exc: NotFound, model: str) -> Loaded:
