@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from tests.integration.conftest import Api
 
 from constellation.economy.tables import LedgerLeg, UsageEvent
+from constellation.engine.llm_toy import save_random_adapter, save_random_lm
 from constellation.registry.workflow_tables import WorkflowRun, WorkflowRunStep
 
 pytestmark = pytest.mark.anyio
@@ -24,6 +25,14 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def db_url(sqlite_url: str) -> str:
     return sqlite_url
+
+
+@pytest.fixture(scope="module")
+def lm_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny random Llama with a byte-level tokenizer, which can spell JSON (extract steps)."""
+    root = tmp_path_factory.mktemp("lm")
+    base = save_random_lm(root / "tiny-llama", "llama", seed=3, byte_level=True, ctx=1024)
+    return base, save_random_adapter(base, root / "tiny-llama-pirate", rank=4, seed=5)
 
 
 def save_classifier(base: Path, out: Path, labels: list[str], seed: int) -> Path:
@@ -343,3 +352,63 @@ async def test_bad_run_inputs_are_400s(wf: Api) -> None:
     assert (
         await wf.client.post("/v1/workflows/nope/runs", headers=h, json={"inputs": {}})
     ).status_code == 404
+
+
+TOOLS = """
+inputs: {message: string, items: array}
+steps:
+  - name: fields
+    extract:
+      model: pirate
+      input: "{{ inputs.message }}"
+      schema:
+        type: object
+        properties: {kind: {enum: [bug, billing]}, score: {type: integer, minimum: 0, maximum: 9}}
+        required: [kind, score]
+        additionalProperties: false
+      max_tokens: 48
+  - name: each
+    map: {over: inputs.items, classify: {model: urgency, input: "{{ item }}"}}
+  - name: drafts
+    map: {over: inputs.items, complete: {model: tiny-llama, prompt: "{{ item }}", max_tokens: 3}}
+  - name: similar
+    nearest: {model: minilm, query: "{{ inputs.message }}", texts: [refunds, outages, passwords], top_k: 2}
+  - name: label
+    cascade:
+      - {classify: {model: intent, input: "{{ inputs.message }}"}, threshold: 1.0}
+      - {classify: {model: urgency, input: "{{ inputs.message }}"}}
+output: label
+"""
+
+
+async def test_extract_map_nearest_and_cascade_on_real_models(wf: Api) -> None:
+    r = await wf.client.post(
+        "/api/workflows", headers=wf.admin, json={"name": "tools", "document": TOOLS, "author": "designer"}
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["output_kind"] == "classification"
+    h = wf.key("acme")
+    inputs = {"message": "the app crashes", "items": ["a", "b", "c"]}
+    r = await wf.client.post("/v1/workflows/tools/runs", headers=h, json={"inputs": inputs, "seed": 4})
+    assert r.status_code == 200, r.text
+    steps = r.json()["steps"]
+    assert steps["fields"]["finish_reason"] == "stop" and set(steps["fields"]["data"]) == {"kind", "score"}
+    assert len(steps["each"]["items"]) == 3 and len(steps["drafts"]["items"]) == 3
+    assert [m["text"] for m in steps["similar"]["matches"]][:2] and len(steps["similar"]["matches"]) == 2
+    assert steps["label"]["tier"] == 1 and steps["label"]["model"] == "urgency"  # no classifier is 100% sure
+    billed = [s["step"] for s in r.json()["constellation"]["steps"]]
+    assert billed.count("each") == 1  # a map of a classifier is one request: one batch, one event
+    assert {"drafts[0]", "drafts[1]", "drafts[2]", "similar.texts", "label[0]", "label[1]"} <= set(billed)
+    # A classification workflow is a model on /v1/classify.
+    r = await wf.client.post("/v1/classify", headers=h, json={"model": "urgent", "input": "x"})
+    assert r.status_code == 404
+    doc = "inputs: {text: string}\nsteps: [{name: u, classify: {model: urgency, input: '{{ inputs.text }}'}}]"
+    r = await wf.client.post(
+        "/api/workflows", headers=wf.admin, json={"name": "urgent", "document": doc, "author": "designer"}
+    )
+    assert r.status_code == 201, r.text
+    r = await wf.client.post("/v1/classify", headers=h, json={"model": "urgent", "input": "server down"})
+    assert r.status_code == 200, r.text
+    assert (
+        r.json()["data"][0]["label"] in ("low", "high") and r.json()["constellation"]["workflow"] == "urgent"
+    )
