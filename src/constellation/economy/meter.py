@@ -96,8 +96,12 @@ class Meter:
 
     # -- before compute -------------------------------------------------------------------
 
-    def replay(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> dict[str, Any] | None:
-        """The first response for this key, carrying its bill; None if the key is new."""
+    def replay(
+        self, *, tenant_id: str, idempotency_key: str, fingerprint: str, with_bill: bool = True
+    ) -> dict[str, Any] | None:
+        """The first response for this key, carrying its bill (`with_bill=False`: as it was kept,
+        e.g. a workflow run's, whose bill is its steps' and not this event's alone); None if the
+        key is new."""
         with self._db.session() as s:
             row = s.execute(
                 select(UsageEvent.fingerprint, UsageEvent.response, UsageEvent.bill).where(
@@ -114,7 +118,11 @@ class Meter:
                 code="idempotency_key_reused",
             )
         body = dict(row.response or {})
-        body["constellation"] = {**(body.get("constellation") or {}), **Bill.from_dict(row.bill).as_dict()}
+        if with_bill:
+            body["constellation"] = {
+                **(body.get("constellation") or {}),
+                **Bill.from_dict(row.bill).as_dict(),
+            }
         return body
 
     def quote_training(self, *, seconds: float, device_class: str = "cpu") -> int:

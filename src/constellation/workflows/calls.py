@@ -108,8 +108,11 @@ class PipelineModels:
         await call.prepare(self.caller, model, body)
         rec.model = call.resolved.name
         self.notices.update(dict.fromkeys(call.resolved.notices))
-        prepared = await work.prepare(call) if hasattr(work, "prepare") else None
-        await call.admit(self.caller, **(work.estimate(prepared) if prepared is not None else admit))
+        prepared = None
+        if isinstance(work, _Generate):  # tokenised first: the hold covers its real prompt
+            prepared = await work.prepare(call)
+            admit = work.estimate(prepared)
+        await call.admit(self.caller, **admit)
         started = datetime.now(UTC)
         outcome: Outcome = await call.guarded(self.caller, started, work.run(call, prepared))
         ext = await call.settle(self.caller, outcome, started)

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from constellation.api.cache import RefreshingCache
@@ -20,9 +19,8 @@ from constellation.api.deps import Principal
 from constellation.api.pipeline import MAX_IDEMPOTENCY_KEY, fingerprint, new_request_id
 from constellation.economy.meter import Meter, UsageRecord
 from constellation.economy.money import usd
-from constellation.economy.tables import UsageEvent
 from constellation.economy.workflow_fee import fee_model_name
-from constellation.errors import Conflict, ConstellationError, InvalidInput
+from constellation.errors import ConstellationError, InvalidInput
 from constellation.registry.workflow_tables import WorkflowRun, WorkflowRunStep
 from constellation.registry.workflows import get_workflow
 from constellation.workflows.calls import PipelineModels, StepRecord
@@ -107,28 +105,14 @@ def replay(request: Request, caller: Principal, fp: str) -> dict[str, Any] | Non
     """The first answer of a run sent again under the same Idempotency-Key (the run's fee event
     keeps it), or None."""
     key = request.headers.get("idempotency-key")
-    if key is None or request.app.state.meter is None:
+    meter: Meter | None = request.app.state.meter
+    if key is None or meter is None:
         return None
     if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidInput(
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", param="Idempotency-Key"
         )
-    with request.app.state.platform.db.session() as s:
-        row = s.execute(
-            select(UsageEvent.fingerprint, UsageEvent.response).where(
-                UsageEvent.tenant_id == caller.tenant_id, UsageEvent.idempotency_key == key
-            )
-        ).first()
-    if row is None:
-        return None
-    if row.fingerprint != fp:
-        raise Conflict(
-            f"the Idempotency-Key '{key}' was already used with a different request body; use a new key "
-            "for a new request, or resend the original body",
-            param="Idempotency-Key",
-            code="idempotency_key_reused",
-        )
-    return dict(row.response or {})
+    return meter.replay(tenant_id=caller.tenant_id, idempotency_key=key, fingerprint=fp, with_bill=False)
 
 
 async def reachable(
