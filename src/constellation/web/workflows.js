@@ -33,13 +33,11 @@ function workflowCard(wf, runs) {
   return card;
 }
 
-/** Depth of each step: 0 for steps that read nothing, else one more than what they wait for. */
+/** Depth of each step: 0 for steps that wait for nothing, else one more than the deepest of
+ *  what they read (or of the switch that selects them: a target sits right of its switch). */
 function depths(graph) {
   const incoming = new Map(graph.nodes.map((n) => [n.id, []]));
-  for (const e of graph.edges) {
-    if (e.kind === "data") incoming.get(e.to).push(e.from);
-    else incoming.get(e.to).push(e.from); // a switch's target sits right of the switch
-  }
+  for (const e of graph.edges) incoming.get(e.to).push(e.from);
   const depth = new Map();
   const visit = (id, seen) => {
     if (depth.has(id)) return depth.get(id);
