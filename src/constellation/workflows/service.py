@@ -5,7 +5,6 @@ the run and its steps, and answer with every step's bill and the run's merged sp
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -183,7 +182,7 @@ async def execute(
     held = await _admit_fee(meter, caller, fee_name, run_id, state.device_class)
     limits = state.settings.workflows
     run = Run(loaded.spec, inputs, models, limits, seed)
-    started, t0 = datetime.now(UTC), time.monotonic()
+    started = datetime.now(UTC)
     try:
         async with asyncio.timeout(limits.run_timeout_s):
             output = await run.execute(emit)
@@ -198,38 +197,51 @@ async def execute(
     except ConstellationError as e:
         step = e.step if isinstance(e, StepFailed) else None
         raise await _fail(request, caller, loaded, run_id, models, e, step, started, held, fee_name) from None
-    ext = _extension(run_id, loaded, models.records, list(models.notices), time.monotonic() - t0)
-    # The fee's event: the author's charge, and the record an Idempotency-Key replays.
-    fee_event = meter is not None and (loaded.fee > 0 or key is not None or held)
-    if meter is not None and fee_event:  # the fee as it will be charged: the kept answer carries it too
-        total, legs = meter.price(model_name=fee_name, device_class=state.device_class)  # cached
-        ext["fee"] = {"request_id": run_id, "price_nanos": total, "split": [g.as_dict() for g in legs]}
-        _total(ext)
+    ext = _extension(run_id, loaded, models.records, list(models.notices), started)
     out = Outcome(run_id, loaded, output, dict(run.outputs), dict(run.selected), ext)
-    answer = shape(out) if shape is not None else None
-    if meter is not None and fee_event:
-        fee_bill = await meter.record(
-            UsageRecord(
-                request_id=run_id,
-                tenant_id=caller.tenant_id,
-                model_name=fee_name,
-                idempotency_key=key,
-                fingerprint=fp,
-                input_tokens=0,
-                output_tokens=0,
-                compute_ns=0,
-                device_class=state.device_class,
-                status="succeeded",
-                started_at=started,
-                finished_at=datetime.now(UTC),
-                response=answer,
-                hold=held,
-            )
-        )
-        ext["fee"] = {"request_id": run_id, "price_nanos": fee_bill.price_nanos, "split": fee_bill.split}
-        _total(ext)
+    # The fee's event: the author's charge, and the record an Idempotency-Key replays.
+    if meter is not None and (loaded.fee > 0 or key is not None or held):
+        await _charge_fee(request, caller, meter, out, fee_name, fp, key, held, started, shape)
     await _write_run(request, caller, loaded, run_id, models.records, ext, started, None, None)
     return out
+
+
+async def _charge_fee(
+    request: Request,
+    caller: Principal,
+    meter: Meter,
+    out: Outcome,
+    fee_name: str,
+    fp: str,
+    key: str | None,
+    held: bool,
+    started: datetime,
+    shape: Any,
+) -> None:
+    """Record the author's fee, keeping the run's answer (as the route shapes it) for a replay."""
+    ext, device = out.constellation, request.app.state.device_class
+    total, legs = meter.price(model_name=fee_name, device_class=device)  # the kept answer carries it too
+    ext["fee"] = {"request_id": out.run_id, "price_nanos": total, "split": [g.as_dict() for g in legs]}
+    _total(ext)
+    record = UsageRecord(
+        request_id=out.run_id,
+        tenant_id=caller.tenant_id,
+        model_name=fee_name,
+        idempotency_key=key,
+        fingerprint=fp,
+        input_tokens=0,
+        output_tokens=0,
+        compute_ns=0,
+        device_class=device,
+        status="succeeded",
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        response=shape(out) if shape is not None else None,
+        hold=held,
+    )
+    bill = await meter.record(record)
+    ext["fee"] = {"request_id": out.run_id, "price_nanos": bill.price_nanos, "split": bill.split}
+    _total(ext)  # as charged: a balance that could not cover it all is capped (and said so)
 
 
 async def _admit_fee(meter: Meter | None, caller: Principal, fee_name: str, run_id: str, device: str) -> bool:
@@ -277,7 +289,7 @@ async def _fail(
                 hold=True,
             )
         )
-    ext = _extension(run_id, loaded, models.records, list(models.notices), 0.0)
+    ext = _extension(run_id, loaded, models.records, list(models.notices), started)
     ext["failed_step"] = step
     charged = [r for r in models.records if r.status == "succeeded"]
     note = (
@@ -292,8 +304,10 @@ async def _fail(
 
 
 def _extension(
-    run_id: str, loaded: Loaded, records: list[StepRecord], notices: list[str], seconds: float
+    run_id: str, loaded: Loaded, records: list[StepRecord], notices: list[str], started: datetime
 ) -> dict[str, Any]:
+    """The run's `constellation` object: each step's bill, the fee (filled in once charged), the
+    run's price and split merged by account, and its wall time."""
     ext: dict[str, Any] = {
         "request_id": run_id,
         "run_id": run_id,
@@ -301,6 +315,7 @@ def _extension(
         "version": loaded.version,
         "steps": [r.as_dict() for r in records],
         "compute_ns": sum(r.compute_ns for r in records),
+        "wall_ms": round((datetime.now(UTC) - started).total_seconds() * 1000, 3),
         "notices": notices,
         "fee": {"request_id": run_id, "price_nanos": 0, "split": []},
     }
