@@ -412,3 +412,26 @@ async def test_extract_map_nearest_and_cascade_on_real_models(wf: Api) -> None:
     assert (
         r.json()["data"][0]["label"] in ("low", "high") and r.json()["constellation"]["workflow"] == "urgent"
     )
+
+
+async def test_run_limits_are_enforced(wf: Api) -> None:
+    """Fan-out and run time, from the server's settings (CONSTELLATION_WORKFLOWS__*)."""
+    doc = """
+inputs: {items: array}
+steps:
+  - {name: each, map: {over: inputs.items, classify: {model: urgency, input: "{{ item }}"}}}
+"""
+    r = await wf.client.post(
+        "/api/workflows", headers=wf.admin, json={"name": "fan", "document": doc, "author": "designer"}
+    )
+    assert r.status_code == 201, r.text
+    h = wf.key("acme")
+    limits = wf.app.state.settings.workflows
+    limits.max_fan_out = 2
+    r = await wf.client.post("/v1/workflows/fan/runs", headers=h, json={"inputs": {"items": ["a", "b", "c"]}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "steps.each.map.over"
+    assert r.json()["constellation"]["steps"] == [] and "nothing was charged" in r.json()["error"]["message"]
+    limits.max_fan_out, limits.run_timeout_s = 64, 1e-4
+    r = await run(wf, h, {"message": "slow"})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "workflow_timeout"
+    assert legs_balance(wf) == 0
