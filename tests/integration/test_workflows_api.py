@@ -155,6 +155,8 @@ async def test_a_run_bills_every_step_plus_the_fee_and_the_split_sums_to_the_pri
     (line,) = invoice["workflow_runs"]
     assert line["run_id"] == ext["run_id"] and line["amount_nanos"] == ext["price_nanos"]
     assert sorted(st["step"] for st in line["steps"]) == sorted(s["step"] for s in ext["steps"])
+    csv = (await wf.client.get("/api/invoices", headers=h, params={"format": "csv"})).text
+    assert f"workflow_run,triage@1,workflow,{ext['run_id']}" in csv and csv.count("workflow_step,") == 3
 
 
 async def test_a_workflow_is_a_chat_model_and_streams_the_same_answer(wf: Api) -> None:

@@ -178,6 +178,37 @@ def to_csv(doc: dict[str, Any]) -> str:
             ]
             amounts = [ln["requests"], ln["amount_nanos"], ln["amount_usd"], " ".join(ln["request_ids"])]
             w.writerow([doc["object"], owner, doc["period"], section, *keys, *amounts])
+    for run in doc.get("workflow_runs", []):  # a run's line, then its steps beneath
+        head = [doc["object"], owner, doc["period"]]
+        w.writerow(
+            [
+                *head,
+                "workflow_run",
+                f"{run['workflow']}@{run['version']}",
+                "workflow",
+                run["run_id"],
+                "",
+                1 + len(run["steps"]),
+                run["amount_nanos"],
+                run["amount_usd"],
+                run["run_id"],
+            ]
+        )
+        for st in run["steps"]:
+            w.writerow(
+                [
+                    *head,
+                    "workflow_step",
+                    st["model"],
+                    "step",
+                    st["step"],
+                    "",
+                    1,
+                    st["amount_nanos"],
+                    usd(st["amount_nanos"]),
+                    st["request_id"],
+                ]
+            )
     w.writerow([doc["object"], owner, doc["period"], "total", "", "", "", "", doc["requests"],
                 doc["total_nanos"], doc["total_usd"], ""])  # fmt: skip
     return buf.getvalue()
