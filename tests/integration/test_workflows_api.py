@@ -126,6 +126,8 @@ async def test_registered_workflow_shows_its_graph_terms_and_versions(wf: Api) -
     models = (await wf.client.get("/v1/models", headers=wf.key("acme"))).json()["data"]
     entry = next(m for m in models if m["id"] == "triage")
     assert entry["constellation"]["kind"] == "workflow" and entry["constellation"]["permitted"] is True
+    one = await wf.client.get("/v1/models/triage", headers=wf.key("acme"))
+    assert one.status_code == 200 and one.json()["constellation"]["kind"] == "workflow"
 
 
 async def test_a_run_bills_every_step_plus_the_fee_and_the_split_sums_to_the_price(wf: Api) -> None:
