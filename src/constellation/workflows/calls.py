@@ -114,7 +114,7 @@ class PipelineModels:
             admit = work.estimate(prepared)
         await call.admit(self.caller, **admit)
         started = datetime.now(UTC)
-        outcome: Outcome = await call.guarded(self.caller, started, work.run(call, prepared))
+        outcome: Outcome = await call.guarded(self.caller, started, work.run(call, prepared, started))
         ext = await call.settle(self.caller, outcome, started)
         rec.status, rec.input_tokens, rec.output_tokens = (
             "succeeded",
@@ -204,7 +204,7 @@ class _Encode:
     truncate: bool
     caller: Principal
 
-    async def run(self, call: Call, _prepared: None) -> Outcome:
+    async def run(self, call: Call, _prepared: None, _started: datetime) -> Outcome:
         res = call.resolved
         want = "classification" if self.kind == "classify" else "embedding"
         if res.task != want:
@@ -295,16 +295,25 @@ class _Generate:
             }
         return {"est_input_tokens": len(prepared.prompt_ids), "est_output_tokens": prepared.max_new}
 
-    async def run(self, call: Call, prepared: Any) -> Outcome:
+    async def run(self, call: Call, prepared: Any, started: datetime) -> Outcome:
         if prepared is None:
             return await self._upstream(call)
         texts: list[str] = []
         last = None
-        async for d in call.engines.decoder.generate(prepared):
-            texts.append(d.text)
-            last = d
-            if self.emit is not None and d.text:
-                await self.emit(d.text)
+        gen = call.engines.decoder.generate(prepared)
+        try:
+            async for d in gen:
+                texts.append(d.text)
+                last = d
+                if self.emit is not None and d.text:
+                    await self.emit(d.text)
+        except asyncio.CancelledError:  # a dropped stream pays for what it produced, as on /v1
+            if last is not None:
+                produced = Outcome({}, last.prompt_tokens, last.completion_tokens, last.compute_ns or 0)
+                call.settle_later(self.caller, produced, started, "cancelled")
+            raise
+        finally:
+            await gen.aclose()  # type: ignore[attr-defined]  # an async generator: frees the sequence now
         assert last is not None
         body = {
             "text": "".join(texts),
