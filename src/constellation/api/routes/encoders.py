@@ -13,12 +13,11 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import Field
 
-from constellation.api import upstream
+from constellation.api import upstream, workflow_models
 from constellation.api.deps import InferenceCaller
 from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
 from constellation.api.protocol import ClassificationList, EmbeddingList, OpenAIRequest, errors
 from constellation.api.resolver import require_task
-from constellation.api.routes import workflows
 from constellation.errors import InvalidInput, NotFound
 
 router = APIRouter(
@@ -147,9 +146,9 @@ async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> 
             est_input_tokens=_estimate(texts),
             max_input_tokens=_worst(texts),
         )
-    except NotFound as e:  # no model of that name: perhaps a workflow (api/routes/workflows.py)
-        wf = await workflows.or_workflow(call.request, caller, e, body.model)
-        return await workflows.as_classification(call.request, caller, wf, body.model_dump())
+    except NotFound as e:  # no model of that name: perhaps a workflow (api/workflow_models.py)
+        wf = await workflow_models.or_workflow(call.request, caller, e, body.model)
+        return await workflow_models.as_classification(call.request, caller, wf, body.model_dump())
 
 
 def _outcome(model: str, data: list[dict[str, Any]], tokens: list[int], compute_ns: int) -> Outcome:

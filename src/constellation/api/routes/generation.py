@@ -19,7 +19,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from constellation.api import upstream
+from constellation.api import upstream, workflow_models
 from constellation.api.deps import InferenceCaller, Principal
 from constellation.api.metrics import timed
 from constellation.api.pipeline import Call, CallDep, Outcome
@@ -35,7 +35,6 @@ from constellation.api.protocol import (
     sse,
 )
 from constellation.api.resolver import require_task
-from constellation.api.routes import workflows
 from constellation.api.structured import FREE, Structure, plan, tool_call, with_tools_prompt
 from constellation.engine.decoder import Delta, Prepared
 from constellation.engine.sampling import DEFAULTABLE, SamplingParams
@@ -440,9 +439,9 @@ async def completions(body: CompletionIn, caller: InferenceCaller, call: CallDep
         return await _generate(
             call, caller, body, prompt=prompt, messages=None, max_tokens=body.max_tokens, chat=False
         )
-    except NotFound as e:  # no model of that name: perhaps a workflow (api/routes/workflows.py)
-        wf = await workflows.or_workflow(call.request, caller, e, body.model)
-        return await workflows.as_generation(
+    except NotFound as e:  # no model of that name: perhaps a workflow (api/workflow_models.py)
+        wf = await workflow_models.or_workflow(call.request, caller, e, body.model)
+        return await workflow_models.as_generation(
             call.request, caller, wf, body.model_dump(), text=prompt, chat=False
         )
 
@@ -464,11 +463,11 @@ async def chat_completions(body: ChatIn, caller: InferenceCaller, call: CallDep)
         return await _generate(
             call, caller, body, prompt=None, messages=messages, max_tokens=max_tokens, chat=True
         )
-    except NotFound as e:  # no model of that name: perhaps a workflow (api/routes/workflows.py)
-        wf = await workflows.or_workflow(call.request, caller, e, body.model)
+    except NotFound as e:  # no model of that name: perhaps a workflow (api/workflow_models.py)
+        wf = await workflow_models.or_workflow(call.request, caller, e, body.model)
         last = next(
             (m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"]
         )
-        return await workflows.as_generation(
+        return await workflow_models.as_generation(
             call.request, caller, wf, body.model_dump(), text=last, chat=True
         )

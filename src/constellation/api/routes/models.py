@@ -9,9 +9,9 @@ from typing import Any
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
+from constellation.api import workflow_models
 from constellation.api.deps import InferenceCaller, SessionDep
 from constellation.api.protocol import ModelCard, ModelList, errors
-from constellation.api.routes import workflows
 from constellation.errors import NotFound
 from constellation.registry import models as repo
 from constellation.registry.effective import EffectiveTerms, Refusal, permissions
@@ -72,7 +72,7 @@ def list_models(caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [openai_model(s, m, verdicts[m.name], exposed.get(m.id)) for m in found]
-        + workflows.models_entries(s, caller.tenant_id, verdicts),  # constellation.kind = "workflow"
+        + workflow_models.models_entries(s, caller.tenant_id, verdicts),  # constellation.kind = "workflow"
     }
 
 
