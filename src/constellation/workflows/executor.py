@@ -19,7 +19,8 @@ import numpy as np
 from constellation.config import WorkflowLimits
 from constellation.errors import ConstellationError, InvalidInput
 from constellation.workflows import graph
-from constellation.workflows.spec import ModelCall, Spec, Step, Tier, check_inputs
+from constellation.workflows.spec import Spec, check_inputs
+from constellation.workflows.steps import ModelCall, Step, Tier
 from constellation.workflows.templates import render_tree
 
 Emit = Callable[[str], Awaitable[None]]  # the run's output text, piece by piece (streaming)

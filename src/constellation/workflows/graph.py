@@ -4,7 +4,8 @@ selects them, and the checks at registration (unknown steps, cycles, what the ou
 from __future__ import annotations
 
 from constellation.errors import InvalidInput
-from constellation.workflows.spec import Spec, Step
+from constellation.workflows.spec import Spec
+from constellation.workflows.steps import Step
 
 OutputKind = str  # "text" | "classification" | "embedding" | "json"
 

@@ -19,7 +19,8 @@ from constellation.registry.tables import Model, Tenant
 from constellation.registry.workflow_tables import WorkflowVersion
 from constellation.registry.workflows import get_workflow, next_version, parse_ref, versions
 from constellation.workflows import graph
-from constellation.workflows.spec import ModelCall, Spec, Step, load_document, parse
+from constellation.workflows.spec import Spec, load_document, parse
+from constellation.workflows.steps import ModelCall, Step
 
 TASK_OF_KIND = {
     "classify": "classification",
