@@ -439,3 +439,42 @@ steps:
     r = await run(wf, h, {"message": "slow"})
     assert r.status_code == 504 and r.json()["error"]["code"] == "workflow_timeout"
     assert legs_balance(wf) == 0
+
+
+async def test_a_sub_workflow_runs_its_steps_and_pays_its_own_author(wf: Api) -> None:
+    h = wf.admin
+    await wf.client.post(
+        "/api/contributors", headers=h, json={"id": "inner-author", "name": "I", "kind": "person"}
+    )
+    inner = """
+inputs: {text: string}
+terms: {per_run_nanos: 300}
+steps:
+  - {name: u, classify: {model: urgency, input: "{{ inputs.text }}"}}
+"""
+    outer = """
+inputs: {message: string}
+steps:
+  - {name: sub, workflow: {name: inner, inputs: {text: "{{ inputs.message }}"}}}
+  - {name: reply, complete: {model: tiny-llama, prompt: "{{ steps.sub.label }}", max_tokens: 3}}
+output: reply
+"""
+    for name, doc, author in (("inner", inner, "inner-author"), ("outer", outer, "designer")):
+        r = await wf.client.post(
+            "/api/workflows", headers=h, json={"name": name, "document": doc, "author": author}
+        )
+        assert r.status_code == 201, r.text
+    r = await wf.client.post(
+        "/v1/workflows/outer/runs", headers=wf.key("acme"), json={"inputs": {"message": "m"}}
+    )
+    assert r.status_code == 200, r.text
+    ext = r.json()["constellation"]
+    steps = {s["step"]: s for s in ext["steps"]}
+    assert set(steps) == {"sub/u", "reply", "sub"} and steps["sub"]["model"] == "workflow:inner@1"
+    assert any(g["account"] == "inner-author" and g["amount_nanos"] == 300 for g in steps["sub"]["split"])
+    assert sum(g["amount_nanos"] for g in ext["split"]) == ext["price_nanos"]
+    calls_outer = "inputs: {text: string}\nsteps: [{name: o, workflow: {name: outer, inputs: {message: x}}}]"
+    body = {"name": "inner", "document": calls_outer, "author": "designer"}
+    r = await wf.client.post("/api/workflows", headers=h, json=body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "workflow_cycle"
+    assert "inner -> outer -> inner" in r.json()["error"]["message"]

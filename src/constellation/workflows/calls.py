@@ -79,14 +79,20 @@ class PipelineModels:
     vectors: dict[str, np.ndarray]  # the app's cache of a document's embedded texts
     specs: dict[int, Spec]  # the app's cache of parsed workflow versions, by id
     records: list[StepRecord] = field(default_factory=list)
+    sub_fees: list[tuple[str, str]] = field(default_factory=list)  # (step path, name@N) that ran
     notices: dict[str, None] = field(default_factory=dict)  # ordered set
 
-    def _call(self, path: str) -> StepCall:
-        state = self.request.app.state
+    def request_id(self, path: str) -> str:
+        """The usage event id of the run's step at `path`: the run's id, then the path."""
         rid = f"{self.run_id}.{path}"
         if len(rid) > MAX_REQUEST_ID:  # a deep sub-workflow path: hashed, still unique within the run
             room = MAX_REQUEST_ID - len(self.run_id) - 1
             rid = f"{self.run_id}.{hashlib.sha256(path.encode()).hexdigest()[:room]}"
+        return rid
+
+    def _call(self, path: str) -> StepCall:
+        state = self.request.app.state
+        rid = self.request_id(path)
         return StepCall(
             request=self.request,
             engines=state.engines,
@@ -174,16 +180,25 @@ class PipelineModels:
                 value["data"] = None  # cut short by max_tokens: finish_reason says "length"
         return Answer(value, body["usage"]["total_tokens"])
 
-    async def workflow(self, path: str, ref: str) -> tuple[Spec, str]:
-        def load() -> tuple[int, str, dict[str, Any]]:
+    async def load_workflow(self, ref: str) -> tuple[Spec, str, int]:
+        """A sub-workflow as this tenant may see it: its spec, `name@N` and per-run fee."""
+
+        def load() -> tuple[int, str, dict[str, Any], int]:
             with self.request.app.state.platform.db.session() as s:
                 wf = get_workflow(s, ref=ref, tenant_id=self.caller.tenant_id)
-                return wf.id, f"{wf.name}@{wf.version}", wf.document
+                return wf.id, f"{wf.name}@{wf.version}", wf.document, wf.fee_per_run_nanos
 
-        wf_id, name, doc = await run_in_threadpool(load)
+        wf_id, name, doc, fee = await run_in_threadpool(load)
         spec = self.specs.get(wf_id)
         if spec is None:
             spec = self.specs[wf_id] = parse(doc)
+        return spec, name, fee
+
+    async def workflow(self, path: str, ref: str) -> tuple[Spec, str]:
+        """The executor's call: the sub-workflow runs, so its author's fee is owed (`sub_fees`)."""
+        spec, name, fee = await self.load_workflow(ref)
+        if fee > 0:
+            self.sub_fees.append((path, name))
         return spec, name
 
     def cached_vectors(self, key: str) -> np.ndarray | None:

@@ -121,7 +121,7 @@ async def reachable(
     out = [(prefix + st.name, c.model) for st in spec.steps.values() for c in st.calls()]
     for st in spec.steps.values():
         if st.kind == "workflow" and st.workflow is not None and depth < 16:
-            sub, _ = await models.workflow(prefix + st.name, st.workflow)
+            sub, _, _ = await models.load_workflow(st.workflow)
             out += await reachable(models, sub, f"{prefix}{st.name}/", depth + 1)
     return out
 
@@ -197,6 +197,8 @@ async def execute(
     except ConstellationError as e:
         step = e.step if isinstance(e, StepFailed) else None
         raise await _fail(request, caller, loaded, run_id, models, e, step, started, held, fee_name) from None
+    if meter is not None:
+        await _charge_sub_fees(caller, meter, models, state.device_class, started)
     ext = _extension(run_id, loaded, models.records, list(models.notices), started)
     out = Outcome(run_id, loaded, output, dict(run.outputs), dict(run.selected), ext)
     # The fee's event: the author's charge, and the record an Idempotency-Key replays.
@@ -204,6 +206,40 @@ async def execute(
         await _charge_fee(request, caller, meter, out, fee_name, fp, key, held, started, shape)
     await _write_run(request, caller, loaded, run_id, models.records, ext, started, None, None)
     return out
+
+
+async def _charge_sub_fees(
+    caller: Principal, meter: Meter, models: PipelineModels, device: str, started: datetime
+) -> None:
+    """The fee of each sub-workflow that ran, to its author: one event each, listed as a step."""
+    for path, name in models.sub_fees:
+        rec = StepRecord(
+            path, fee_model_name(*_split_ref(name)), f"{models.run_id}.{path}", status="succeeded"
+        )
+        bill = await meter.record(
+            UsageRecord(
+                request_id=rec.request_id,
+                tenant_id=caller.tenant_id,
+                model_name=rec.model,
+                idempotency_key=None,
+                fingerprint="",
+                input_tokens=0,
+                output_tokens=0,
+                compute_ns=0,
+                device_class=device,
+                status="succeeded",
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                response=None,
+            )
+        )
+        rec.price_nanos, rec.split = bill.price_nanos, bill.split
+        models.records.append(rec)
+
+
+def _split_ref(ref: str) -> tuple[str, int]:
+    name, _, version = ref.rpartition("@")
+    return name, int(version)
 
 
 async def _charge_fee(
