@@ -18,9 +18,10 @@ from transformers import AutoModel, AutoTokenizer
 from constellation.engine.pooling import pool, read_pooling
 from constellation.finetune.classify import predict
 from constellation.finetune.data import TextExample, load_jsonl
+from constellation.finetune.demo import DEMO_DIR
 from constellation.finetune.trainer import LoraConfig, train_lora
 
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
+DEMO = DEMO_DIR
 TASKS = ("sentiment", "ticket-intent", "topic", "urgency")
 
 

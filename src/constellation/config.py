@@ -90,6 +90,17 @@ class RateLimits(BaseModel):
     tenant_tpm: int = Field(default=0, ge=0, le=MAX_PER_MINUTE)
 
 
+class WorkflowLimits(BaseModel):
+    """Bounds on one workflow run (workflows/): checked at registration where they can be (steps,
+    depth), and enforced while it runs (fan-out, tokens, time)."""
+
+    max_steps: int = Field(default=64, gt=0, le=10_000)  # counting sub-workflows' steps
+    max_depth: int = Field(default=3, gt=0, le=16)  # sub-workflow calls, nested
+    max_fan_out: int = Field(default=64, gt=0, le=100_000)  # items of one map step
+    max_total_tokens: int = Field(default=200_000, gt=0)  # input + output over all steps
+    run_timeout_s: float = Field(default=300.0, gt=0, le=24 * 3600)
+
+
 class Settings(BaseSettings):
     """Process-wide configuration. Env vars: CONSTELLATION_DATA_DIR, CONSTELLATION_DB_URL, ..."""
 
@@ -103,6 +114,7 @@ class Settings(BaseSettings):
     prices: PriceBook = Field(default_factory=PriceBook)
     metering: bool = True  # False: serve without usage events, prices or charges (benchmarks)
     rate_limits: RateLimits = Field(default_factory=RateLimits)
+    workflows: WorkflowLimits = Field(default_factory=WorkflowLimits)
     # Rate-limit buckets in Redis (e.g. redis://127.0.0.1:6379/0), shared by every server
     # process that names the same one; unset: in this process's memory.
     redis_url: str | None = None

@@ -131,3 +131,45 @@ def test_api_errors_are_shown_with_their_message(dash_server: Server) -> None:
         assert "401" in text and "invalid API key" in text
         assert page.is_visible("#welcome") and page.is_hidden("#tabs")
         browser.close()
+
+
+WORKFLOW = """
+inputs: {message: string}
+steps:
+  - {name: vector, embed: {model: minilm, input: "{{ inputs.message }}"}}
+  - name: reply
+    chat: {model: tiny-lm, messages: [{role: user, content: "{{ inputs.message }}"}], max_tokens: 4}
+output: reply
+"""
+
+
+def test_workflows_tab_draws_the_graph_and_lists_runs_with_their_steps(dash_server: Server) -> None:
+    sync_playwright = _browser_or_skip()
+    admin = {"Authorization": f"Bearer {dash_server.admin_key}"}
+    r = httpx.post(
+        f"{dash_server.url}/api/workflows",
+        headers=admin,
+        timeout=60,
+        json={"name": "echo", "document": WORKFLOW, "author": "sbert"},
+    )
+    assert r.status_code == 201, r.text
+    run = httpx.post(
+        f"{dash_server.url}/v1/workflows/echo/runs",
+        timeout=120,
+        headers={"Authorization": f"Bearer {dash_server.key}"},
+        json={"inputs": {"message": "hi"}},
+    )
+    assert run.status_code == 200, run.text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM))
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(dash_server.url + "/")
+        page.fill("#key-input", dash_server.admin_key)
+        page.click("#key-save")
+        page.click("[data-tab=workflows]")
+        page.wait_for_selector("[data-workflow=echo] svg g[data-step=reply]")
+        assert page.locator("[data-workflow=echo] svg g.wf-node").count() == 2
+        assert page.locator("[data-workflow=echo] svg line.wf-edge").count() == 0  # reply reads no output
+        row = page.inner_text(f"[data-workflow=echo] tr[data-run='{run.json()['id']}']")
+        assert "vector (minilm)" in row and "reply (tiny-lm)" in row and "$0." in row
+        browser.close()

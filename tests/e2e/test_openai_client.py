@@ -93,3 +93,36 @@ def test_completions_and_errors(models_ready: Server) -> None:
         c.chat.completions.create(model="mini", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.NotFoundError):
         c.embeddings.create(model="nope", input="x")
+
+
+WORKFLOW = """
+inputs: {message: string}
+steps:
+  - {name: vector, embed: {model: mini, input: "{{ inputs.message }}"}}
+  - name: reply
+    chat:
+      model: haiku
+      messages: [{role: user, content: "{{ inputs.message }}"}]
+      max_tokens: 10
+      temperature: 0
+"""
+
+
+def test_a_workflow_streams_through_the_official_client(models_ready: Server, tmp_path: Path) -> None:
+    """Registered with the CLI, listed as a workflow, its last step's tokens streamed."""
+    doc = tmp_path / "wf.yaml"
+    doc.write_text(WORKFLOW)
+    out = models_ready.cli("workflows", "add", str(doc), "--name", "sea-reply", "--author", "lab", "--json")
+    assert '"version": 1' in out
+    assert "sea-reply" in models_ready.cli("workflows", "list")
+    c = client(models_ready)
+    listed = {m.id: m for m in c.models.list().data}
+    assert listed["sea-reply"].model_extra["constellation"]["kind"] == "workflow"  # type: ignore[index]
+    messages = [{"role": "user", "content": "write about the sea"}]
+    full = c.chat.completions.create(model="sea-reply", messages=messages)  # type: ignore[arg-type]
+    stream = c.chat.completions.create(model="sea-reply", messages=messages, stream=True)  # type: ignore[arg-type]
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == full.choices[0].message.content and len(chunks) > 2
+    ext = chunks[-1].model_extra["constellation"]  # type: ignore[index]
+    assert [s["step"] for s in ext["steps"]] == ["vector", "reply"] and ext["price_nanos"] > 0

@@ -86,8 +86,10 @@ async def _journeys(c: httpx.AsyncClient, keys: dict[str, str]) -> None:
     assert refused_chat.status_code == 403, refused_chat.text
     assert refused_chat.json()["error"]["code"] == "license_non_commercial"
     assert (await c.post("/v1/chat/completions", headers=lab, json=haiku)).status_code == 200
+    await _workflow_journeys(c, demo, lab)
     period = datetime.now(UTC).strftime("%Y-%m")
     invoice = (await c.get(f"/api/invoices?period={period}", headers=demo)).json()
+    assert invoice["workflow_runs"] and invoice["workflow_runs"][0]["steps"]
     assert invoice["total_nanos"] > 0 and invoice["lines_by_model"] and invoice["notices"]
     statement = await c.get(
         f"/api/statements?contributor=northwind-reviews&period={period}",
@@ -95,3 +97,21 @@ async def _journeys(c: httpx.AsyncClient, keys: dict[str, str]) -> None:
     )
     assert statement.status_code == 200, statement.text
     assert statement.json()["total_nanos"] > 0
+
+
+async def _workflow_journeys(c: httpx.AsyncClient, demo: dict[str, str], lab: dict[str, str]) -> None:
+    """The triage workflow runs for the commercial tenant; the one reaching the CC-BY-NC models is
+    refused before any step, naming the step, and served to the non-commercial tenant."""
+    triage = {"inputs": {"message": "The checkout page is down for everyone"}, "seed": 1}
+    r = await c.post("/v1/workflows/support-triage/runs", headers=demo, json=triage)
+    assert r.status_code == 200, r.text
+    ext = r.json()["constellation"]
+    assert {"sentiment", "urgency"} <= {s["step"] for s in ext["steps"]} and ext["fee"]["price_nanos"] > 0
+    assert sum(leg["amount_nanos"] for leg in ext["split"]) == ext["price_nanos"]
+    chat = {"model": "support-triage", "messages": [{"role": "user", "content": "I love it, thanks!"}]}
+    assert (await c.post("/v1/chat/completions", headers=demo, json=chat)).status_code == 200
+    haiku = {"inputs": {"message": "I want my money back"}}
+    refused = await c.post("/v1/workflows/ticket-haiku/runs", headers=demo, json=haiku)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "license_non_commercial"
+    assert "step 'intent'" in refused.json()["error"]["message"]
+    assert (await c.post("/v1/workflows/ticket-haiku/runs", headers=lab, json=haiku)).status_code == 200

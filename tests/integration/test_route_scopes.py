@@ -160,6 +160,14 @@ TABLE: dict[tuple[str, str], Case] = {
         "/api/providers/nope/models", ADMIN, 404, {"model": "m", "name": "up-m", "task": "causal-lm"}
     ),
     ("DELETE", "/api/providers/{name}"): Case("/api/providers/nope", ADMIN, 404),
+    # Workflows: registered and read by the operator, run by inference keys (unknown: 404).
+    ("POST", "/api/workflows"): Case(
+        "/api/workflows", ADMIN, 400, {"name": "wf", "document": "steps: []", "author": "lab"}
+    ),
+    ("GET", "/api/workflows"): Case("/api/workflows", ADMIN),
+    ("GET", "/api/workflows/{name}"): Case("/api/workflows/nope", ADMIN, 404),
+    ("GET", "/api/workflows/{name}/runs"): Case("/api/workflows/nope/runs", ADMIN, 404),
+    ("POST", "/v1/workflows/{name}/runs"): Case("/v1/workflows/nope/runs", INFERENCE, 404, {"inputs": {}}),
 }
 
 

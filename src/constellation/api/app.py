@@ -34,6 +34,7 @@ from constellation.api.routes import (
     providers,
     tenants,
     web,
+    workflows,
 )
 from constellation.api.state import AppState, started
 from constellation.config import Settings
@@ -89,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.ready = False
             state.finetunes.close()  # before the meter: a stopped job is billed as it ends
             state.engines.close()
+            if state.workflow_runtime is not None:
+                state.workflow_runtime.close()
             await upstreams.aclose()
             if state.meter is not None:
                 state.meter.close()
@@ -126,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         licences.router,
         providers.router,
         tenants.router,
+        workflows.router,
+        workflows.admin_router,
         web.router,
     ):
         app.include_router(router)

@@ -560,7 +560,7 @@ class Refusal(BaseModel):
 
 class ModelExt(BaseModel):
     task: str = Field(description="embedding, classification or causal-lm")
-    kind: str = Field(description="base, adapter, finetune, or provider (served by an upstream)")
+    kind: str = Field(description="base, adapter, finetune, provider (served by an upstream) or workflow")
     base: str | None
     license: str | None
     labels: list[str] | None = Field(description="a classifier's labels")

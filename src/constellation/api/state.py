@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from constellation.economy.meter import Meter
     from constellation.finetune.jobs import JobManager
     from constellation.platform import Platform
+    from constellation.workflows.service import Runtime
 
 
 @dataclass(slots=True)
@@ -37,6 +38,7 @@ class AppState:
     finetunes: JobManager
     limiter: RateLimiter
     ready: bool = True  # false once shutdown begins: /readyz answers 503
+    workflow_runtime: Runtime | None = None  # made on first workflow run (workflows/service.py)
 
     def forget_cached(self) -> None:
         """Drop every short-lived registry cache this process keeps (see app.ForgetCachedRegistry)."""

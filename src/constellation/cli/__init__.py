@@ -26,6 +26,7 @@ from constellation.cli.demo import demo
 from constellation.cli.finetune import finetune
 from constellation.cli.providers import providers
 from constellation.cli.serve import serve
+from constellation.cli.workflows import workflows
 
 app = typer.Typer(
     name="constellation",
@@ -48,6 +49,7 @@ app.add_typer(reg.licences, name="licences")
 app.add_typer(reg.tenants, name="tenants")
 app.add_typer(reg.keys, name="keys")
 app.add_typer(providers, name="providers")
+app.add_typer(workflows, name="workflows")
 app.add_typer(economy.usage, name="usage")
 app.add_typer(economy.invoices, name="invoices")
 app.add_typer(economy.statements, name="statements")

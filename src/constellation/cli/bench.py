@@ -42,7 +42,8 @@ def bench(
     name: Annotated[
         str,
         typer.Argument(
-            help="Benchmark name (encoder, decoder, fairness, finetune, ledger, providers, structured) "
+            help="Benchmark name (encoder, decoder, fairness, finetune, ledger, providers, structured, "
+            "workflows) "
             "or 'all'."
         ),
     ],

@@ -49,6 +49,8 @@ def _examples(keys: dict[str, str], settings: Settings) -> None:
     -d '{{"model": "sentiment-v1", "input": ["The battery died after two days."]}}'
   curl -s {url}/v1/embeddings -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
     -d '{{"model": "minilm", "input": "hello world"}}'
+  curl -s {url}/v1/workflows/support-triage/runs -H "Authorization: Bearer $KEY" \\
+    -H 'Content-Type: application/json' -d '{{"inputs": {{"message": "The checkout page is down"}}}}'
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{key}'); \\
 print(c.chat.completions.create(model='pirate-v1', \\

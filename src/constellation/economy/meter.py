@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 
 from constellation.config import PriceBook
-from constellation.economy import holds
+from constellation.economy import holds, workflow_fee
 from constellation.economy.ledger import tenant_account
 from constellation.economy.money import usd
 from constellation.economy.pricing import Leg, PriceCache, PriceInputs, Rates, Tariff, load_inputs, tariff
@@ -96,8 +96,12 @@ class Meter:
 
     # -- before compute -------------------------------------------------------------------
 
-    def replay(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> dict[str, Any] | None:
-        """The first response for this key, carrying its bill; None if the key is new."""
+    def replay(
+        self, *, tenant_id: str, idempotency_key: str, fingerprint: str, with_bill: bool = True
+    ) -> dict[str, Any] | None:
+        """The first response for this key, carrying its bill (`with_bill=False`: as it was kept,
+        e.g. a workflow run's, whose bill is its steps' and not this event's alone); None if the
+        key is new."""
         with self._db.session() as s:
             row = s.execute(
                 select(UsageEvent.fingerprint, UsageEvent.response, UsageEvent.bill).where(
@@ -114,7 +118,11 @@ class Meter:
                 code="idempotency_key_reused",
             )
         body = dict(row.response or {})
-        body["constellation"] = {**(body.get("constellation") or {}), **Bill.from_dict(row.bill).as_dict()}
+        if with_bill:
+            body["constellation"] = {
+                **(body.get("constellation") or {}),
+                **Bill.from_dict(row.bill).as_dict(),
+            }
         return body
 
     def quote_training(self, *, seconds: float, device_class: str = "cpu") -> int:
@@ -140,6 +148,12 @@ class Meter:
             input_tokens=input_tokens, output_tokens=max_output_tokens, compute_ns=compute_ns_estimate
         )
         return total
+
+    def price(self, *, model_name: str, device_class: str = "cpu") -> tuple[int, list[Leg]]:
+        """A request's price and legs when it uses no tokens and no compute: a workflow's fee."""
+        return self._tariff(self._cache.get(model_name), device_class).price(
+            input_tokens=0, output_tokens=0, compute_ns=0
+        )
 
     def unlimited(self, tenant_id: str) -> bool:
         """True when the tenant was seen with no spending floor in the last FLOOR_TTL_S seconds:
@@ -264,6 +278,8 @@ class Meter:
 
     def _load(self, model_name: str) -> PriceInputs:
         with self._db.session() as s:
+            if model_name.startswith(workflow_fee.PREFIX):  # a workflow run's fee to its author
+                return workflow_fee.load_fee_inputs(s, model_name=model_name)
             return load_inputs(s, model_name=model_name)
 
     def _tariff(self, inputs: PriceInputs, device_class: str) -> Tariff:

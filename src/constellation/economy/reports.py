@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from constellation.economy.ledger import contributor_account, tenant_account
 from constellation.economy.money import usd
 from constellation.economy.tables import LedgerLeg, LedgerTransaction, UsageEvent
+from constellation.economy.workflow_lines import run_lines
 from constellation.errors import InvalidInput
 from constellation.registry.effective import effective_terms
 from constellation.registry.tables import Model
@@ -106,6 +107,8 @@ def invoice(s: Session, *, tenant_id: str, period: str | None = None) -> dict[st
         "lines_by_model": by_model,
         "lines_by_artifact": by_artifact,
         "notices": notices(s, models),
+        # A workflow run as one line, its steps beneath (its steps are also in the lines above).
+        "workflow_runs": run_lines(s, ((rid, -leg.amount_nanos) for leg, rid, *_ in own)),
     }
 
 
@@ -175,6 +178,37 @@ def to_csv(doc: dict[str, Any]) -> str:
             ]
             amounts = [ln["requests"], ln["amount_nanos"], ln["amount_usd"], " ".join(ln["request_ids"])]
             w.writerow([doc["object"], owner, doc["period"], section, *keys, *amounts])
+    for run in doc.get("workflow_runs", []):  # a run's line, then its steps beneath
+        head = [doc["object"], owner, doc["period"]]
+        w.writerow(
+            [
+                *head,
+                "workflow_run",
+                f"{run['workflow']}@{run['version']}",
+                "workflow",
+                run["run_id"],
+                "",
+                1 + len(run["steps"]),
+                run["amount_nanos"],
+                run["amount_usd"],
+                run["run_id"],
+            ]
+        )
+        for st in run["steps"]:
+            w.writerow(
+                [
+                    *head,
+                    "workflow_step",
+                    st["model"],
+                    "step",
+                    st["step"],
+                    "",
+                    1,
+                    st["amount_nanos"],
+                    usd(st["amount_nanos"]),
+                    st["request_id"],
+                ]
+            )
     w.writerow([doc["object"], owner, doc["period"], "total", "", "", "", "", doc["requests"],
                 doc["total_nanos"], doc["total_usd"], ""])  # fmt: skip
     return buf.getvalue()

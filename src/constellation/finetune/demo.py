@@ -24,6 +24,8 @@ from constellation.finetune.trainer import LoraConfig
 from constellation.platform import Platform
 from constellation.registry import contributors, models, ownership, service, tenants, terms
 from constellation.registry import datasets as ds_repo
+from constellation.registry import workflows as workflow_repo
+from constellation.workflows.validate import register as register_workflow
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
 TERM_KINDS = ("per_1k_input_tokens", "per_1k_output_tokens", "per_request", "per_compute_second")
@@ -64,6 +66,9 @@ def smollm2_gguf() -> Path:
     return path
 
 
+WORKFLOW_AUTHOR = "constellation-demo"  # the demo team designed demo/workflows/*.yaml
+
+
 class DemoBuilder:
     def __init__(
         self,
@@ -90,6 +95,9 @@ class DemoBuilder:
             self._dataset(ds)
         for adapter in self.manifest["adapters"]:
             self._adapter(adapter)
+        # Not in demo.yaml: that file keys the tests' cached demo build, which workflows do not change.
+        for path in sorted((self.root / "workflows").glob("*.yaml")):
+            self._workflow(path)
         self._tenants()
         return self.result
 
@@ -233,6 +241,22 @@ class DemoBuilder:
             f"  {spec['name']}: {outcome.result.duration_s:.0f} s"
             + (f", valid accuracy {acc:.2f}" if acc else "")
         )
+
+    def _workflow(self, path: Path) -> None:
+        """Register a demo workflow (named after its file) once; a rebuild leaves it alone."""
+        name = path.stem
+        with self.platform.db.session() as s:
+            if workflow_repo.is_workflow(s, name):
+                self.result.reused.append(name)
+                return
+            register_workflow(
+                s,
+                name=name,
+                source=path.read_text(),
+                author_id=WORKFLOW_AUTHOR,
+                limits=self.platform.settings.workflows,
+            )
+        self.say(f"registered workflow {name}")
 
     def _provider(self, spec: dict[str, Any]) -> str:
         first = next(d for d in self.manifest["datasets"] if d["name"] == spec["data"][0])

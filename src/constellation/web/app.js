@@ -3,7 +3,7 @@
 "use strict";
 
 const KEY_STORE = "constellation.key";
-const TABS = ["models", "lineage", "playground", "usage", "statements", "admin"];
+const TABS = ["models", "lineage", "playground", "usage", "statements", "workflows", "admin"];
 const state = { key: null, me: null, models: [], loaded: new Set(), streaming: null, usageSeries: null };
 
 const byId = (id) => document.getElementById(id);
@@ -202,6 +202,7 @@ function renderWhoami() {
   const canStatements = !me || me.admin || me.contributors.length > 0;
   tabButton("statements").hidden = !canStatements;
   tabButton("admin").hidden = !(!me || me.admin);
+  tabButton("workflows").hidden = !(!me || me.admin); // /api/workflows is the operator's
   const list = byId("statement-contributors");
   list.replaceChildren(...(me ? me.contributors : []).map((c) => h("option", { value: c })));
   if (me && me.contributors.length) byId("statement-contributor").value = me.contributors[0];
@@ -219,6 +220,7 @@ const LOADERS = {
   statements: async () => {
     if (byId("statement-contributor").value) await loadStatement();
   },
+  workflows: loadWorkflows, // workflows.js
   admin: loadAdmin,
 };
 
@@ -725,6 +727,7 @@ function wire() {
     }),
   );
   byId("admin-refresh").addEventListener("click", () => guarded(loadAdmin));
+  byId("workflows-refresh").addEventListener("click", () => guarded(loadWorkflows));
 }
 
 document.addEventListener("DOMContentLoaded", () => {

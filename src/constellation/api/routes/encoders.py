@@ -12,12 +12,12 @@ import pydantic_core
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from constellation.api import upstream
+from constellation.api import upstream, workflow_models
 from constellation.api.deps import InferenceCaller
 from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
 from constellation.api.protocol import ClassificationList, ClassifyIn, EmbeddingList, EmbeddingsIn, errors
 from constellation.api.resolver import require_task
-from constellation.errors import InvalidInput
+from constellation.errors import InvalidInput, NotFound
 
 router = APIRouter(
     prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
@@ -47,11 +47,16 @@ async def embeddings(body: EmbeddingsIn, caller: InferenceCaller, call: CallDep)
 
 @router.post("/classify", response_model=None, responses={200: {"model": ClassificationList}})
 async def classify(body: ClassifyIn, caller: InferenceCaller, call: CallDep) -> dict[str, Any]:
-    """Classify text with a classification adapter: the label and every label's probability per input."""
+    """Classify text with a classification adapter (or a workflow whose answer is a
+    classification): the label and every label's probability per input."""
     texts = body.texts(call.limits.max_items_per_request)
-    return await call.run(
-        caller, body.model, body.model_dump(), lambda: _classify(call, body, texts), **_admission(texts)
-    )
+    try:
+        return await call.run(
+            caller, body.model, body.model_dump(), lambda: _classify(call, body, texts), **_admission(texts)
+        )
+    except NotFound as e:  # no model of that name: perhaps a workflow (api/workflow_models.py)
+        wf = await workflow_models.or_workflow(call.request, caller, e, body.model)
+        return await workflow_models.as_classification(call.request, caller, wf, body.model_dump())
 
 
 async def _embed(call: Call, body: EmbeddingsIn, texts: list[str]) -> Outcome:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from constellation.api import upstream
+from constellation.api import upstream, workflow_models
 from constellation.api.answers import DecoderStream, Shape, collect, replay_stream
 from constellation.api.deps import InferenceCaller, Principal
 from constellation.api.metrics import timed
@@ -30,6 +30,7 @@ from constellation.api.protocol import (
 from constellation.api.resolver import require_task
 from constellation.api.structured import Structure, plan, with_tools_prompt
 from constellation.engine.decoder.sequence import Delta
+from constellation.errors import NotFound
 
 router = APIRouter(
     prefix="/v1", tags=["openai"], responses=errors(400, 401, 402, 403, 404, 413, 429, 502, 503, 504)
@@ -43,8 +44,16 @@ router = APIRouter(
     responses={200: {"model": TextCompletion, "content": sse(TextCompletion)}},
 )
 async def completions(body: CompletionIn, caller: InferenceCaller, call: CallDep) -> Any:
-    """Complete a prompt with a causal LM (optionally `stream: true` for server-sent events)."""
-    return await _generate(call, caller, body, prompt=body.the_prompt(), max_tokens=body.max_tokens)
+    """Complete a prompt with a causal LM, or a workflow whose answer is text (optionally
+    `stream: true` for server-sent events)."""
+    prompt = body.the_prompt()
+    try:
+        return await _generate(call, caller, body, prompt=prompt, max_tokens=body.max_tokens)
+    except NotFound as e:  # no model of that name: perhaps a workflow (api/workflow_models.py)
+        wf = await workflow_models.or_workflow(call.request, caller, e, body.model)
+        return await workflow_models.as_generation(
+            call.request, caller, wf, body.model_dump(), text=prompt, chat=False
+        )
 
 
 @router.post(
@@ -53,8 +62,19 @@ async def completions(body: CompletionIn, caller: InferenceCaller, call: CallDep
     responses={200: {"model": ChatCompletion, "content": sse(ChatCompletionChunk)}},
 )
 async def chat_completions(body: ChatIn, caller: InferenceCaller, call: CallDep) -> Any:
-    """Chat with a causal LM using its chat template (optionally streamed)."""
-    return await _generate(call, caller, body, messages=body.turns(), max_tokens=body.completion_cap())
+    """Chat with a causal LM using its chat template, or with a workflow whose answer is text
+    (optionally streamed)."""
+    messages = body.turns()
+    try:
+        return await _generate(call, caller, body, messages=messages, max_tokens=body.completion_cap())
+    except NotFound as e:  # no model of that name: perhaps a workflow (api/workflow_models.py)
+        wf = await workflow_models.or_workflow(call.request, caller, e, body.model)
+        last = next(
+            (m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"]
+        )
+        return await workflow_models.as_generation(
+            call.request, caller, wf, body.model_dump(), text=last, chat=True
+        )
 
 
 async def _generate(

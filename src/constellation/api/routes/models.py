@@ -9,8 +9,10 @@ from typing import Any
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
+from constellation.api import workflow_models
 from constellation.api.deps import InferenceCaller, SessionDep
 from constellation.api.protocol import ModelCard, ModelList, errors
+from constellation.errors import NotFound
 from constellation.registry import models as repo
 from constellation.registry.effective import EffectiveTerms, Refusal, permissions
 from constellation.registry.providers import RESIDENCY_CODE, provider_of, residency_refusal
@@ -69,14 +71,21 @@ def list_models(caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
     )
     return {
         "object": "list",
-        "data": [openai_model(s, m, verdicts[m.name], exposed.get(m.id)) for m in found],
+        "data": [openai_model(s, m, verdicts[m.name], exposed.get(m.id)) for m in found]
+        + workflow_models.models_entries(s, caller.tenant_id, verdicts),  # constellation.kind = "workflow"
     }
 
 
 @router.get("/models/{name}", response_model=ModelCard, responses=errors(404))
 def get_model(name: str, caller: InferenceCaller, s: SessionDep) -> dict[str, Any]:
-    """One model, if the calling tenant can see it."""
-    m = repo.get_visible_model(s, name=name, tenant_id=caller.tenant_id)
+    """One model (or workflow), if the calling tenant can see it."""
+    try:
+        m = repo.get_visible_model(s, name=name, tenant_id=caller.tenant_id)
+    except NotFound as e:  # perhaps a workflow: listed as /v1/models lists it
+        found = {w["id"]: w for w in list_models(caller, s)["data"]}
+        if name not in found:
+            raise e from None
+        return found[name]
     tenant = get_tenant(s, id=caller.tenant_id)
     verdicts = with_residency(
         tenant, [m], permissions(s, tenant=tenant, models=[m]), exposed := provider_of(s)

@@ -80,6 +80,9 @@ class InvoiceOut(BaseModel):
     lines_by_model: list[ByModel]
     lines_by_artifact: list[InvoiceByArtifact]
     notices: list[ModelNotices]
+    workflow_runs: list[dict[str, Any]] = Field(
+        default_factory=list, description="each workflow run as one line, its steps beneath"
+    )
 
 
 class StatementOut(BaseModel):
