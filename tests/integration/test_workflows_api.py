@@ -15,6 +15,7 @@ import torch
 from sqlalchemy import func, select
 from tests.integration.conftest import Api
 
+from constellation.api.state import state_of
 from constellation.economy.tables import LedgerLeg, UsageEvent
 from constellation.registry.workflow_tables import WorkflowRun, WorkflowRunStep
 from constellation.testing.toy_lm import save_random_adapter, save_random_lm
@@ -430,7 +431,7 @@ steps:
     )
     assert r.status_code == 201, r.text
     h = wf.key("acme")
-    limits = wf.app.state.settings.workflows
+    limits = state_of(wf.app).settings.workflows
     limits.max_fan_out = 2
     r = await wf.client.post("/v1/workflows/fan/runs", headers=h, json={"inputs": {"items": ["a", "b", "c"]}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "steps.each.map.over"
