@@ -110,7 +110,7 @@ def build(settings: Settings) -> Any:
     dump = for_replicas(settings)
     encoders = {g: _engine(EncoderReplica, f"encoder-{g}", settings).bind(dump) for g in groups(c)}
     decoders = {g: _engine(DecoderReplica, f"decoder-{g}", settings).bind(dump) for g in groups(c)}
-    ingress = serve.deployment(
+    ingress: Any = serve.deployment(
         serve.ingress()(Ingress),
         name=INGRESS,
         max_ongoing_requests=c.max_ongoing_requests,
@@ -129,3 +129,18 @@ def start(settings: Settings, address: str | None, *, host: str, port: int) -> s
     serve.start(http_options={"host": host, "port": port}, proxy_location=settings.cluster.proxy_location)
     serve.run(build(settings), name=settings.cluster.app_name, route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
+
+
+def replica_stats(
+    app_name: str, deployment: str, replicas: int, *, calls: int = 64
+) -> dict[str, dict[str, float]]:
+    """Each replica's engine statistics, by replica id. A handle routes a call to one replica of
+    its choosing, so this asks until `replicas` have answered or `calls` calls are spent."""
+    handle = serve.get_deployment_handle(deployment, app_name=app_name)
+    seen: dict[str, dict[str, float]] = {}
+    for _ in range(calls):
+        rid, stats = handle.stats.remote().result(timeout_s=60)
+        seen[rid] = stats
+        if len(seen) == replicas:
+            break
+    return seen

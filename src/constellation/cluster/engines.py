@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ray import exceptions as ray_errors
 from ray.serve.exceptions import BackPressureError, RayServeException
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from constellation.api.engines import Engines
 from constellation.config import ClusterLimits, Settings
@@ -174,7 +174,7 @@ class RayDecoderEngine:
         handle = self._h.to(prepared.base, prepared.adapter, stream=True)
         for tries_left in (1, 0):
             self._h.count("calls")
-            stream = handle.generate.remote(prepared)
+            stream: DeploymentResponseGenerator[Delta] = handle.generate.remote(prepared)  # type: ignore[assignment]
             produced = False
             try:
                 async for d in stream:

@@ -61,8 +61,8 @@ class EncoderReplica(_Replica):
         await self._affinity(adapter)
         return await self.engine.classify(base, adapter, texts, truncate=truncate, tenant=tenant)
 
-    def stats(self) -> dict[str, float]:
-        return self.engine.stats()
+    def stats(self) -> tuple[str, dict[str, float]]:
+        return replica_id(), self.engine.stats()
 
     def __del__(self) -> None:
         self.engine.close()
@@ -86,11 +86,15 @@ class DecoderReplica(_Replica):
         async for d in self.engine.generate(prepared):
             yield d
 
-    def stats(self) -> dict[str, float]:
-        return self.engine.stats()
+    def stats(self) -> tuple[str, dict[str, float]]:
+        return replica_id(), self.engine.stats()
 
     def __del__(self) -> None:
         self.engine.close()
+
+
+def replica_id() -> str:
+    return str(serve.get_replica_context().replica_id.unique_id)
 
 
 def deployment_class(cls: type[_Replica], adapters: int) -> type[_Replica]:
