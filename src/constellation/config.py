@@ -110,6 +110,9 @@ class ClusterLimits(BaseModel):
     groups: dict[str, list[str]] = Field(default_factory=dict)  # group -> base model names
     # Adapters whose requests a replica attracts (Ray Serve multiplexing); 0: `adapter_slots`.
     adapters_per_replica: int = Field(default=0, ge=0)
+    # False: adapter requests are routed like any other, on queue length alone (the baseline
+    # `bench cluster` measures affinity against).
+    adapter_affinity: bool = True
     # Where Ray Serve runs its HTTP proxies: on every node (behind a load balancer), or on the
     # head only (one address; also what several Ray nodes on one machine need: one port each).
     proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ pytest.importorskip("ray.serve", reason="the `cluster` extra (Ray Serve) is not 
 pytestmark = pytest.mark.slow
 MiB = 1024**2
 ADAPTERS = ("pirate", "poet")
+RPM = 3
 TEXTS = ["the first sentence", "a second, longer sentence about ledgers", "three"]
 
 
@@ -49,6 +51,7 @@ class Cluster:
     key: str  # acme's inference key (commercial use)
     admin: str
     reference: list[list[float]]  # TEXTS' embeddings from one process
+    small: str  # the key of a tenant limited to RPM requests per minute
 
     def headers(self, idempotency_key: str | None = None) -> dict[str, str]:
         h = {"Authorization": f"Bearer {self.key}"}
@@ -117,6 +120,9 @@ def cluster(
                 tenants.add_tenant(s, id="acme", name="acme", declared_use="commercial")
                 admin = tenants.create_key(s, tenant_id="ops", scopes=["admin"]).secret
                 key = tenants.create_key(s, tenant_id="acme", scopes=["inference"]).secret
+                small_id = f"small-{uuid.uuid4().hex[:8]}"  # Redis is shared with other test runs
+                tenants.add_tenant(s, id=small_id, name="small").requests_per_minute = RPM
+                small = tenants.create_key(s, tenant_id=small_id, scopes=["inference"]).secret
             _register(one, {"Authorization": f"Bearer {admin}"}, tiny_bert, lm, adapters)
             r = one.post("/v1/embeddings", headers={"Authorization": f"Bearer {key}"},
                          json={"model": "bert", "input": TEXTS})  # fmt: skip
@@ -131,7 +137,7 @@ def cluster(
         nodes.add_node(num_cpus=1, memory=3 * 1024**3, resources={"worker": 1})
         try:
             url = start(settings, nodes.address, host="127.0.0.1", port=free_port())
-            yield Cluster(url, settings, key, admin, reference)
+            yield Cluster(url, settings, key, admin, reference, small)
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -177,6 +183,15 @@ def test_licence_refused_and_invoice(cluster: Cluster) -> None:
     invoice = httpx.get(f"{cluster.url}/api/invoices", headers=cluster.headers(), timeout=60).json()
     assert invoice["object"] == "invoice" and invoice["requests"] >= 1 and invoice["total_nanos"] > 0
     assert "bert-nc" not in {ln["model"] for ln in invoice["lines_by_model"]}  # refused: not billed
+
+
+def test_rate_limit_buckets_are_shared_by_the_ingress_replicas(cluster: Cluster) -> None:
+    """Twice its limit, spread over both ingress replicas: the limit holds in total (Redis)."""
+    headers = {"Authorization": f"Bearer {cluster.small}"}
+    with httpx.Client(base_url=cluster.url, timeout=60) as c:
+        codes = [c.post("/v1/embeddings", json={"model": "bert", "input": "x"}, headers=headers).status_code
+                 for _ in range(2 * RPM + 2)]  # fmt: skip
+    assert Counter(codes) == {200: RPM, 429: RPM + 2}
 
 
 def test_adapter_requests_stay_on_the_replica_that_holds_them(cluster: Cluster) -> None:

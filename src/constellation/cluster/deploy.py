@@ -7,12 +7,12 @@ Redis and artifact directory (a shared mount at the same path): see README "Depl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from constellation.cluster.engines import ClusterEngines, groups
+from constellation.cluster.engines import DEFAULT_GROUP, ClusterEngines, groups
 from constellation.cluster.replicas import DecoderReplica, EncoderReplica, deployment_class, replica_settings
 from constellation.config import EngineLimits, Settings
 from constellation.errors import InvalidInput
@@ -30,10 +30,13 @@ def check_cluster_settings(settings: Settings) -> None:
             "CONSTELLATION_DB_URL=postgresql+psycopg://USER@HOST:5432/DB"
         )
     limits = settings.rate_limits
-    if not settings.redis_url and any((limits.key_rpm, limits.key_tpm, limits.tenant_rpm, limits.tenant_tpm)):
+    shared = settings.cluster.ingress_max_replicas > 1 or any(
+        (limits.key_rpm, limits.key_tpm, limits.tenant_rpm, limits.tenant_tpm)
+    )
+    if shared and not settings.redis_url:
         raise InvalidInput(
-            "serve --ray with rate limits needs Redis, or each ingress replica would keep buckets of "
-            "its own; set CONSTELLATION_REDIS_URL=redis://HOST:6379/0"
+            "serve --ray with more than one ingress replica (or rate limits) needs Redis, or each "
+            "replica would keep rate-limit buckets of its own; set CONSTELLATION_REDIS_URL=redis://HOST:6379/0"
         )
 
 
@@ -65,16 +68,20 @@ def _scaling(least: int, most: int, target: float) -> dict[str, Any]:
     }
 
 
-def _engine(cls: type[Any], name: str, settings: Settings) -> Any:
+def engine_deployment(
+    kind: Literal["encoder", "decoder"], settings: Settings, group: str = DEFAULT_GROUP
+) -> Any:
+    """One group's encoder or decoder deployment: replicas within the engine byte budgets."""
     c, e = settings.cluster, settings.engine
+    cls = DecoderReplica if kind == "decoder" else EncoderReplica
     threads = str(max(1, int(c.engine_cpus)))
     return serve.deployment(
         deployment_class(cls, c.adapters_per_replica or e.adapter_slots),
-        name=name,
+        name=f"{kind}-{group}",
         max_ongoing_requests=c.max_ongoing_requests,
         ray_actor_options={
             "num_cpus": c.engine_cpus,
-            "memory": c.engine_memory_bytes or memory_budget(e, decoder=cls is DecoderReplica),
+            "memory": c.engine_memory_bytes or memory_budget(e, decoder=kind == "decoder"),
             "runtime_env": {"env_vars": {"OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}},
         },
         **_scaling(c.engine_replicas, c.engine_max_replicas, c.target_ongoing_requests),
@@ -108,8 +115,8 @@ def build(settings: Settings) -> Any:
     check_cluster_settings(settings)
     c = settings.cluster
     dump = for_replicas(settings)
-    encoders = {g: _engine(EncoderReplica, f"encoder-{g}", settings).bind(dump) for g in groups(c)}
-    decoders = {g: _engine(DecoderReplica, f"decoder-{g}", settings).bind(dump) for g in groups(c)}
+    encoders = {g: engine_deployment("encoder", settings, g).bind(dump) for g in groups(c)}
+    decoders = {g: engine_deployment("decoder", settings, g).bind(dump) for g in groups(c)}
     ingress: Any = serve.deployment(
         serve.ingress()(Ingress),
         name=INGRESS,
@@ -144,3 +151,10 @@ def replica_stats(
         if len(seen) == replicas:
             break
     return seen
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """For a Serve config file (`import_path: constellation.cluster.deploy:app_builder`, as in
+    examples/cluster/rayservice.yaml): the application from CONSTELLATION_* variables, which the
+    config's runtime_env sets; `args` is unused (every setting has its variable)."""
+    return build(Settings())

@@ -77,7 +77,7 @@ class _Handles:
 
     def to(self, base: BaseSpec, adapter: AdapterSpec | None, **options: Any) -> DeploymentHandle:
         handle = self._handles[group_of(base.name, self._limits)]
-        if adapter is not None:
+        if adapter is not None and self._limits.adapter_affinity:
             options["multiplexed_model_id"] = adapter.name
         return handle.options(**options) if options else handle
 

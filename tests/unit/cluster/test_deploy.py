@@ -40,11 +40,16 @@ def test_cluster_mode_refuses_sqlite_naming_what_to_set(tmp_path: Path) -> None:
     deploy.check_cluster_settings(Settings(data_dir=tmp_path, db_url=PG))
 
 
-def test_cluster_rate_limits_need_redis(tmp_path: Path) -> None:
-    limited = Settings(data_dir=tmp_path, db_url=PG, rate_limits=RateLimits(key_rpm=60))
+@pytest.mark.parametrize(
+    "shared",
+    [{"rate_limits": RateLimits(key_rpm=60)}, {"cluster": ClusterLimits(ingress_max_replicas=2)}],
+)
+def test_cluster_rate_limits_need_redis_once_buckets_are_shared(tmp_path: Path, shared: dict) -> None:  # type: ignore[type-arg]
     with pytest.raises(InvalidInput, match="CONSTELLATION_REDIS_URL"):
-        deploy.check_cluster_settings(limited)
-    deploy.check_cluster_settings(limited.model_copy(update={"redis_url": "redis://r:6379/0"}))
+        deploy.check_cluster_settings(Settings(data_dir=tmp_path, db_url=PG, **shared))
+    deploy.check_cluster_settings(
+        Settings(data_dir=tmp_path, db_url=PG, redis_url="redis://r:6379/0", **shared)
+    )
 
 
 def test_replicas_get_absolute_paths_and_no_worker_processes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
