@@ -109,7 +109,7 @@ def cluster(
     from constellation.cluster.deploy import start
 
     root = tmp_path_factory.mktemp("cluster")
-    lm = save_random_lm(root / "tiny-llama", "llama", seed=3)
+    lm = save_random_lm(root / "tiny-llama", "llama", seed=3, byte_level=True)  # byte-level: grammars
     adapters = save_random_adapters(lm, {root / n: i for i, n in enumerate(ADAPTERS)}, rank=4)
     with pg_schemas.fresh() as db_url:
         settings = _settings(root, db_url, redis_url)
@@ -172,6 +172,18 @@ def test_chat_streams_through_the_ingress(cluster: Cluster) -> None:
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert text and finish == ["length"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+
+def test_a_json_object_answer_crosses_replicas(cluster: Cluster) -> None:
+    """A grammar is compiled where the request is prepared and again where it is generated."""
+    r = _openai(cluster).chat.completions.create(
+        model="tiny-llama",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=6,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    assert (r.choices[0].message.content or "").startswith("{")
 
 
 def test_licence_refused_and_invoice(cluster: Cluster) -> None:

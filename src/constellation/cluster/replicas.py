@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from constellation.engine.decoder import Delta, Prepared
     from constellation.engine.encoder import ClassifyResult, EncodeResult
     from constellation.engine.spec import AdapterSpec, BaseSpec
+    from constellation.engine.structured import Constraint
 
 
 def replica_settings(dump: dict[str, Any]) -> Settings:
@@ -77,12 +79,21 @@ class DecoderReplica(_Replica):
 
     async def prepare(self, base: BaseSpec, adapter: AdapterSpec | None, kwargs: dict[str, Any]) -> Prepared:
         # Off the replica's event loop: tokenising would stall the streams it is serving.
-        return await asyncio.to_thread(self.engine.prepare, base, adapter, **kwargs)
+        p = await asyncio.to_thread(self.engine.prepare, base, adapter, **kwargs)
+        if p.grammar is None:
+            return p
+        # A compiled grammar cannot be pickled: it travels as its constraint, compiled again (from
+        # the compiler's cache) by the replica that generates.
+        return replace(p, grammar=Uncompiled(p.grammar.constraint))  # type: ignore[arg-type]
 
     async def generate(self, prepared: Prepared) -> AsyncIterator[Delta]:
         """The engine's stream; a caller that cancels it closes this generator, which frees the
         sequence at once (as a disconnecting client does in one process)."""
         await self._affinity(prepared.adapter)
+        if prepared.grammar is not None:
+            compiler = await asyncio.to_thread(self.engine.grammars, prepared.base)
+            grammar = await asyncio.to_thread(compiler.compile, prepared.grammar.constraint)
+            prepared = replace(prepared, grammar=grammar)
         async for d in self.engine.generate(prepared):
             yield d
 
@@ -91,6 +102,13 @@ class DecoderReplica(_Replica):
 
     def __del__(self) -> None:
         self.engine.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Uncompiled:
+    """A request's grammar between replicas: the constraint it was compiled from."""
+
+    constraint: Constraint
 
 
 def replica_id() -> str:
