@@ -34,8 +34,8 @@ def bench(
     name: Annotated[
         str,
         typer.Argument(
-            help="Benchmark name (encoder, decoder, fairness, finetune, ledger, providers, structured) "
-            "or 'all'."
+            help="Benchmark name (cluster, encoder, decoder, fairness, finetune, ledger, providers, "
+            "structured) or 'all'."
         ),
     ],
     tiny: Annotated[

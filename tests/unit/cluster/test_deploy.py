@@ -92,3 +92,14 @@ def test_engine_failures_keep_their_http_meaning() -> None:
     )
     other = ValueError("x")
     assert engine_failure(other) is other
+
+
+def test_serve_on_ray_refuses_sqlite_before_creating_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from constellation.cli import app
+
+    env = {"CONSTELLATION_DATA_DIR": str(tmp_path), "CONSTELLATION_DB_URL": None}
+    out = CliRunner().invoke(app, ["serve", "--ray", "local"], env=env)
+    assert out.exit_code == 1 and "needs PostgreSQL" in out.stderr
+    assert not (tmp_path / "constellation.db").exists()
