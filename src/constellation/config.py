@@ -6,7 +6,7 @@ Nothing reads the environment after `Settings()` is built; tests construct their
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +101,45 @@ class WorkflowLimits(BaseModel):
     run_timeout_s: float = Field(default=300.0, gt=0, le=24 * 3600)
 
 
+class ClusterLimits(BaseModel):
+    """`constellation serve --ray`: how the app is laid out as Ray Serve deployments (see
+    cluster/deploy.py). Engine deployments are per base model group, each replica within the
+    engine byte budgets above; `groups` names the groups, bases in none serve from "default"."""
+
+    app_name: str = "constellation"
+    # API ingress replicas (HTTP, auth, licences, metering): autoscaled between the two counts on
+    # ongoing requests per replica; equal counts: a fixed number.
+    ingress_replicas: int = Field(default=1, gt=0)
+    ingress_max_replicas: int = Field(default=1, gt=0)
+    ingress_cpus: float = Field(default=1.0, gt=0)
+    # Engine replicas per deployment (one encoder and one decoder deployment per group).
+    engine_replicas: int = Field(default=1, gt=0)
+    engine_max_replicas: int = Field(default=1, gt=0)
+    engine_cpus: float = Field(default=1.0, gt=0)
+    # Ray's `memory` reservation of each engine replica; 0: the engine byte budgets it may fill
+    # (bases + host adapters, + KV cache for a decoder), so the scheduler never overcommits a node.
+    engine_memory_bytes: int = Field(default=0, ge=0)
+    target_ongoing_requests: float = Field(default=32.0, gt=0)
+    max_ongoing_requests: int = Field(default=256, gt=0)  # per replica, before it queues at the router
+    groups: dict[str, list[str]] = Field(default_factory=dict)  # group -> base model names
+    # Adapters whose requests a replica attracts (Ray Serve multiplexing); 0: `adapter_slots`.
+    adapters_per_replica: int = Field(default=0, ge=0)
+    # False: adapter requests are routed like any other, on queue length alone (the baseline
+    # `bench cluster` measures affinity against).
+    adapter_affinity: bool = True
+    # Where Ray Serve runs its HTTP proxies: on every node (behind a load balancer), or on the
+    # head only (one address; also what several Ray nodes on one machine need: one port each).
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterLimits:
+        if self.ingress_max_replicas < self.ingress_replicas:
+            raise ValueError("cluster.ingress_max_replicas must be at least cluster.ingress_replicas")
+        if self.engine_max_replicas < self.engine_replicas:
+            raise ValueError("cluster.engine_max_replicas must be at least cluster.engine_replicas")
+        return self
+
+
 class Settings(BaseSettings):
     """Process-wide configuration. Env vars: CONSTELLATION_DATA_DIR, CONSTELLATION_DB_URL, ..."""
 
@@ -115,6 +154,8 @@ class Settings(BaseSettings):
     metering: bool = True  # False: serve without usage events, prices or charges (benchmarks)
     rate_limits: RateLimits = Field(default_factory=RateLimits)
     workflows: WorkflowLimits = Field(default_factory=WorkflowLimits)
+
+    cluster: ClusterLimits = Field(default_factory=ClusterLimits)  # `serve --ray` only
     # Rate-limit buckets in Redis (e.g. redis://127.0.0.1:6379/0), shared by every server
     # process that names the same one; unset: in this process's memory.
     redis_url: str | None = None

@@ -4,7 +4,7 @@ and routers. `create_app(settings)` is what `constellation serve`, tests and Ray
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -57,7 +57,15 @@ def _telemetry(settings: Settings) -> dict[str, Any]:
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+EngineFactory = Callable[[Settings, Upstreams], Engines]
+
+
+def local_engines(settings: Settings, upstreams: Upstreams) -> Engines:
+    return Engines(settings.engine, upstreams)
+
+
+def create_app(settings: Settings | None = None, *, engines: EngineFactory = local_engines) -> FastAPI:
+    """The app; `engines` builds what serves its models (cluster/ passes Ray Serve handles)."""
     settings = settings or Settings()
     metrics = Metrics()
     device_class = "gpu" if settings.engine.device.startswith("cuda") else "cpu"
@@ -69,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upstreams = Upstreams(
             secrets_file=settings.provider_secrets_file, tokenizer=settings.provider_tokenizer
         )
-        engines = Engines(settings.engine, upstreams)
+        served = engines(settings, upstreams)
         meter = Meter(platform.db, settings.prices) if settings.metering else None
         state = AppState(
             settings=settings,
@@ -78,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             platform=platform,
             resolver=Resolver(platform),
             keys=KeyCache(),
-            engines=engines,
+            engines=served,
             meter=meter,
             finetunes=JobManager(platform, meter),
             limiter=build_limiter(settings.rate_limits, settings.redis_url, tenant_loader(platform)),

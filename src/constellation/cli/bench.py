@@ -42,9 +42,8 @@ def bench(
     name: Annotated[
         str,
         typer.Argument(
-            help="Benchmark name (encoder, decoder, fairness, finetune, ledger, providers, structured, "
-            "workflows) "
-            "or 'all'."
+            help="Benchmark name (cluster, encoder, decoder, fairness, finetune, ledger, providers, "
+            "structured, workflows) or 'all'."
         ),
     ],
     tiny: Annotated[
