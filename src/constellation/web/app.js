@@ -220,7 +220,7 @@ const LOADERS = {
   statements: async () => {
     if (byId("statement-contributor").value) await loadStatement();
   },
-  workflows: loadWorkflows, // workflows.js
+  workflows: () => loadWorkflows(), // workflows.js, loaded after this script
   admin: loadAdmin,
 };
 

@@ -237,7 +237,7 @@ class _Encode:
             tokens, ns = out.tokens, out.compute_ns
         else:
             emb = await enc.embed(res.base, res.adapter, self.texts, truncate=self.truncate, tenant=tenant)
-            rows = [{"embedding": v} for v in emb.embeddings]
+            rows = [{"embedding": v.tolist()} for v in emb.embeddings]  # a step's output is JSON
             tokens, ns = emb.tokens, emb.compute_ns
         n = int(sum(tokens))
         return Outcome({"data": rows, "usage": {"prompt_tokens": n}}, n, 0, ns)
