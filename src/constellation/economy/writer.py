@@ -22,13 +22,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 from constellation.economy.ledger import next_txn_ids, now_us, tenant_account
 from constellation.economy.money import usd
 from constellation.economy.pricing import Leg
 from constellation.errors import Conflict
 from constellation.registry.db import Database
+
+T = TypeVar("T")
 
 log = logging.getLogger("constellation.economy")
 PLATFORM_ACCOUNT = "platform"  # a contributor id: the operator's own account
@@ -205,16 +207,7 @@ class PostingWriter:
             first = self._queue.get()
             if first is None:
                 return
-            batch, stop = [first], False
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, stop = take_batch(self._queue, first, self._max_batch)
             self._process(batch)
             if stop:
                 return
@@ -446,3 +439,20 @@ def _cap(p: Posting, room: dict[str, int]) -> list[Leg]:
     short = p.list_price - room[acct]
     room[acct] = 0
     return [*p.legs, Leg(PLATFORM_ACCOUNT, "writeoff", None, -short)]
+
+
+def take_batch(
+    q: queue.Queue[T | None] | queue.SimpleQueue[T | None], first: T, max_batch: int
+) -> tuple[list[T], bool]:
+    """`first` and whatever else is queued already, up to `max_batch` items: a group commit's
+    batch. True when the queue's None (stop) was met: the caller commits the batch, then stops."""
+    batch = [first]
+    while len(batch) < max_batch:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return batch, False
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False

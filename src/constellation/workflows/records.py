@@ -11,6 +11,7 @@ import queue
 import threading
 from dataclasses import dataclass
 
+from constellation.economy.writer import take_batch
 from constellation.registry.db import Database
 from constellation.registry.workflow_tables import WorkflowRun, WorkflowRunStep
 
@@ -45,17 +46,7 @@ class RunRecorder:
 
     def _loop(self) -> None:
         while (first := self._queue.get()) is not None:
-            batch = [first]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, stop = take_batch(self._queue, first, self._max_batch)
             self._commit(batch)
             if stop:
                 return
