@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest wheel-test install clean bench chromium bench-peers
+.PHONY: run test lint typecheck pytest wheel-test wheel-demo-test install clean bench chromium bench-peers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,12 +48,17 @@ chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 pytest: $(STAMP) chromium $(CHARTS)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # The wheel, built from this tree and installed into a fresh venv (no editable install, no
 # PYTHONPATH), migrates a new database and serves from a folder outside the checkout.
 wheel-test: $(STAMP) $(CHARTS)
 	$(BIN)/python tests/packaging/check_wheel.py
+
+# The same wheel with its demo extra: `constellation demo --quick` built and served from it (minutes
+# of training, so not part of `make test`).
+wheel-demo-test: $(STAMP) $(CHARTS)
+	$(BIN)/python tests/packaging/check_wheel.py --demo
 
 test: lint typecheck pytest wheel-test
 	$(BIN)/constellation bench all --tiny

