@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -64,5 +65,10 @@ def bench(
         raise fail(
             f"--model is for the decoder benchmark only; run `constellation bench decoder --model {model}`"
         )
+    took: dict[str, float] = {}
     for n in names if name == "all" else [name]:
+        started = time.monotonic()
         _run_one(n, tiny, model)
+        took[n] = time.monotonic() - started
+    if len(took) > 1:  # what each costs CI, which runs `all --tiny`
+        console.print("wall time: " + ", ".join(f"{n} {s:.0f} s" for n, s in took.items()), highlight=False)
