@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from constellation.finetune.data import ChatExample, PromptExample, TextExample
-from constellation.finetune.pretrain import build_tiny_lm
 from constellation.testing.tiny_bert import save_tiny_bert
+from constellation.testing.trained_lm import build_tiny_lm
 
 SENTENCES = [
     "the cat sat on the warm mat by the door",

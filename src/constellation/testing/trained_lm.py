@@ -1,5 +1,7 @@
-"""Build the demo's tiny causal LM: a locally trained BPE tokenizer and a ~1M-parameter Llama,
-trained for a minute on text shipped in the repo. A toy that makes chat work offline, not a model.
+"""A tiny *trained* causal LM for the fine-tuning tests: a BPE tokenizer and a ~1M-parameter
+Llama, both trained from scratch for seconds on the text the caller gives. Unlike `toy_lm`'s
+random weights, its loss has somewhere to go, so a LoRA run on it can be seen to learn. A test
+fixture, not a model (the demo's chat base is SmolLM2).
 """
 
 from __future__ import annotations
@@ -26,18 +28,16 @@ CARD = """---
 license: apache-2.0
 library_name: transformers
 pipeline_tag: text-generation
-tags: [toy, constellation-demo]
+tags: [toy, constellation-tests]
 ---
 
-# tiny-llama-demo (a toy)
+# tiny-llama (a toy)
 
-This is a **toy** causal language model built by `constellation demo` so that chat works out of
-the box without downloading weights. It is a {n_params:,}-parameter Llama-architecture model with a
-{vocab}-token BPE tokenizer, both trained from scratch on this machine for {steps} steps
-(about {seconds:.0f} s) on the small corpus in `examples/demo/tiny_lm/corpus.txt`
+This is a **toy** causal language model built for Constellation's fine-tuning tests. It is a
+{n_params:,}-parameter Llama-architecture model with a {vocab}-token BPE tokenizer, both trained
+from scratch on this machine for {steps} steps (about {seconds:.0f} s) on a few kilobytes of text
 (final training loss {loss:.2f}). Its output is mostly fluent-looking nonsense. Do not use it for
-anything but demonstrating the serving, adapter and billing machinery; register a real model
-directory instead (see the README).
+anything but exercising the training, serving, adapter and billing machinery.
 """
 
 
