@@ -47,8 +47,10 @@ typecheck: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# Two workers, each taking whole test files (a file's module fixtures, such as the Ray cluster or
+# the SmolLM2 demo, are built once): much of the suite waits on servers and subprocesses.
 pytest: $(STAMP) chromium $(CHARTS)
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 # The wheel, built from this tree and installed into a fresh venv (no editable install, no
 # PYTHONPATH), migrates a new database and serves from a folder outside the checkout.
