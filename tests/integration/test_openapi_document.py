@@ -21,9 +21,9 @@ from pydantic import BaseModel, TypeAdapter
 from tests.integration.conftest import Api
 from tests.integration.test_finetune_api import _link, _start, _wait, jsonl
 
-from constellation.api import protocol
 from constellation.api import routes as routes_pkg
 from constellation.api import schemas as schemas_pkg
+from constellation.api.protocol import responses
 
 pytestmark = pytest.mark.anyio
 SUCCESS = ("200", "201", "202")
@@ -110,7 +110,8 @@ def _models() -> dict[str, type[BaseModel]]:
         for pkg in (routes_pkg, schemas_pkg)
         for m in pkgutil.iter_modules(pkg.__path__)
     ]
-    for module in map(importlib.import_module, ["constellation.api.protocol", *names]):
+    protocol = ["constellation.api.protocol.requests", "constellation.api.protocol.responses"]
+    for module in map(importlib.import_module, [*protocol, *names]):
         for v in vars(module).values():
             if isinstance(v, type) and issubclass(v, BaseModel):
                 found[v.__name__] = v
@@ -181,9 +182,10 @@ async def test_real_answers_match_their_documented_schemas(
     await check(
         "POST", "/v1/completions", json={"model": "tiny-llama", "prompt": "a", "max_tokens": 4}, headers=key
     )
+    completion = {"model": "tiny-llama", "prompt": "a", "max_tokens": 4}
     for path, req, chunk in (
-        ("/v1/chat/completions", chat, protocol.ChatCompletionChunk),
-        ("/v1/completions", {"model": "tiny-llama", "prompt": "a", "max_tokens": 4}, protocol.TextCompletion),
+        ("/v1/chat/completions", chat, responses.ChatCompletionChunk),
+        ("/v1/completions", completion, responses.TextCompletion),
     ):
         for opts in ({}, {"stream_options": {"include_usage": True}}):
             r = await api.client.post(path, json={**req, "stream": True, **opts}, headers=key)
@@ -282,5 +284,5 @@ async def test_real_answers_match_their_documented_schemas(
 def test_error_body_is_the_documented_shape() -> None:
     from constellation.api.errors import error_body
 
-    conforms(protocol.ErrorOut, error_body("m", "invalid_request_error", param="x", code="c"))
-    assert issubclass(protocol.ErrorOut, BaseModel)
+    conforms(responses.ErrorOut, error_body("m", "invalid_request_error", param="x", code="c"))
+    assert issubclass(responses.ErrorOut, BaseModel)

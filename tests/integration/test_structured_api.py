@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from tests.integration.conftest import Api
 
-from constellation.api.protocol import ChatCompletion, ChatCompletionChunk
+from constellation.api.protocol.responses import ChatCompletion, ChatCompletionChunk
 from constellation.api.state import state_of
 from constellation.testing.toy_lm import save_random_adapter, save_random_lm
 

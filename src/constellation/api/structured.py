@@ -16,7 +16,7 @@ from typing import Any, Literal
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from constellation.api.protocol import NamedToolChoice, ResponseFormat, Tool, ToolChoice
+from constellation.api.protocol.requests import NamedToolChoice, ResponseFormat, Tool, ToolChoice
 from constellation.engine.decoder.structured import Constraint, check_size
 from constellation.errors import InvalidInput
 

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from constellation.api.deps import Principal
 from constellation.api.pipeline import Call, Outcome
-from constellation.api.protocol import JsonSchemaFormat, ResponseFormat
+from constellation.api.protocol.requests import JsonSchemaFormat, ResponseFormat
 from constellation.api.state import state_of
 from constellation.api.structured import FREE, plan
 from constellation.engine.decoder.sampling import DEFAULTABLE, SamplingParams

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from constellation.api.deps import Admin, PlatformDep, SessionDep
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.schemas.admin import (
     ContributorIn,
     ContributorOut,

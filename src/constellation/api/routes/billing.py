@@ -18,7 +18,7 @@ from constellation.api.deps import (
     own_contributor,
     own_tenant,
 )
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.schemas.billing import (
     BalanceOut,
     FundsIn,

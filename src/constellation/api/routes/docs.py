@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 
-from constellation.api.protocol import ERROR_TEXT, STREAMED
+from constellation.api.protocol.responses import ERROR_TEXT, STREAMED
 
 router = APIRouter(include_in_schema=False)
 ASSETS = "/docs-assets"

@@ -15,7 +15,8 @@ from fastapi.responses import Response
 from constellation.api import upstream, workflow_models
 from constellation.api.deps import InferenceCaller
 from constellation.api.pipeline import Call, CallDep, JSONBody, Outcome
-from constellation.api.protocol import ClassificationList, ClassifyIn, EmbeddingList, EmbeddingsIn, errors
+from constellation.api.protocol.requests import ClassifyIn, EmbeddingsIn
+from constellation.api.protocol.responses import ClassificationList, EmbeddingList, errors
 from constellation.api.resolver import require_task
 from constellation.errors import InvalidInput, NotFound
 

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from constellation.api.deps import InferenceCaller, PlatformDep, Principal, StateDep
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.schemas.finetunes import FinetuneIn, JobOut
 from constellation.errors import Forbidden, InvalidInput
 from constellation.finetune import uploads

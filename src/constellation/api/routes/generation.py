@@ -18,11 +18,10 @@ from constellation.api.answers import DecoderStream, Shape, collect, replay_stre
 from constellation.api.deps import InferenceCaller, Principal
 from constellation.api.metrics import timed
 from constellation.api.pipeline import Call, CallDep, Outcome
-from constellation.api.protocol import (
+from constellation.api.protocol.requests import ChatIn, CompletionIn
+from constellation.api.protocol.responses import (
     ChatCompletion,
     ChatCompletionChunk,
-    ChatIn,
-    CompletionIn,
     TextCompletion,
     errors,
     sse,

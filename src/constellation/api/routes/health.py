@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from constellation.api.deps import StateDep
 from constellation.api.errors import error_response
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.schemas.health import StatusOut
 from constellation.api.state import started
 from constellation.errors import EngineUnavailable

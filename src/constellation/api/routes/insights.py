@@ -16,7 +16,7 @@ from constellation.api.deps import (
     own_contributor,
     own_tenant,
 )
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.schemas.insights import (
     EarningsSeries,
     LineageGraph,

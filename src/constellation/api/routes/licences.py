@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 from sqlalchemy import select
 
 from constellation.api.deps import Admin, InferenceCaller, SessionDep
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.schemas.licences import LicenceOut
 from constellation.registry import licences as repo
 from constellation.registry.tables import Licence

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from constellation.api import workflow_models
 from constellation.api.deps import InferenceCaller, SessionDep
-from constellation.api.protocol import ModelCard, ModelList, errors
+from constellation.api.protocol.responses import ModelCard, ModelList, errors
 from constellation.errors import NotFound
 from constellation.registry import models as repo
 from constellation.registry.effective import EffectiveTerms, Refusal, permissions

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from constellation.api.deps import Admin, SessionDep, StateDep
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.schemas.providers import ExposeIn, ProviderIn, ProviderOut
 from constellation.registry import providers as repo
 from constellation.registry.tables import Provider

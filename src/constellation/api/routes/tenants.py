@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from constellation.api.deps import Admin, InferenceCaller, Principal, SessionDep
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.schemas.tenants import (
     AcceptanceIn,
     AcceptanceOut,

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from constellation.api.deps import PrincipalDep
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.schemas.web import MeOut
 from constellation.errors import NotFound
 

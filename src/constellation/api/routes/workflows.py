@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from constellation.api.deps import Admin, InferenceCaller, SessionDep
 from constellation.api.pipeline import JSONBody
-from constellation.api.protocol import errors
+from constellation.api.protocol.responses import errors
 from constellation.api.state import state_of
 from constellation.api.workflow_models import failed
 from constellation.registry import workflows as repo

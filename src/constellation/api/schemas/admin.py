@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from constellation.api.protocol import LineageOut
+from constellation.api.protocol.responses import LineageOut
 from constellation.economy.money import MAX_RATE_NANOS
 
 
