@@ -18,11 +18,12 @@ from sqlalchemy import select
 
 from constellation.config import PriceBook
 from constellation.economy import holds, workflow_fee
+from constellation.economy.bill import Bill, bill_of
 from constellation.economy.ledger import tenant_account
 from constellation.economy.money import usd
 from constellation.economy.pricing import Leg, PriceCache, PriceInputs, Rates, Tariff, load_inputs, tariff
 from constellation.economy.tables import USAGE_STATUSES, UsageEvent
-from constellation.economy.writer import PLATFORM_ACCOUNT, Bill, Posting, PostingWriter, bill_of
+from constellation.economy.writer import PLATFORM_ACCOUNT, Posting, PostingWriter
 from constellation.errors import Conflict, InvalidInput, NotFound, PaymentRequired
 from constellation.registry.contributors import ensure_contributor
 from constellation.registry.db import Database

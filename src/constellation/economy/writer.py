@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, TypeVar
 
+from constellation.economy.bill import Bill, bill_of
 from constellation.economy.ledger import next_txn_ids, now_us, tenant_account
-from constellation.economy.money import usd
 from constellation.economy.pricing import Leg
 from constellation.errors import Conflict
 from constellation.registry.db import Database
@@ -36,58 +36,7 @@ log = logging.getLogger("constellation.economy")
 PLATFORM_ACCOUNT = "platform"  # a contributor id: the operator's own account
 
 
-@dataclass(slots=True)
-class Bill:
-    """A request's price and its split; `as_dict()` goes into the response's `constellation`.
-    Not frozen, like `UsageRecord`: one is made per request."""
-
-    request_id: str
-    price_nanos: int
-    split: list[dict[str, Any]] = field(default_factory=list)
-    written_off_nanos: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {
-            "request_id": self.request_id,
-            "price_nanos": self.price_nanos,
-            "price_usd": usd(self.price_nanos),
-            "split": self.split,
-        }
-        if self.written_off_nanos:
-            out["written_off_nanos"] = self.written_off_nanos
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Bill:
-        return cls(
-            d["request_id"], int(d["price_nanos"]), list(d["split"]), int(d.get("written_off_nanos", 0))
-        )
-
-
 Hit = tuple[str, Bill]  # (fingerprint, bill) of a usage event already stored
-
-_LEG_HEADS: dict[tuple[str, str, str | None], str] = {}  # a split entry's JSON up to its amount
-
-
-def _leg_head(g: Leg) -> str:
-    """`{"account":..,"role":..,"artifact":..,"amount_nanos":` -- the same few per model, so made once."""
-    key = (g.account, g.role, g.artifact)
-    head = _LEG_HEADS.get(key)
-    if head is None:
-        if len(_LEG_HEADS) > 100_000:  # contributors x artifacts; a bound all the same
-            _LEG_HEADS.clear()
-        entry = {"account": g.account, "role": g.role, "artifact": g.artifact}
-        head = _LEG_HEADS[key] = json.dumps(entry, separators=(",", ":"))[:-1] + ',"amount_nanos":'
-    return head
-
-
-def bill_of(request_id: str, price: int, legs: Sequence[Leg], written_off: int = 0) -> tuple[Bill, str]:
-    """A charge's bill and that bill's compact JSON (what the usage row stores), from its legs."""
-    dicts = [{"account": a, "role": r, "artifact": f, "amount_nanos": x} for a, r, f, x in legs]
-    split = ",".join([_leg_head(g) + str(g.amount_nanos) + "}" for g in legs])
-    text = f'{{"request_id":{_json_str(request_id)},"price_nanos":{price},"split":[{split}]'
-    text += f',"written_off_nanos":{written_off}}}' if written_off else "}"
-    return Bill(request_id, price, dicts, written_off), text
 
 
 @dataclass(slots=True)
@@ -119,7 +68,6 @@ USAGE_COLS = (
 )  # fmt: skip
 
 
-_json_str = json.encoder.encode_basestring_ascii  # what json.dumps does to a str, in C
 SQLITE_MAX_PARAMS = 32_766  # SQLITE_MAX_VARIABLE_NUMBER's default since SQLite 3.32
 
 

@@ -13,8 +13,8 @@ from starlette.requests import ClientDisconnect
 
 from constellation.api.deps import Principal
 from constellation.api.pipeline import DONE, Call, EventStream, Outcome
+from constellation.economy.bill import Bill
 from constellation.economy.meter import UsageRecord
-from constellation.economy.writer import Bill
 from constellation.errors import Overloaded
 
 pytestmark = pytest.mark.anyio
